@@ -1,0 +1,152 @@
+"""The generic executor: a manifest's HTTP binding plus prepared inputs becomes one API call.
+
+Nothing here knows a particular action; anything an action needs beyond its binding lives in
+its handler (``actions/<name>.py``), which receives a ``Call`` and uses the same ``send``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from actions._coerce import coerce_inputs
+from actions._manifest import ActionManifest
+from actions._streaming import assemble
+from actions._validate import problems_for
+from integration.client import DEFAULT_MAX_INLINE_WAIT, ApiResponse, client_for
+from integration.errors import InputError, ResponseShapeError
+from integration.model import Integration
+
+__all__ = ["ActionResult", "Call", "CallOptions", "prepare_inputs"]
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    """How one execution may behave; workers tighten these (short inline waits, hooks for budgets)."""
+
+    max_inline_wait: float = DEFAULT_MAX_INLINE_WAIT
+    max_retries: int | None = None
+    before_request: Callable[[Call], None] | None = None
+    after_response: Callable[[Call, ApiResponse], None] | None = None
+
+
+@dataclass
+class ActionResult:
+    """What one execution produced: the output plus what a run record needs (no inputs, no secrets)."""
+
+    action: str
+    integration: str
+    output: dict[str, Any]
+    usage: dict[str, int]
+    attempts: int
+    request_ids: list[str]
+    elapsed: float
+
+    def record(self) -> dict[str, Any]:
+        return {"action": self.action, "integration": self.integration, "usage": self.usage,
+                "attempts": self.attempts, "request_ids": self.request_ids,
+                "elapsed": round(self.elapsed, 6)}
+
+
+def prepare_inputs(manifest: ActionManifest, raw: Any) -> dict[str, Any]:
+    """Coerce then validate; raise one InputError listing every problem, before anything is sent."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw) if raw.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise InputError([{"field": "", "reason": f"is not valid JSON ({exc.msg} at char {exc.pos})"}],
+                             action=manifest.name) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise InputError([{"field": "", "reason": "must be an object of field values"}], action=manifest.name)
+    inputs = coerce_inputs(raw, manifest.input)
+    problems = problems_for(inputs, manifest.input)
+    if problems:
+        raise InputError(problems, action=manifest.name)
+    return inputs
+
+
+def _add_usage(total: dict[str, int], usage: Any) -> None:
+    if not isinstance(usage, dict):
+        return
+    for key, value in usage.items():
+        if isinstance(value, int) and not isinstance(value, bool):
+            total[key] = total.get(key, 0) + value
+
+
+@dataclass
+class Call:
+    """One action execution as a handler sees it: validated inputs and a ``send`` through the client."""
+
+    manifest: ActionManifest
+    inputs: dict[str, Any]
+    integration: Integration
+    options: CallOptions = field(default_factory=CallOptions)
+    usage: dict[str, int] = field(default_factory=dict)
+    attempts: int = 0
+    request_ids: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: dict[str, Any] | None = None,
+        files: Any = None,
+        data: dict[str, Any] | None = None,
+        idempotent: bool | None = None,
+        assemble_stream: str | None = None,
+    ) -> ApiResponse:
+        """Send through the integration's client; with ``assemble_stream`` the SSE answer is rebuilt."""
+        if self.options.before_request:
+            self.options.before_request(self)
+        response = client_for(self.integration).request(
+            method, path, json_body=json_body, params=params, files=files, data=data,
+            idempotent=self.manifest.is_idempotent if idempotent is None else idempotent,
+            sse=assemble_stream is not None, max_retries=self.options.max_retries,
+            max_inline_wait=self.options.max_inline_wait,
+        )
+        if assemble_stream is not None and response.events:
+            response.body = assemble(assemble_stream, response.events)
+        self.attempts += response.attempts
+        if response.request_id:
+            self.request_ids.append(response.request_id)
+        if isinstance(response.body, dict):
+            _add_usage(self.usage, response.body.get("usage"))
+        if self.options.after_response:
+            self.options.after_response(self, response)
+        return response
+
+    def default(self) -> dict[str, Any]:
+        """Carry out the manifest's binding as written: path and query fields, the rest as the body."""
+        http = self.manifest.http
+        sendable = {k: v for k, v in self.inputs.items() if k not in self.manifest.pack_only_fields}
+        path = http.path
+        for name in http.path_params:
+            path = path.replace("{" + name + "}", quote(str(sendable.pop(name)), safe=":@"))
+        params = {name: sendable.pop(name) for name in http.query if name in sendable} or None
+        stream = http.stream
+        streaming = stream is not None and sendable.get(stream.flag) is True
+        body = sendable if http.encoding == "json" else None
+        response = self.send(http.method, path, json_body=body, params=params,
+                             assemble_stream=stream.assemble if streaming and stream else None)
+        return self.expect_object(response)
+
+    def expect_object(self, response: ApiResponse) -> dict[str, Any]:
+        """The body as a JSON object, or a typed error saying the API answered something else."""
+        if not isinstance(response.body, dict):
+            raise ResponseShapeError(f"{self.manifest.name}: the API answered with "
+                                     f"{type(response.body).__name__}, not a JSON object",
+                                     status=response.status, request_id=response.request_id)
+        return response.body
+
+    def result(self, output: dict[str, Any]) -> ActionResult:
+        return ActionResult(self.manifest.name, self.integration.name, output, self.usage, self.attempts,
+                            self.request_ids, time.monotonic() - self.started)

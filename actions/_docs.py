@@ -1,0 +1,106 @@
+"""The action reference, generated from the manifests so it can never drift from what runs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from actions._coerce import resolve_ref
+from actions._manifest import ActionManifest
+
+__all__ = ["field_rows", "render_action", "render_reference"]
+
+
+def _type_text(schema: dict[str, Any], root: dict[str, Any]) -> str:
+    schema = resolve_ref(schema, root)
+    if "enum" in schema:
+        return " \\| ".join(f"`{v}`" for v in schema["enum"] if v is not None) or "enum"
+    branches = schema.get("anyOf") or schema.get("oneOf")
+    if branches:
+        return " or ".join(dict.fromkeys(_type_text(b, root) for b in branches))
+    kind = schema.get("type", "any")
+    kinds = [kind] if isinstance(kind, str) else list(kind)
+    words = []
+    for k in kinds:
+        if k == "array" and isinstance(schema.get("items"), dict):
+            words.append(f"list of {_type_text(schema['items'], root)}")
+        elif k == "object" and "title" in schema and schema is not root:
+            words.append(schema["title"])
+        else:
+            words.append(k)
+    return " or ".join(words)
+
+
+def _limits(schema: dict[str, Any]) -> str:
+    parts = []
+    for key, label in (("minimum", "≥"), ("maximum", "≤"), ("minItems", "items ≥"), ("maxItems", "items ≤"),
+                       ("maxLength", "length ≤")):
+        if key in schema:
+            parts.append(f"{label} {schema[key]}")
+    if "default" in schema:
+        parts.append(f"server default {json.dumps(schema['default'])}")
+    return ", ".join(parts)
+
+
+def field_rows(manifest: ActionManifest) -> list[dict[str, str]]:
+    """One row per input field: name, type, required, limits, description (CLI help uses it too)."""
+    root = manifest.input
+    required = set(root.get("required", []))
+    rows = []
+    for name, raw in manifest.properties.items():
+        schema = resolve_ref(raw, root)
+        notes = []
+        if schema.get("x-options-from"):
+            notes.append(f"choices from `{schema['x-options-from']}`")
+        if schema.get("x-pack-only"):
+            notes.append("pack option, not sent to the API")
+        if schema.get("deprecated"):
+            notes.append("deprecated")
+        rows.append({
+            "name": name,
+            "type": _type_text(schema, root),
+            "required": "yes" if name in required else "",
+            "limits": _limits(schema),
+            "description": " ".join([schema.get("description", schema.get("title", "")).strip(), *notes]).strip(),
+        })
+    return rows
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_action(manifest: ActionManifest) -> str:
+    http = manifest.http
+    lines = [f"## {manifest.title} (`{manifest.name}`)", "", manifest.description.strip(), ""]
+    lines.append(f"- HTTP: `{http.method} {http.path}` (OpenAPI `{manifest.openapi.operationId}`)")
+    repeatable = "yes" if manifest.is_idempotent else "no"
+    lines.append(f"- Celery task: `openai.{manifest.name}`; safe to repeat: {repeatable}")
+    if http.stream:
+        lines.append(f"- `{http.stream.flag}: true` is consumed as server-sent events and returned assembled.")
+    if manifest.deprecated:
+        lines.append(f"- Deprecated upstream: {manifest.deprecated}")
+    lines.append("")
+    rows = field_rows(manifest)
+    if rows:
+        lines += ["| field | type | required | limits | description |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| `{r['name']}` | {_cell(r['type'])} | {r['required']} | {_cell(r['limits'])} | "
+                  f"{_cell(r['description'])} |" for r in rows]
+    else:
+        lines.append("No input fields.")
+    example = manifest.examples[0]
+    lines += ["", f"Example ({example.title}):", "", "```json", json.dumps(example.input, indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+def render_reference(manifests: dict[str, ActionManifest]) -> str:
+    """The whole reference: an index table, then one section per action."""
+    lines = ["# Action reference", "",
+             "Generated from `manifests/*.json` by `openai-pack docs`. Every field also accepts its value "
+             "as text (`\"0.7\"`, `\"true\"`, `'[\"a\"]'`); an empty string means \"not given\".", "",
+             "| action | title | category | HTTP |", "| --- | --- | --- | --- |"]
+    for m in manifests.values():
+        lines.append(f"| `{m.name}` | {m.title} | {m.category} | `{m.http.method} {m.http.path}` |")
+    lines.append("")
+    lines += [render_action(m) for m in manifests.values()]
+    return "\n".join(lines)

@@ -1,0 +1,162 @@
+"""Input validation that speaks to people: every problem names its field path and says what was wrong.
+
+jsonschema's own messages ("'robot' is not valid under any of the given schemas") are written for
+schema authors; automation builders need ``messages[1].role: must be one of: system, user, ...``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+__all__ = ["field_path", "problems_for", "validator_for"]
+
+_TYPE_WORDS = {
+    "string": "text",
+    "integer": "a whole number",
+    "number": "a number",
+    "boolean": "true or false",
+    "array": "a list",
+    "object": "an object",
+    "null": "null",
+}
+_validators: dict[int, tuple[dict[str, Any], Draft202012Validator]] = {}
+
+
+def validator_for(schema: dict[str, Any]) -> Draft202012Validator:
+    """One compiled validator per (cached, read-only) manifest schema."""
+    cached = _validators.get(id(schema))
+    if cached is None or cached[0] is not schema:
+        cached = (schema, Draft202012Validator(schema))
+        _validators[id(schema)] = cached
+    return cached[1]
+
+
+def field_path(parts: Iterable[Any]) -> str:
+    """``["messages", 1, "role"]`` -> ``messages[1].role``."""
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"the text {shown!r}"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return f"a list of {len(value)} item(s)"
+    return "an object"
+
+
+def _one_of(options: list[Any]) -> str:
+    return ", ".join(repr(o) if isinstance(o, str) else str(o) for o in options)
+
+
+def _deepest(errors: list[ValidationError]) -> list[ValidationError]:
+    """From a failed anyOf/oneOf, the errors that got furthest into the value: the most specific."""
+    flat: list[ValidationError] = []
+    for err in errors:
+        if err.validator in ("anyOf", "oneOf") and err.context:
+            flat.extend(_deepest(list(err.context)))
+        else:
+            flat.append(err)
+    if not flat:
+        return []
+    depth = max(len(e.absolute_path) for e in flat)
+    deepest = [e for e in flat if len(e.absolute_path) == depth]
+    # A type mismatch at the same depth is the least informative; keep the others when there are any.
+    informative = [e for e in deepest if e.validator != "type"]
+    return informative or deepest
+
+
+def _reason(err: ValidationError) -> tuple[list[Any], str]:
+    """The path and a plain-words reason for one jsonschema error."""
+    path = list(err.absolute_path)
+    value, kind, schema = err.instance, err.validator, err.schema
+    if kind == "required":
+        missing = err.message.split("'")[1] if "'" in err.message else str(err.validator_value)
+        return [*path, missing], "is required"
+    if kind == "additionalProperties":
+        known = sorted(schema.get("properties", {}))
+        unexpected = sorted(set(value) - set(known)) if isinstance(value, dict) else []
+        name = unexpected[0] if unexpected else "?"
+        hint = difflib.get_close_matches(name, known, n=1)
+        suggestion = f"; did you mean {hint[0]!r}?" if hint else (f"; known fields: {', '.join(known)}"
+                                                                  if known else "; this takes no fields")
+        return [*path, name], f"is not a known field{suggestion}"
+    if kind == "type":
+        wanted = err.validator_value if isinstance(err.validator_value, list) else [err.validator_value]
+        words = " or ".join(_TYPE_WORDS.get(w, w) for w in wanted)
+        return path, f"must be {words} (got {_describe(value)})"
+    if kind == "enum":
+        return path, f"must be one of: {_one_of(err.validator_value)} (got {_describe(value)})"
+    if kind == "const":
+        return path, f"must be {err.validator_value!r} (got {_describe(value)})"
+    if kind == "minimum":
+        return path, f"must be at least {err.validator_value} (got {value})"
+    if kind == "maximum":
+        return path, f"must be at most {err.validator_value} (got {value})"
+    if kind == "exclusiveMinimum":
+        return path, f"must be greater than {err.validator_value} (got {value})"
+    if kind == "exclusiveMaximum":
+        return path, f"must be less than {err.validator_value} (got {value})"
+    if kind == "minLength":
+        if err.validator_value == 1:
+            return path, "must not be empty"
+        return path, f"must be at least {err.validator_value} characters long (got {len(value)})"
+    if kind == "maxLength":
+        return path, f"must be at most {err.validator_value} characters long (got {len(value)})"
+    if kind == "minItems":
+        return path, f"must have at least {err.validator_value} item(s) (got {len(value)})"
+    if kind == "maxItems":
+        return path, f"must have at most {err.validator_value} item(s) (got {len(value)})"
+    if kind in ("minProperties", "maxProperties"):
+        word = "at least" if kind == "minProperties" else "at most"
+        return path, f"must have {word} {err.validator_value} entr(ies) (got {len(value)})"
+    if kind == "pattern":
+        return path, f"must match the pattern {err.validator_value} (got {_describe(value)})"
+    if kind == "uniqueItems":
+        return path, "must not repeat items"
+    if kind == "propertyNames":
+        return path, f"has a key that is not allowed: {err.message}"
+    return path, err.message[:200]
+
+
+def _union_reason(err: ValidationError) -> tuple[list[Any], str]:
+    """For anyOf/oneOf: report the most specific branch error, merging alternatives of one field."""
+    deepest = _deepest(list(err.context or []))
+    if not deepest:
+        return list(err.absolute_path), f"does not match any allowed form (got {_describe(err.instance)})"
+    reasons = [_reason(e) for e in deepest]
+    path = reasons[0][0]
+    consts = [e.validator_value for e in deepest if e.validator == "const"]
+    enums = [v for e in deepest if e.validator == "enum" for v in e.validator_value]
+    if consts or enums:
+        options = list(dict.fromkeys([*consts, *enums]))
+        return path, f"must be one of: {_one_of(options)} (got {_describe(deepest[0].instance)})"
+    types = [t for e in deepest if e.validator == "type"
+             for t in (e.validator_value if isinstance(e.validator_value, list) else [e.validator_value])]
+    if len(types) == len(deepest) and types:
+        words = " or ".join(dict.fromkeys(_TYPE_WORDS.get(t, t) for t in types))
+        return path, f"must be {words} (got {_describe(deepest[0].instance)})"
+    return reasons[0]
+
+
+def problems_for(value: Any, schema: dict[str, Any]) -> list[dict[str, str]]:
+    """Every problem as ``{field, reason}``, in a stable order (by field path)."""
+    problems: dict[tuple[str, str], None] = {}
+    for err in validator_for(schema).iter_errors(value):
+        path, reason = _union_reason(err) if err.validator in ("anyOf", "oneOf") else _reason(err)
+        problems[(field_path(path), reason)] = None
+    return [{"field": f, "reason": r} for f, r in sorted(problems)]

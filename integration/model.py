@@ -1,0 +1,176 @@
+"""The integration definition: everything needed to reach one OpenAI(-compatible) account.
+
+An MSP keeps one per customer, so integrations are named values, frozen once built, and the
+API key is a ``SecretStr`` that prints as ``**********`` everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from integration.errors import ConfigError
+
+__all__ = ["Auth", "AuthPlacement", "Integration", "RateLimits", "Timeouts", "config_error_from"]
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+_INTEGRATION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class AuthPlacement(StrEnum):
+    """Where the key goes: OpenAI's bearer header, a proxy's own header, a query parameter, or nowhere."""
+
+    bearer = "bearer"
+    header = "header"
+    query = "query"
+    none = "none"
+
+
+class Auth(BaseModel):
+    """Key placement, after Airbyte's RequestOption and node-red's Service Host."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    placement: AuthPlacement = AuthPlacement.bearer
+    name: str | None = Field(None, description="Header or query parameter name (header/query placements).")
+    prefix: str = Field("", description="Text put before the key in a custom header, e.g. 'Token '.")
+
+    @model_validator(mode="after")
+    def _check_combination(self) -> Auth:
+        if self.placement in (AuthPlacement.header, AuthPlacement.query) and not self.name:
+            raise ValueError(f"auth.name is required when auth.placement is '{self.placement.value}'")
+        if self.placement == AuthPlacement.header and self.name and not _HEADER_NAME.match(self.name):
+            raise ValueError(f"auth.name {self.name!r} is not a valid HTTP header name")
+        if self.placement in (AuthPlacement.bearer, AuthPlacement.none) and self.name:
+            raise ValueError(f"auth.name is only used with the header or query placements, "
+                             f"not '{self.placement.value}'")
+        if self.prefix and self.placement != AuthPlacement.header:
+            raise ValueError("auth.prefix is only used with the header placement")
+        return self
+
+
+class Timeouts(BaseModel):
+    """Seconds; read is long because a big completion can take minutes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    connect: Annotated[float, Field(gt=0, le=300)] = 10.0
+    read: Annotated[float, Field(gt=0, le=3600)] = 600.0
+    write: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    pool: Annotated[float, Field(gt=0, le=3600)] = 30.0
+
+
+class RateLimits(BaseModel):
+    """The budget an account allows; all workers share it (enforced by the workers layer)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    requests_per_minute: Annotated[int, Field(gt=0)] | None = None
+    tokens_per_minute: Annotated[int, Field(gt=0)] | None = None
+
+
+class Integration(BaseModel):
+    """One OpenAI account (or compatible server) and how to talk to it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = "default"
+    api_key: SecretStr | None = Field(None, json_schema_extra={"writeOnly": True})
+    organization_id: str | None = Field(None, description="Sent as OpenAI-Organization.")
+    project_id: str | None = Field(None, description="Sent as OpenAI-Project.")
+    base_url: str = DEFAULT_BASE_URL
+    auth: Auth = Auth()
+    timeout: Timeouts = Timeouts()
+    max_retries: Annotated[int, Field(ge=0, le=10)] = 2
+    extra_headers: dict[str, str] = Field(default_factory=dict)
+    legacy_edits: bool = Field(False, description="The server still serves POST /edits (most don't).")
+    rate_limits: RateLimits = RateLimits()
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not _INTEGRATION_NAME.match(value):
+            raise ValueError("must be 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", value):
+            raise ValueError("must be an http(s) URL without query or fragment, e.g. https://api.openai.com/v1")
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _empty_key_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        return value if value.get_secret_value().strip() else None
+
+    @field_validator("organization_id", "project_id")
+    @classmethod
+    def _blank_is_none(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
+    @field_validator("extra_headers")
+    @classmethod
+    def _check_extra_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for header in value:
+            if not _HEADER_NAME.match(header):
+                raise ValueError(f"{header!r} is not a valid HTTP header name")
+            if header.lower() in {"authorization", "openai-organization", "openai-project", "content-length"}:
+                raise ValueError(f"{header!r} is set by the pack itself; use the matching integration field")
+        return value
+
+    @model_validator(mode="after")
+    def _key_matches_placement(self) -> Integration:
+        if self.auth.placement != AuthPlacement.none and self.api_key is None:
+            raise ValueError(f"api_key is required when auth.placement is '{self.auth.placement.value}' "
+                             "(use placement 'none' for a local server without auth)")
+        return self
+
+    @classmethod
+    def build(cls, **fields: Any) -> Integration:
+        """Construct, turning pydantic's errors into one ConfigError that names the field."""
+        try:
+            return cls(**fields)
+        except ValidationError as exc:
+            raise config_error_from(exc) from None
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, name: str = "default") -> Integration | None:
+        """The default integration from the variables the official SDK reads, or None if no key is set."""
+        env = os.environ if environ is None else environ
+        key = env.get("OPENAI_API_KEY", "").strip()
+        if not key:
+            return None
+        fields: dict[str, Any] = {"name": name, "api_key": key,
+                                  "organization_id": env.get("OPENAI_ORG_ID") or None,
+                                  "project_id": env.get("OPENAI_PROJECT_ID") or None}
+        if env.get("OPENAI_BASE_URL"):
+            fields["base_url"] = env["OPENAI_BASE_URL"]
+        return cls.build(**fields)
+
+    def public_dict(self) -> dict[str, Any]:
+        """What may be shown or stored in clear: everything but the key, plus whether one is set."""
+        data = self.model_dump(mode="json", exclude={"api_key"})
+        data["has_api_key"] = self.api_key is not None
+        return data
+
+
+def config_error_from(exc: ValidationError) -> ConfigError:
+    """One readable ConfigError from a pydantic ValidationError (input values are never echoed)."""
+    problems = []
+    for err in exc.errors(include_input=False, include_url=False):
+        field = ".".join(str(p) for p in err["loc"]) or None
+        reason = err["msg"].removeprefix("Value error, ")
+        problems.append({"field": field or "integration", "reason": reason})
+    first = problems[0]
+    where = "integration" if first["field"] == "integration" else f"integration {first['field']}"
+    return ConfigError(f"{where}: {first['reason']}", field=first["field"], problems=problems)

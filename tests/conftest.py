@@ -1,0 +1,106 @@
+"""Shared fixtures: real parts only (a loopback simulator of the API, a real redis-server)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from actions._simulator import Simulator
+from integration.client import close_all_clients
+from integration.model import Integration
+
+#: A recognisable fake key: tests grep for it to prove it never leaks.
+CANARY_KEY = "sk-canary-LEAK-4f9c2e7d1b3a5c8e0f6d"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_OPENAPI = REPO_ROOT.parent / "shared" / "openapi"
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No test reads or writes the user's ~/.openai-pack or picks up their real key."""
+    home = tmp_path_factory.mktemp("pack-home")
+    monkeypatch.setenv("OPENAI_PACK_HOME", str(home))
+    for name in ("OPENAI_API_KEY", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID", "OPENAI_BASE_URL",
+                 "OPENAI_PACK_FERNET_KEYS"):
+        monkeypatch.delenv(name, raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def simulator_session() -> Iterator[Simulator]:
+    with Simulator(port=0) as sim:
+        yield sim
+
+
+@pytest.fixture
+def simulator(simulator_session: Simulator) -> Iterator[Simulator]:
+    """The session's simulator, with faults and counters cleared for this test."""
+    simulator_session.reset()
+    yield simulator_session
+    simulator_session.reset()
+
+
+@pytest.fixture
+def sim_integration(simulator: Simulator) -> Integration:
+    """An integration pointing at the simulator, with short timeouts so fault tests stay fast."""
+    return Integration(name="sim", base_url=simulator.url, auth={"placement": "none"},
+                       timeout={"connect": 2, "read": 5}, max_retries=2)
+
+
+@pytest.fixture
+def keyed_simulator() -> Iterator[Simulator]:
+    """A simulator that demands the canary key as a bearer token (auth placement tests make their own)."""
+    with Simulator(port=0, api_key=CANARY_KEY, auth={"placement": "bearer"}) as sim:
+        yield sim
+    close_all_clients()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on 127.0.0.1 and a free port, stopped at the end of the session."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed: `make test` installs it (apt-get install redis-server)")
+    port = _free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir), "--protected-mode", "yes"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                pytest.fail("redis-server did not start")
+            time.sleep(0.05)
+        os.environ["OPENAI_PACK_TEST_REDIS_URL"] = url
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)

@@ -1,0 +1,376 @@
+"""The on-disk integration store: round-trips, encryption at rest, rotation, locking, and resolve()."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import stat
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from cryptography.fernet import Fernet
+
+from integration.errors import ConfigError
+from integration.model import Integration
+from integration.store import IntegrationStore, resolve
+
+if TYPE_CHECKING:
+    from multiprocessing.synchronize import Event
+
+#: A recognisable fake key: it must never appear in clear in the store file or in an error.
+CANARY = "sk-canary-STORE-0123456789abcdef"
+OTHER_KEY = "sk-other-STORE-fedcba9876543210"
+ENV_VARS = ("OPENAI_API_KEY", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID", "OPENAI_BASE_URL")
+
+
+def new_key() -> str:
+    return Fernet.generate_key().decode()
+
+
+@pytest.fixture
+def fernet_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    key = new_key()
+    monkeypatch.setenv("OPENAI_PACK_FERNET_KEYS", key)
+    return key
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A not-yet-existing pack home, so the store's own directory creation is exercised."""
+    pack_home = tmp_path / "pack-home"
+    monkeypatch.setenv("OPENAI_PACK_HOME", str(pack_home))
+    monkeypatch.delenv("OPENAI_PACK_FERNET_KEYS", raising=False)
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    return pack_home
+
+
+def acme(key: str = CANARY, name: str = "acme", **fields: object) -> Integration:
+    return Integration(name=name, api_key=key, **fields)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+# ---- add / get / list / remove / default ------------------------------------------------------
+
+
+def test_add_get_list_remove_and_default(home: Path, fernet_key: str) -> None:
+    store = IntegrationStore()
+    assert store.path == home / "integrations.json"
+    assert store.list() == []
+    assert store.default_name() is None
+
+    store.add(acme(name="zeta", key=OTHER_KEY))
+    store.add(acme(name="acme"))
+    assert store.default_name() == "zeta", "the first one added becomes the default"
+    assert [i.name for i in store.list()] == ["acme", "zeta"]
+    assert store.get("acme").api_key.get_secret_value() == CANARY
+    assert store.get("zeta").api_key.get_secret_value() == OTHER_KEY
+
+    store.set_default("acme")
+    assert store.default_name() == "acme"
+    store.remove("acme")
+    assert store.default_name() is None, "removing the default leaves no default"
+    assert store.names() == ["zeta"]
+
+
+def test_add_existing_needs_replace_and_make_default(fernet_key: str) -> None:
+    store = IntegrationStore()
+    store.add(acme(name="first"))
+    store.add(acme())
+    with pytest.raises(ConfigError, match="'acme' already exists"):
+        store.add(acme(key=OTHER_KEY))
+    assert store.get("acme").api_key.get_secret_value() == CANARY
+
+    store.add(acme(key=OTHER_KEY), replace=True, make_default=True)
+    assert store.get("acme").api_key.get_secret_value() == OTHER_KEY
+    assert store.default_name() == "acme"
+
+
+def test_missing_name_lists_the_known_ones(fernet_key: str) -> None:
+    store = IntegrationStore()
+    with pytest.raises(ConfigError, match="none are stored yet"):
+        store.get("nope")
+    store.add(acme(name="beta"))
+    store.add(acme(name="alpha"))
+    for call in (store.get, store.remove, store.set_default):
+        with pytest.raises(ConfigError) as info:
+            call("nope")
+        assert "'nope'" in str(info.value)
+        assert "known: alpha, beta" in str(info.value)
+        assert info.value.details["known"] == ["alpha", "beta"]
+
+
+def test_all_public_fields_round_trip(fernet_key: str) -> None:
+    original = Integration(
+        name="proxy", api_key=CANARY, organization_id="org-1", project_id="proj-1",
+        base_url="https://llm.example.com/v1/", auth={"placement": "header", "name": "X-Api-Key",
+                                                       "prefix": "Token "},
+        timeout={"connect": 3, "read": 30}, max_retries=5, extra_headers={"X-Customer": "acme"},
+        legacy_edits=True, rate_limits={"requests_per_minute": 60},
+    )
+    store = IntegrationStore()
+    store.add(original)
+    loaded = store.get("proxy")
+    assert loaded == original
+    assert loaded.api_key.get_secret_value() == CANARY
+
+
+def test_keyless_integration_stores_null(fernet_key: str) -> None:
+    store = IntegrationStore()
+    store.add(Integration(name="local", base_url="http://127.0.0.1:8080/v1", auth={"placement": "none"}))
+    raw = json.loads(store.path.read_text())
+    assert raw["integrations"]["local"]["api_key_sealed"] is None
+    assert store.get("local").api_key is None
+
+
+# ---- at rest ------------------------------------------------------------------------------------
+
+
+def test_file_format_modes_and_no_clear_key(home: Path, fernet_key: str) -> None:
+    store = IntegrationStore()
+    store.add(acme(organization_id="org-9"))
+    data = store.path.read_bytes()
+    assert CANARY.encode() not in data
+    assert b"sk-canary" not in data
+
+    raw = json.loads(data)
+    assert raw["version"] == 1
+    assert raw["default"] == "acme"
+    entry = raw["integrations"]["acme"]
+    assert "has_api_key" not in entry and "api_key" not in entry
+    assert entry["api_key_sealed"].startswith("gAAAA")
+    expected = acme(organization_id="org-9").public_dict()
+    del expected["has_api_key"]
+    assert {k: v for k, v in entry.items() if k != "api_key_sealed"} == expected
+
+    assert mode(home) == 0o700
+    assert mode(store.path) == 0o600
+    assert not (home / "fernet.key").exists(), "no key file when the env variable holds the keys"
+    names = {p.name for p in home.iterdir()}
+    assert names == {"integrations.json", "integrations.json.lock"}, "atomic writes leave no temp files"
+
+
+def test_key_file_fallback(home: Path) -> None:
+    store = IntegrationStore()
+    store.add(acme())
+    key_file = home / "fernet.key"
+    assert mode(key_file) == 0o600
+    assert CANARY.encode() not in store.path.read_bytes()
+    assert store.get("acme").api_key.get_secret_value() == CANARY
+
+    key_file.unlink()
+    with pytest.raises(ConfigError, match="key file .* does not exist") as info:
+        IntegrationStore().get("acme")
+    assert CANARY not in str(info.value)
+    assert not key_file.exists(), "reading never creates a key that could not open the data anyway"
+
+
+def test_custom_path_keeps_key_file_beside_it(tmp_path: Path, home: Path) -> None:
+    store = IntegrationStore(tmp_path / "custom" / "store.json")
+    store.add(acme())
+    assert (tmp_path / "custom" / "fernet.key").exists()
+    assert not home.exists(), "a custom path never touches the pack home"
+
+
+def test_fernet_keys_argument_overrides_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    key = new_key()
+    monkeypatch.setenv("OPENAI_PACK_FERNET_KEYS", new_key())
+    IntegrationStore(fernet_keys=key).add(acme())
+    assert IntegrationStore(fernet_keys=key).get("acme").api_key.get_secret_value() == CANARY
+    with pytest.raises(ConfigError, match="cannot decrypt"):
+        IntegrationStore().get("acme")
+
+
+# ---- wrong keys and rotation --------------------------------------------------------------------
+
+
+def test_wrong_key_is_a_clear_config_error(monkeypatch: pytest.MonkeyPatch, fernet_key: str) -> None:
+    IntegrationStore().add(acme())
+    monkeypatch.setenv("OPENAI_PACK_FERNET_KEYS", new_key())
+    with pytest.raises(ConfigError) as info:
+        IntegrationStore().get("acme")
+    err = info.value
+    assert str(err) == ("cannot decrypt the key of integration 'acme': OPENAI_PACK_FERNET_KEYS does not "
+                        "hold the key it was sealed with")
+    assert err.__cause__ is None and err.__suppress_context__, "no InvalidToken traceback rides along"
+    assert CANARY not in str(err) and CANARY not in json.dumps(err.to_dict())
+    with pytest.raises(ConfigError, match="cannot decrypt the key of integration 'acme'"):
+        IntegrationStore().list()
+
+
+def test_invalid_fernet_key_is_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    bogus = "not-a-fernet-key-SECRETISH"
+    monkeypatch.setenv("OPENAI_PACK_FERNET_KEYS", f"{new_key()},{bogus}")
+    with pytest.raises(ConfigError, match="key 2 of 2 is not a Fernet key") as info:
+        IntegrationStore().add(acme())
+    assert bogus not in str(info.value)
+
+
+def test_rotate_moves_every_key_to_the_new_first_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    key_a, key_b = new_key(), new_key()
+    monkeypatch.setenv("OPENAI_PACK_FERNET_KEYS", key_a)
+    store = IntegrationStore()
+    store.add(acme())
+    store.add(acme(name="beta", key=OTHER_KEY))
+    store.add(Integration(name="local", base_url="http://127.0.0.1:1/v1", auth={"placement": "none"}))
+    before = json.loads(store.path.read_text())["integrations"]
+
+    monkeypatch.setenv("OPENAI_PACK_FERNET_KEYS", f"{key_b},{key_a}")
+    assert store.rotate() == 2
+    after = json.loads(store.path.read_text())["integrations"]
+    assert after["acme"]["api_key_sealed"] != before["acme"]["api_key_sealed"]
+    assert mode(store.path) == 0o600
+
+    monkeypatch.setenv("OPENAI_PACK_FERNET_KEYS", key_b)
+    assert store.get("acme").api_key.get_secret_value() == CANARY
+    assert store.get("beta").api_key.get_secret_value() == OTHER_KEY
+    monkeypatch.setenv("OPENAI_PACK_FERNET_KEYS", key_a)
+    with pytest.raises(ConfigError, match="cannot decrypt the key of integration 'acme'"):
+        store.get("acme")
+
+
+def test_rotate_without_the_old_key_writes_nothing(monkeypatch: pytest.MonkeyPatch, fernet_key: str) -> None:
+    store = IntegrationStore()
+    store.add(acme())
+    before = store.path.read_bytes()
+    monkeypatch.setenv("OPENAI_PACK_FERNET_KEYS", new_key())
+    with pytest.raises(ConfigError, match="cannot decrypt the key of integration 'acme'"):
+        store.rotate()
+    assert store.path.read_bytes() == before
+
+
+# ---- corrupt files ------------------------------------------------------------------------------
+
+
+def test_corrupt_json_names_file_and_line_without_contents(home: Path) -> None:
+    home.mkdir()
+    path = home / "integrations.json"
+    path.write_text('{\n  "version": 1,\n  "integrations": {"acme": "' + CANARY + '"\n  ,,\n}\n')
+    with pytest.raises(ConfigError) as info:
+        IntegrationStore().list()
+    message = str(info.value)
+    assert str(path) in message
+    assert "line 4" in message
+    assert CANARY not in message and CANARY not in json.dumps(info.value.to_dict())
+
+
+@pytest.mark.parametrize(("content", "fragment"), [
+    ("[]", "must hold a JSON object"),
+    ('{"version": 99, "integrations": {}}', "format version 99"),
+    ('{"version": 1, "default": "ghost", "integrations": {}}', "default 'ghost'"),
+    ('{"version": 1, "integrations": {"a": {"api_key_sealed": null}}}', "integration 'a': api_key"),
+    (b'\xff\xfe', "not UTF-8"),
+])
+def test_malformed_store_is_a_config_error(home: Path, content: str | bytes, fragment: str) -> None:
+    home.mkdir()
+    path = home / "integrations.json"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=fragment) as info:
+        IntegrationStore().list()
+    assert str(path) in str(info.value)
+
+
+# ---- resolve() ----------------------------------------------------------------------------------
+
+
+def test_resolve_passes_an_integration_through(home: Path) -> None:
+    given = acme()
+    assert resolve(given) is given
+    assert not home.exists(), "no store is touched"
+
+
+def test_resolve_precedence(fernet_key: str) -> None:
+    env = {"OPENAI_API_KEY": "sk-from-env-000000", "OPENAI_ORG_ID": "org-env",
+           "OPENAI_PROJECT_ID": "proj-env", "OPENAI_BASE_URL": "https://proxy.example.com/v1"}
+    store = IntegrationStore()
+
+    from_env = resolve(environ=env)
+    assert from_env.api_key.get_secret_value() == "sk-from-env-000000"
+    assert (from_env.organization_id, from_env.project_id, from_env.base_url) == (
+        "org-env", "proj-env", "https://proxy.example.com/v1")
+    assert resolve("default", environ=env).organization_id == "org-env"
+
+    store.add(acme(name="first"))
+    store.add(acme(name="second", key=OTHER_KEY))
+    assert resolve(environ=env).name == "first", "the store's default beats the environment"
+    assert resolve("second", environ=env).api_key.get_secret_value() == OTHER_KEY
+    assert resolve("default", environ=env).organization_id == "org-env", "no stored 'default': env"
+
+    store.add(acme(name="default"))
+    assert resolve("default", environ=env).api_key.get_secret_value() == CANARY, "a stored 'default' wins"
+
+    store.set_default(None)
+    assert resolve(environ=env).organization_id == "org-env", "no default: env"
+    with pytest.raises(ConfigError, match="no integration named 'nope'.*known: default, first, second"):
+        resolve("nope", environ=env)
+
+
+def test_resolve_with_nothing_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve(environ={})
+    assert str(info.value) == ("no integration configured: set OPENAI_API_KEY, or add one with "
+                               "`openai-pack integrations add NAME`")
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY is not set"):
+        resolve("default", environ={})
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-process-env-0000")
+    assert resolve().api_key.get_secret_value() == "sk-process-env-0000", "environ=None reads os.environ"
+
+
+def test_resolve_reads_home_at_call_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         fernet_key: str) -> None:
+    for sub in ("one", "two"):
+        monkeypatch.setenv("OPENAI_PACK_HOME", str(tmp_path / sub))
+        IntegrationStore().add(acme(name=f"tenant-{sub}"))
+    assert resolve(environ={}).name == "tenant-two"
+    monkeypatch.setenv("OPENAI_PACK_HOME", str(tmp_path / "one"))
+    assert resolve(environ={}).name == "tenant-one"
+    assert resolve("tenant-one", store=IntegrationStore(tmp_path / "one" / "integrations.json")).name == (
+        "tenant-one")
+
+
+# ---- concurrency --------------------------------------------------------------------------------
+
+PER_PROCESS = 12
+
+
+def _add_many(path: str, keys: str, prefix: str, start: Event) -> None:
+    start.wait(10)
+    store = IntegrationStore(Path(path), fernet_keys=keys)
+    for i in range(PER_PROCESS):
+        store.add(Integration(name=f"{prefix}-{i:02d}", api_key=f"{CANARY}-{prefix}-{i}"))
+
+
+def test_concurrent_adds_from_two_processes_both_survive(home: Path) -> None:
+    keys = new_key()
+    path = home / "integrations.json"
+    ctx = multiprocessing.get_context("fork")
+    start = ctx.Event()
+    workers = [ctx.Process(target=_add_many, args=(str(path), keys, prefix, start)) for prefix in ("p", "q")]
+    for worker in workers:
+        worker.start()
+    start.set()
+    try:
+        for worker in workers:
+            worker.join(timeout=60)
+            assert worker.exitcode == 0, f"worker exit code {worker.exitcode}"
+    finally:
+        for worker in workers:
+            if worker.is_alive():
+                worker.terminate()
+                worker.join(5)
+
+    store = IntegrationStore(path, fernet_keys=keys)
+    expected = sorted(f"{prefix}-{i:02d}" for prefix in ("p", "q") for i in range(PER_PROCESS))
+    assert store.names() == expected
+    assert store.get("q-07").api_key.get_secret_value() == f"{CANARY}-q-7"
+    assert store.default_name() in {"p-00", "q-00"}
+    assert mode(path) == 0o600
+    assert CANARY.encode() not in path.read_bytes()
+    assert {p.name for p in home.iterdir()} == {"integrations.json", "integrations.json.lock"}

@@ -1,0 +1,322 @@
+"""``openai-pack``: the command line over actions, integrations, the simulator and (later) workers.
+
+Output contract for scripts: results are JSON on stdout; a failure is a JSON error on stderr with
+exit code 2 for bad input or configuration and 1 for an API or transport failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import actions
+from actions._docs import field_rows, render_action, render_reference
+from integration.errors import ConfigError, InputError, ManifestError, PackError
+from integration.model import Integration
+from integration.redact import install_log_redaction, scrub
+from integration.store import IntegrationStore
+
+app = typer.Typer(help="OpenAI actions for workflow automation.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+actions_app = typer.Typer(help="List and describe actions.", no_args_is_help=True)
+integrations_app = typer.Typer(help="Manage integrations (one per customer or account).", no_args_is_help=True)
+app.add_typer(actions_app, name="actions")
+app.add_typer(integrations_app, name="integrations")
+
+console = Console()
+errors_console = Console(stderr=True)
+
+
+def _emit(value: Any) -> None:
+    sys.stdout.write(scrub(json.dumps(value, indent=2, ensure_ascii=False)) + "\n")
+
+
+def fail(error: PackError | Exception) -> NoReturn:
+    """Print a JSON error on stderr and exit 2 (input/config) or 1 (API/transport/other)."""
+    if isinstance(error, PackError):
+        payload = error.to_dict()
+        code = 2 if isinstance(error, InputError | ConfigError | ManifestError) else 1
+    else:
+        payload = {"type": type(error).__name__, "code": "unexpected", "message": str(error)}
+        code = 1
+    sys.stderr.write(scrub(json.dumps({"error": payload}, ensure_ascii=False)) + "\n")
+    raise typer.Exit(code)
+
+
+def _usage_error(field: str, reason: str) -> NoReturn:
+    fail(InputError([{"field": field, "reason": reason}]))
+
+
+# ---------------------------------------------------------------- actions
+
+
+@actions_app.command("list")
+def actions_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """Every action the pack ships."""
+    manifests = actions.registry()
+    if as_json:
+        _emit([{"name": m.name, "title": m.title, "category": m.category, "method": m.http.method,
+                "path": m.http.path, "idempotent": m.is_idempotent} for m in manifests.values()])
+        return
+    table = Table("action", "title", "category", "HTTP")
+    for m in manifests.values():
+        table.add_row(m.name, m.title, m.category, f"{m.http.method} {m.http.path}")
+    console.print(table)
+
+
+@actions_app.command("show")
+def actions_show(
+    name: str,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole manifest.")] = False,
+) -> None:
+    """An action's fields, limits and example."""
+    try:
+        manifest = actions.get(name)
+    except PackError as exc:
+        fail(exc)
+    if as_json:
+        _emit(manifest.model_dump(mode="json"))
+        return
+    console.print(f"[bold]{manifest.title}[/bold] ({manifest.name}): {manifest.description}")
+    console.print(f"{manifest.http.method} {manifest.http.path}")
+    table = Table("field", "type", "required", "limits", "description", show_lines=False)
+    for row in field_rows(manifest):
+        table.add_row(row["name"], row["type"], row["required"], row["limits"], row["description"])
+    console.print(table)
+    console.print("Example input:")
+    console.print_json(json.dumps(manifest.examples[0].input))
+
+
+@actions_app.command("options")
+def actions_options(
+    name: str,
+    field: str,
+    integration: Annotated[str | None, typer.Option(help="Integration to ask.")] = None,
+) -> None:
+    """The choices of a field filled from another action (e.g. model ids from list_models)."""
+    try:
+        manifest = actions.get(name)
+        schema = manifest.properties.get(field)
+        if schema is None:
+            _usage_error(field, f"is not a field of {name}")
+        source = schema.get("x-options-from")
+        if not source:
+            _usage_error(field, "has no dynamic choices (no x-options-from in its manifest)")
+        listing = actions.run(source, {}, integration)
+    except PackError as exc:
+        fail(exc)
+    _emit(sorted(item.get("id") for item in listing.get("data", []) if isinstance(item, dict)))
+
+
+@actions_app.command("docs", hidden=True)
+def actions_docs() -> None:
+    """Alias of ``openai-pack docs``."""
+    docs()
+
+
+# ---------------------------------------------------------------- run
+
+
+def _read_input(raw: str | None) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    text = raw
+    if raw.startswith("@"):
+        path = Path(raw[1:])
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            _usage_error("--input", f"cannot read {str(path)!r}: {exc.strerror}")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        _usage_error("--input", f"is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})")
+    if not isinstance(value, dict):
+        _usage_error("--input", "must be a JSON object of field values")
+    return value
+
+
+def _apply_sets(inputs: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _usage_error("--set", f"{item!r} is not field=value")
+        if value.startswith("@"):
+            try:
+                value = Path(value[1:]).read_text(encoding="utf-8")
+            except OSError as exc:
+                _usage_error(key, f"cannot read {value[1:]!r}: {exc.strerror}")
+        inputs[key] = value  # a string, coerced by the field's schema like any workflow input
+    return inputs
+
+
+@app.command("run")
+def run_action(
+    name: str,
+    input_: Annotated[str | None, typer.Option("--input", "-i", help="JSON object, or @file.json.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="field=value (value as text, or @file).")
+    ] = None,
+    integration: Annotated[str | None, typer.Option(help="Integration name (default: the default one).")] = None,
+) -> None:
+    """Run one action and print its output as JSON."""
+    install_log_redaction()
+    inputs = _apply_sets(_read_input(input_), set_ or [])
+    try:
+        output = actions.run(name, inputs, integration)
+    except PackError as exc:
+        fail(exc)
+    _emit(output)
+
+
+# ---------------------------------------------------------------- integrations
+
+
+def _store() -> IntegrationStore:
+    return IntegrationStore()
+
+
+def _read_key(key_env: str | None, key_stdin: bool) -> str | None:
+    if key_env and key_stdin:
+        _usage_error("--key-env", "use either --key-env or --key-stdin, not both")
+    if key_env:
+        value = os.environ.get(key_env, "")
+        if not value.strip():
+            fail(ConfigError(f"environment variable {key_env} is empty or not set", field="api_key"))
+        return value.strip()
+    if key_stdin:
+        return sys.stdin.readline().strip() or None
+    return None
+
+
+@integrations_app.command("add")
+def integrations_add(
+    name: str,
+    key_env: Annotated[str | None, typer.Option(help="Read the API key from this environment variable.")] = None,
+    key_stdin: Annotated[bool, typer.Option(help="Read the API key from the first line of stdin.")] = False,
+    organization_id: Annotated[str | None, typer.Option("--org", help="OpenAI-Organization.")] = None,
+    project_id: Annotated[str | None, typer.Option("--project", help="OpenAI-Project.")] = None,
+    base_url: Annotated[str | None, typer.Option(help="API base URL, including /v1.")] = None,
+    auth: Annotated[str, typer.Option(help="bearer | header | query | none")] = "bearer",
+    auth_name: Annotated[str | None, typer.Option(help="Header or query parameter name.")] = None,
+    auth_prefix: Annotated[str, typer.Option(help="Text before the key in a custom header.")] = "",
+    timeout: Annotated[float | None, typer.Option(help="Read timeout in seconds.")] = None,
+    max_retries: Annotated[int | None, typer.Option(help="Retries of 429/5xx answers.")] = None,
+    legacy_edits: Annotated[bool, typer.Option(help="The server still serves POST /edits.")] = False,
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute the account allows.")] = None,
+    tpm: Annotated[int | None, typer.Option(help="Tokens per minute the account allows.")] = None,
+    default: Annotated[bool, typer.Option("--default", help="Make it the default integration.")] = False,
+    replace: Annotated[bool, typer.Option(help="Replace an existing integration of that name.")] = False,
+) -> None:
+    """Add an integration; the key comes from an environment variable or stdin, never an argument."""
+    fields: dict[str, Any] = {
+        "name": name, "api_key": _read_key(key_env, key_stdin), "organization_id": organization_id,
+        "project_id": project_id, "auth": {"placement": auth, "name": auth_name, "prefix": auth_prefix},
+        "legacy_edits": legacy_edits, "rate_limits": {"requests_per_minute": rpm, "tokens_per_minute": tpm},
+    }
+    if base_url:
+        fields["base_url"] = base_url
+    if timeout is not None:
+        fields["timeout"] = {"read": timeout}
+    if max_retries is not None:
+        fields["max_retries"] = max_retries
+    try:
+        store = _store()
+        store.add(Integration.build(**fields), make_default=default, replace=replace)
+    except PackError as exc:
+        fail(exc)
+    _emit({"added": name, "default": store.default_name() == name})
+
+
+@integrations_app.command("list")
+def integrations_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The stored integrations (keys are never shown)."""
+    try:
+        store = _store()
+        items, default_name = store.list(), store.default_name()
+    except PackError as exc:
+        fail(exc)
+    if as_json:
+        _emit([{**i.public_dict(), "default": i.name == default_name} for i in items])
+        return
+    table = Table("name", "default", "base_url", "auth", "organization", "key")
+    for i in items:
+        table.add_row(i.name, "yes" if i.name == default_name else "", i.base_url, i.auth.placement.value,
+                      i.organization_id or "", "set" if i.api_key else "none")
+    console.print(table)
+
+
+@integrations_app.command("remove")
+def integrations_remove(name: str) -> None:
+    """Forget an integration."""
+    try:
+        _store().remove(name)
+    except PackError as exc:
+        fail(exc)
+    _emit({"removed": name})
+
+
+@integrations_app.command("check")
+def integrations_check(name: Annotated[str | None, typer.Argument(help="Default: the default one.")] = None) -> None:
+    """Check the connection: list the models with this integration's URL and key."""
+    try:
+        listing = actions.run("list_models", {}, name)
+    except PackError as exc:
+        fail(exc)
+    _emit({"ok": True, "integration": name or "default", "models": len(listing.get("data") or [])})
+
+
+@integrations_app.command("rotate-key")
+def integrations_rotate_key() -> None:
+    """Re-encrypt every stored key with the first key of OPENAI_PACK_FERNET_KEYS."""
+    try:
+        count = _store().rotate()
+    except PackError as exc:
+        fail(exc)
+    _emit({"rotated": count})
+
+
+# ---------------------------------------------------------------- simulator and docs
+
+
+@app.command("simulate")
+def simulate(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 = any free port).")] = 8765,
+    latency: Annotated[float, typer.Option(help="Seconds before each answer.")] = 0.0,
+) -> None:
+    """Serve the loopback OpenAI API simulator (not the real API) until Ctrl-C."""
+    from actions import _simulator
+
+    _simulator.main(["--port", str(port), "--latency", str(latency)])
+
+
+@app.command("docs")
+def docs(
+    output: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+    action: Annotated[str | None, typer.Option(help="Only this action.")] = None,
+) -> None:
+    """The action reference in Markdown, generated from the manifests."""
+    try:
+        text = render_action(actions.get(action)) if action else render_reference(actions.registry())
+    except PackError as exc:
+        fail(exc)
+    if output:
+        output.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
