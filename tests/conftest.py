@@ -6,9 +6,12 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -104,3 +107,94 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=5)
+
+
+# ---------------------------------------------------------------- workers: real redis, real worker processes
+
+
+class WorkerProcess:
+    """An ``openai-pack worker`` child process; its output is kept for leak scans."""
+
+    def __init__(self, env: dict[str, str], *, concurrency: int = 4, pool: str = "threads", name: str = "w1") -> None:
+        self.lines: list[str] = []
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "workers.cli", "worker", "-c", str(concurrency), "--pool", pool,
+             "--loglevel", env.get("TEST_WORKER_LOGLEVEL", "INFO"), "-n", f"{name}@%h"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT,
+        )
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if not self._ready.wait(60):
+            self.stop()
+            raise RuntimeError("worker did not become ready:\n" + "".join(self.lines[-40:]))
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+            if " ready." in line:
+                self._ready.set()
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def kill(self) -> None:
+        """SIGKILL: the crash the reliability tests simulate."""
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self._reader.join(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def worker_env(redis_server: str, simulator_session: Simulator,
+               tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment shared by the test process and its worker processes: one home, one broker, one store."""
+    from integration.store import IntegrationStore
+
+    home = tmp_path_factory.mktemp("worker-home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "CELERY"))}
+    env.update(OPENAI_PACK_HOME=str(home), OPENAI_PACK_BROKER_URL=redis_server, PYTHONUNBUFFERED="1",
+               OPENAI_PACK_VISIBILITY_TIMEOUT="20", OPENAI_PACK_MAX_INLINE_WAIT="2")
+    store = IntegrationStore(path=home / "integrations.json")
+    store.add(Integration(name="sim", base_url=simulator_session.url, auth={"placement": "none"},
+                          timeout={"connect": 2, "read": 10}, max_retries=2), make_default=True)
+    return env
+
+
+@pytest.fixture(scope="session")
+def session_worker(worker_env: dict[str, str]) -> Iterator[WorkerProcess]:
+    worker = WorkerProcess(worker_env, concurrency=8, name="session")
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def pack(worker_env: dict[str, str], session_worker: WorkerProcess, simulator: Simulator,
+         monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The test process configured like the workers: ``pack.engine`` starts runs, the session worker runs them."""
+    for key, value in worker_env.items():
+        if key.startswith("OPENAI_PACK"):
+            monkeypatch.setenv(key, value)
+    import workers.app
+
+    workers.app.reconfigure()
+    yield workers.app
+    close_all_clients()
+
+
+def run_cli(env: dict[str, str], *args: str, input_text: str | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``openai-pack ARGS`` in a child process with ``env``."""
+    return subprocess.run([sys.executable, "-m", "workers.cli", *args], env=env, cwd=REPO_ROOT, text=True,
+                          capture_output=True, input=input_text, timeout=timeout, check=False)

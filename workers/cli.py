@@ -22,6 +22,7 @@ from integration.errors import ConfigError, InputError, ManifestError, PackError
 from integration.model import Integration
 from integration.redact import install_log_redaction, scrub
 from integration.store import IntegrationStore
+from workers.cli_workflows import register as register_workflow_commands
 
 app = typer.Typer(help="OpenAI actions for workflow automation.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -311,6 +312,9 @@ def docs(
         output.write_text(text, encoding="utf-8")
     else:
         sys.stdout.write(text)
+
+
+register_workflow_commands(app)
 
 
 def main() -> None:

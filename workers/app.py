@@ -1,0 +1,168 @@
+"""The Celery app: one task per manifest (``openai.<name>``) plus the workflow step task.
+
+Configured from the environment (see ``workers.settings``). Messages are JSON and carry names
+and ids only: an integration travels as its name, never its key, and a step task as
+``(run_id, step_id, item)``; everything else is read from the run store.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from functools import cache
+from typing import Any
+
+from celery import Celery, Task
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init
+
+import actions
+from actions import CallOptions
+from integration.errors import PackError, RateLimitedError
+from integration.redact import install_log_redaction, scrub, scrub_data
+from workers.engine import Engine, Requeue
+from workers.kv import KV, open_kv
+from workers.ledger import Ledger
+from workers.runs import RunStore
+from workers.settings import Settings
+
+__all__ = ["STEP_TASK", "app", "engine", "settings"]
+
+STEP_TASK = "openai_pack.step"
+log = logging.getLogger("openai_pack.worker")
+
+
+def _configure(app: Celery, settings: Settings) -> None:
+    transport_options: dict[str, Any] = {}
+    if not settings.embedded:
+        transport_options = {
+            # A crashed worker's unacknowledged step is handed to another worker after this long.
+            "visibility_timeout": settings.visibility_timeout,
+            # ... and the check for such messages runs this often (kombu's default is 60 s).
+            "unacked_restore_interval": min(10.0, settings.visibility_timeout / 4),
+            "health_check_interval": 10,
+        }
+    app.conf.update(
+        broker_url=settings.broker_url,
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        result_backend=None,
+        task_ignore_result=True,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        event_serializer="json",
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        worker_redirect_stdouts=False,
+        task_default_queue="openai_pack",
+        enable_utc=True,
+        timezone="UTC",
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        broker_connection_max_retries=None,
+    )
+
+
+settings = Settings.from_env()
+app = Celery("openai_pack")
+_configure(app, settings)
+
+
+def reconfigure(new: Settings | None = None) -> Settings:
+    """Re-read the environment (a test or CLI option changed it) and drop cached connections."""
+    global settings
+    settings = new or Settings.from_env()
+    _configure(app, settings)
+    app.pool.force_close_all() if app.pool else None
+    kv.cache_clear()
+    engine.cache_clear()
+    return settings
+
+
+@cache
+def kv() -> KV:
+    return open_kv(settings.store_url)
+
+
+def _dispatch(run_id: str, step_id: str, item: int | None, countdown: float | None) -> None:
+    step_task.apply_async(args=[run_id, step_id, item], countdown=countdown,
+                          task_id=f"{run_id}:{step_id}:{'' if item is None else item}:{uuid.uuid4().hex[:8]}")
+
+
+@cache
+def engine() -> Engine:
+    store = kv()
+    return Engine(RunStore(store), Ledger(store), settings, _dispatch)
+
+
+@app.task(name=STEP_TASK, bind=True, acks_late=True, max_retries=None)
+def step_task(self: Task, run_id: str, step_id: str, item: int | None = None) -> None:
+    """One workflow step (or fan-out item); re-queued, not slept, when it must wait."""
+    try:
+        engine().run_step(run_id, step_id, item, owner=str(self.request.id))
+    except Requeue as wait:
+        log.info("step %s of run %s re-queued for %.1fs: %s", step_id, run_id, wait.countdown, wait.reason)
+        raise self.retry(countdown=wait.countdown, max_retries=None) from None
+
+
+def _action_task(name: str) -> Task:
+    """``openai.<name>``: run the action with (inputs, integration name); returns the output."""
+
+    @app.task(name=f"openai.{name}", bind=True, acks_late=True)
+    def run_action(self: Task, inputs: dict[str, Any] | str | None = None,
+                   integration: str | None = None) -> dict[str, Any]:
+        manifest = actions.get(name)
+        ledger = engine().ledger
+        key = f"task:{self.request.id}"
+        stored = ledger.begin(key, idempotent=manifest.is_idempotent, what=f"task openai.{name}")
+        if stored is not None:
+            return stored  # type: ignore[no-any-return]
+        options = CallOptions(max_inline_wait=settings.max_inline_wait)
+        try:
+            output = actions.execute(name, inputs, integration, options=options).output
+        except RateLimitedError as exc:
+            ledger.release(key)
+            if exc.retryable and exc.retry_after is not None and self.request.retries < settings.max_requeues:
+                raise self.retry(countdown=min(exc.retry_after, settings.max_countdown), exc=None) from None
+            raise _plain(exc) from None
+        except PackError as exc:
+            from integration.errors import TimeoutError as NoAnswer
+
+            if not isinstance(exc, NoAnswer):
+                ledger.release(key)
+            raise _plain(exc) from None
+        ledger.done(key, output)
+        return output
+
+    run_action.__doc__ = f"Run the {name} action (manifests/{name}.json)."
+    return run_action
+
+
+def _plain(error: PackError) -> PackError:
+    """Errors cross process boundaries as their dict (scrubbed), never with a traceback of secrets."""
+    error.args = (scrub(str(error.args[0]) if error.args else ""),)
+    error.details = scrub_data(error.details)
+    return error
+
+
+action_tasks = {name: _action_task(name) for name in actions.registry()}
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _redact_logs(**_: Any) -> None:
+    install_log_redaction()
+
+
+@worker_process_init.connect
+def _fresh_connections(**_: Any) -> None:
+    """A forked pool child must not share its parent's sockets."""
+    kv.cache_clear()
+    engine.cache_clear()
+    from integration.client import close_all_clients
+
+    close_all_clients()
+
+
+install_log_redaction()

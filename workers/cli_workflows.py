@@ -1,0 +1,226 @@
+"""``openai-pack worker | workflow | runs``: the commands that need the Celery side.
+
+Celery and the run store are imported inside the commands, so ``openai-pack run`` and
+``actions list`` never pay for importing them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from integration.errors import PackError
+from integration.redact import install_log_redaction, scrub
+
+console = Console()
+
+workflow_app = typer.Typer(help="Validate and run workflow files.", no_args_is_help=True)
+runs_app = typer.Typer(help="Inspect and cancel runs.", no_args_is_help=True)
+
+
+def _fail(error: Exception) -> None:
+    from workers.cli import fail
+
+    fail(error)
+
+
+def _emit(value: Any) -> None:
+    sys.stdout.write(scrub(json.dumps(value, indent=2, ensure_ascii=False, default=str)) + "\n")
+
+
+# ---------------------------------------------------------------- worker
+
+
+def worker(
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Parallel steps per worker.")] = 8,
+    pool: Annotated[str, typer.Option(help="threads (default: I/O-bound work), prefork, solo.")] = "threads",
+    loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "INFO",
+    hostname: Annotated[str | None, typer.Option("--hostname", "-n")] = None,
+) -> None:
+    """Start a Celery worker for the pack's tasks (needs OPENAI_PACK_BROKER_URL, e.g. redis://…)."""
+    install_log_redaction()
+    from workers.app import app, settings
+
+    if settings.embedded:
+        _fail(PackError("OPENAI_PACK_BROKER_URL is not set: a separate worker needs a shared broker such as "
+                        "redis://127.0.0.1:6379/0 (without one, `workflow run` uses an in-process worker)"))
+    argv = ["worker", f"--pool={pool}", f"--concurrency={concurrency}", f"--loglevel={loglevel}",
+            "--without-gossip", "--without-mingle", "-Q", "openai_pack"]
+    if hostname:
+        argv.append(f"--hostname={hostname}")
+    app.worker_main(argv)
+
+
+# ---------------------------------------------------------------- workflow
+
+
+def _load(path: Path) -> Any:
+    from workers.workflow import load_workflow
+
+    try:
+        return load_workflow(path)
+    except PackError as exc:
+        _fail(exc)
+
+
+@workflow_app.command("validate")
+def workflow_validate(files: list[Path]) -> None:
+    """Check workflow files (schema, actions, templates, literal inputs) without running anything."""
+    for path in files:
+        workflow = _load(path)
+        console.print(f"[green]ok[/green] {path}: workflow {workflow.name!r}, {len(workflow.steps)} steps")
+
+
+def _read_json_option(raw: str | None, option: str) -> Any:
+    if raw is None:
+        return {}
+    text = Path(raw[1:]).read_text(encoding="utf-8") if raw.startswith("@") else raw
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        from integration.errors import InputError
+
+        _fail(InputError([{"field": option, "reason": f"is not valid JSON ({exc.msg})"}]))
+
+
+@workflow_app.command("run")
+def workflow_run(
+    file: Path,
+    input_: Annotated[str | None, typer.Option("--input", "-i", help="JSON object, or @file.json.")] = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the result and print it.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 3600,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run record as JSON.")] = False,
+) -> None:
+    """Start a run. Without a broker configured, an in-process worker runs it (and --wait is implied)."""
+    install_log_redaction()
+    workflow = _load(file)
+    inputs = _read_json_option(input_, "--input")
+    from workers.app import engine, settings
+    from workers.embedded import in_process_worker
+
+    embedded = settings.embedded
+    with in_process_worker() if embedded else nullcontext():
+        try:
+            run_id, _ = engine().start_run(workflow, inputs, trigger={"type": "manual", "file": str(file)})
+        except PackError as exc:
+            _fail(exc)
+        if not (wait or embedded):
+            _emit({"run_id": run_id, "status": "running"})
+            return
+        _wait_with_progress(run_id, timeout, quiet=as_json)
+    _print_run(run_id, as_json)
+    status = engine().store.status(run_id)
+    raise typer.Exit(0 if status == "succeeded" else 1)
+
+
+def _wait_with_progress(run_id: str, timeout: float, *, quiet: bool) -> None:
+    from workers.app import engine
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=Console(stderr=True), transient=True, disable=quiet or not sys.stderr.isatty())
+    bars: dict[str, Any] = {}
+
+    def show(state: dict[str, dict[str, int]]) -> None:
+        for step_id, counts in state.items():
+            if step_id not in bars:
+                bars[step_id] = progress.add_task(f"step {step_id}", total=counts["total"])
+            progress.update(bars[step_id], completed=counts["done"])
+
+    with progress:
+        engine().wait(run_id, timeout, on_progress=show)
+
+
+# ---------------------------------------------------------------- runs
+
+
+def _record(run_id: str) -> dict[str, Any]:
+    from workers.app import engine
+
+    record = engine().store.record(run_id)
+    if record is None:
+        from integration.errors import InputError
+
+        _fail(InputError([{"field": "run_id", "reason": f"no run {run_id!r} in the run store"}]))
+    return record  # type: ignore[return-value]
+
+
+def _print_run(run_id: str, as_json: bool) -> None:
+    record = _record(run_id)
+    if as_json:
+        _emit(record)
+        return
+    totals = record["totals"]
+    usage = totals["usage"]
+    console.print(f"run [bold]{record['id']}[/bold]  workflow {record['workflow']}  "
+                  f"trigger {record['trigger'].get('type')}  status [bold]{record['status']}[/bold]  "
+                  f"duration {totals['duration']}s")
+    table = Table("step", "action", "status", "attempts", "tokens", "started", "finished", "detail")
+    for step in record["steps"]:
+        detail = ""
+        if step.get("error"):
+            detail = f"{step['error'].get('code')}: {step['error'].get('message', '')}"[:100]
+        elif step.get("items"):
+            items = step["items"]
+            detail = f"{items.get('succeeded', 0)}/{items['total']} items"
+        table.add_row(step["id"], step.get("action", ""), step.get("status", ""), str(step.get("attempts", 0)),
+                      str((step.get("usage") or {}).get("total_tokens", "")), str(step.get("started", ""))[11:23],
+                      str(step.get("finished", ""))[11:23], scrub(detail))
+    console.print(table)
+    console.print(f"totals: {totals['steps']} steps, {totals['attempts']} API attempts, "
+                  f"{usage.get('prompt_tokens', 0)} prompt + {usage.get('completion_tokens', 0)} completion = "
+                  f"{usage.get('total_tokens', 0)} tokens")
+    if record.get("output") is not None:
+        console.print("output:")
+        sys.stdout.write(scrub(json.dumps(record["output"], indent=2, ensure_ascii=False)) + "\n")
+    if record.get("error"):
+        console.print(f"[red]error[/red]: {scrub(json.dumps(record['error'], ensure_ascii=False))}")
+
+
+@runs_app.command("list")
+def runs_list(
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Recent runs, newest first."""
+    from workers.app import engine
+
+    rows = engine().store.list(limit)
+    if as_json:
+        _emit(rows)
+        return
+    table = Table("run", "workflow", "trigger", "status", "created", "finished")
+    for row in rows:
+        table.add_row(row["id"], row["workflow"], (row.get("trigger") or {}).get("type", ""), row["status"],
+                      row.get("created") or "", row.get("finished") or "")
+    console.print(table)
+
+
+@runs_app.command("show")
+def runs_show(run_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """One run: per step status, attempts, timings, tokens, errors; totals and output."""
+    _print_run(run_id, as_json)
+
+
+@runs_app.command("cancel")
+def runs_cancel(run_id: str) -> None:
+    """Stop a run: steps in flight finish, nothing new starts."""
+    from workers.app import engine
+
+    _record(run_id)
+    cancelled = engine().cancel(run_id)
+    _emit({"run_id": run_id, "cancelled": cancelled, "status": engine().store.status(run_id)})
+
+
+def register(app: typer.Typer) -> None:
+    """Attach the worker-side commands to the main CLI."""
+    app.command("worker")(worker)
+    app.add_typer(workflow_app, name="workflow")
+    app.add_typer(runs_app, name="runs")

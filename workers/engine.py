@@ -1,0 +1,432 @@
+"""The workflow engine: each step is dispatched from saved run state as the one before it finishes.
+
+No Celery chain is compiled: a step task loads the run, renders its inputs, calls the action
+through the ledger, saves the result, evaluates transitions and dispatches what comes next.
+Every write after the call is either idempotent or guarded by a set-once flag, so a message
+delivered twice (worker crash, broker restore) replays the bookkeeping without calling again.
+
+Fan-out (``with_items``) starts ``concurrency`` item tasks; each finishing item claims the next
+index, so no more than ``concurrency`` calls of that step are ever in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import actions
+from actions import CallOptions
+from integration.errors import InputError, OutcomeUnknownError, PackError, RateLimitedError
+from integration.errors import TimeoutError as NoAnswer
+from integration.model import Integration
+from integration.redact import scrub_data
+from integration.store import resolve
+from workers.ledger import Ledger
+from workers.runs import FINISHED, RunStore, now_iso
+from workers.settings import Settings
+from workers.workflow import TemplateError, Workflow, render
+
+__all__ = ["Engine", "Requeue"]
+
+log = logging.getLogger("openai_pack.engine")
+
+#: dispatch(run_id, step_id, item_index or None, countdown seconds or None)
+Dispatch = Callable[[str, str, int | None, float | None], None]
+REDACTED = "[redacted]"
+
+
+@dataclass
+class Requeue(Exception):
+    """Not now: put the step back on the queue after ``countdown`` seconds instead of blocking a thread."""
+
+    countdown: float
+    reason: str
+
+
+def _redact(value: Any, paths: tuple[str, ...]) -> Any:
+    """Replace each dotted path of the output by a marker (lists are walked element-wise)."""
+    if not paths:
+        return value
+
+    def walk(node: Any, parts: list[str]) -> Any:
+        if isinstance(node, list):
+            return [walk(v, parts) for v in node]
+        if not isinstance(node, dict) or not parts:
+            return node
+        head, rest = parts[0], parts[1:]
+        if head not in node:
+            return node
+        return {**node, head: REDACTED if not rest else walk(node[head], rest)}
+
+    for path in paths:
+        value = walk(value, path.split("."))
+    return value
+
+
+class Engine:
+    """Run state in a ``RunStore``, calls through the ``Ledger``, next steps through ``dispatch``."""
+
+    def __init__(self, store: RunStore, ledger: Ledger, settings: Settings, dispatch: Dispatch) -> None:
+        self.store = store
+        self.ledger = ledger
+        self.settings = settings
+        self.dispatch = dispatch
+        self._workflows: dict[str, Workflow] = {}
+
+    # starting ------------------------------------------------------------------------------
+    def start_run(self, workflow: Workflow, raw_inputs: Any, *, trigger: dict[str, Any],
+                  idempotency_key: str | None = None) -> tuple[str, bool]:
+        """Validate inputs, save the run and dispatch its first step: (run id, newly created)."""
+        inputs = workflow.coerce_inputs(raw_inputs)
+        run_id, created = self.store.create(workflow=workflow.to_dict(), inputs=inputs, trigger=trigger,
+                                            idempotency_key=idempotency_key)
+        if created:
+            self.store.update(run_id, status="running", started=now_iso())
+            try:
+                self._activate(run_id, [workflow.start])
+            except Exception as exc:
+                self.store.update(run_id, status="failed", finished=now_iso(),
+                                  error={"code": "dispatch_failed",
+                                         "message": f"could not queue the first step: {exc}"})
+                raise
+        return run_id, created
+
+    def cancel(self, run_id: str) -> bool:
+        """Stop dispatching: steps already calling finish, nothing new starts."""
+        status = self.store.status(run_id)
+        if status is None or status in FINISHED:
+            return False
+        self.store.update(run_id, status="cancelled", cancelled=now_iso())
+        return True
+
+    def workflow(self, run_id: str) -> Workflow:
+        cached = self._workflows.get(run_id)
+        if cached is None:
+            cached = Workflow.from_dict(self.store.definition(run_id))
+            if len(self._workflows) > 512:
+                self._workflows.clear()
+            self._workflows[run_id] = cached
+        return cached
+
+    # the step task -----------------------------------------------------------------------------
+    def run_step(self, run_id: str, step_id: str, item: int | None, owner: str) -> None:
+        """Execute (or replay) one step or one fan-out item. Raises ``Requeue`` to come back later."""
+        status = self.store.status(run_id)
+        if status is None:
+            log.warning("run %s does not exist; dropping step %s", run_id, step_id)
+            return
+        workflow = self.workflow(run_id)
+        step = workflow.step(step_id)
+        lease_key = f"{run_id}:{step_id}:{'' if item is None else item}"
+        if not self.store.lease(lease_key, owner, ttl=self.settings.visibility_timeout):
+            raise Requeue(min(2.0, self.settings.max_countdown), "another delivery of this step is running")
+        try:
+            if step.with_items is not None and item is None:
+                self._start_fanout(run_id, workflow, step_id, cancelled=status == "cancelled")
+            elif item is None:
+                self._run_single(run_id, workflow, step_id, cancelled=status == "cancelled")
+            else:
+                self._run_item(run_id, workflow, step_id, item, cancelled=status == "cancelled")
+        finally:
+            self.store.release(lease_key, owner)
+
+    # single steps ----------------------------------------------------------------------------
+    def _run_single(self, run_id: str, workflow: Workflow, step_id: str, *, cancelled: bool) -> None:
+        record = self.store.step(run_id, step_id) or {}
+        replay = record.get("status") in FINISHED
+        if not replay:
+            if cancelled:
+                record = {"status": "cancelled", "finished": now_iso()}
+            else:
+                record, full_output = self._execute(run_id, workflow, step_id, record, None, None)
+                if full_output is not None:
+                    self.store.kv.hset(self.store._run(run_id, "ctx"), {step_id: _json(full_output)})
+            self.store.save_step(run_id, step_id, record)
+        self._complete(run_id, workflow, step_id, record["status"], replay=replay)
+
+    def _execute(self, run_id: str, workflow: Workflow, step_id: str, record: dict[str, Any],
+                 item: Any, index: int | None) -> tuple[dict[str, Any], Any]:
+        """Render, call through the ledger, and build the record (redacted) plus the full output."""
+        step = workflow.step(step_id)
+        record = {"status": "running", "action": step.action, "attempts": int(record.get("attempts") or 0),
+                  "started": record.get("started") or now_iso(), "requeues": int(record.get("requeues") or 0)}
+        ledger_key = f"{run_id}:{step_id}:{'' if index is None else index}"
+        try:
+            context = self.context(run_id, workflow, item=item, index=index, has_item=index is not None)
+            inputs = render(step.input, context, step=step_id)
+            integration = self._integration(step.integration, step.timeout)
+            options = CallOptions(max_inline_wait=self.settings.max_inline_wait, max_retries=step.retries)
+            result = self._call(step.action, inputs, integration, options, ledger_key, step_id)
+        except Requeue:
+            raise
+        except RateLimitedError as exc:
+            requeues = self._requeue_count(run_id, ledger_key)
+            if exc.retryable and exc.retry_after is not None and requeues <= self.settings.max_requeues:
+                raise Requeue(min(exc.retry_after, self.settings.max_countdown),
+                              f"rate limited; retry after {exc.retry_after:g}s") from None
+            return self._failed(record, exc), None
+        except PackError as exc:
+            return self._failed(record, exc), None
+        except Exception as exc:  # a bug must still end the step, not wedge the run
+            log.exception("step %s of run %s raised unexpectedly", step_id, run_id)
+            return self._failed(record, PackError(f"internal error: {type(exc).__name__}: {exc}")), None
+        record.update(status="succeeded", finished=now_iso(), output=_redact(result["output"], step.redact),
+                      usage=result.get("usage") or {}, attempts=record["attempts"] + int(result.get("attempts") or 0),
+                      request_ids=result.get("request_ids") or [], replayed=bool(result.get("replayed")))
+        return record, result["output"]
+
+    def _requeue_count(self, run_id: str, ledger_key: str) -> int:
+        return self.store.count(run_id, f"requeues:{ledger_key}")
+
+    @staticmethod
+    def _failed(record: dict[str, Any], error: PackError) -> dict[str, Any]:
+        record.update(status="failed", finished=now_iso(), error=scrub_data(error.to_dict()),
+                      attempts=record["attempts"] + int(error.details.get("attempts") or 1))
+        return record
+
+    @staticmethod
+    def _integration(name: str | None, timeout: float | None) -> Integration:
+        integration = resolve(name)
+        if timeout is not None:
+            integration = integration.model_copy(
+                update={"timeout": integration.timeout.model_copy(update={"read": float(timeout)})})
+        return integration
+
+    def _call(self, action: str, inputs: Any, integration: Integration, options: CallOptions,
+              ledger_key: str, step_id: str) -> dict[str, Any]:
+        """One action call guarded by the ledger: done before → stored result; claimed before → maybe unknown."""
+        manifest = actions.get(action)
+        prepared = actions.prepare(action, inputs)  # bad input fails here, before any claim
+        stored = self.ledger.begin(ledger_key, idempotent=manifest.is_idempotent, what=f"step {step_id!r}")
+        if stored is not None:
+            return stored | {"replayed": True}
+        try:
+            result = actions.execute(action, prepared, integration, options=options)
+        except OutcomeUnknownError:
+            raise
+        except PackError as exc:
+            if not _maybe_sent(exc):
+                self.ledger.release(ledger_key)
+            raise
+        except BaseException:
+            self.ledger.release(ledger_key)
+            raise
+        stored = {"output": result.output, "usage": result.usage, "attempts": result.attempts,
+                  "request_ids": result.request_ids}
+        self.ledger.done(ledger_key, stored)
+        return stored
+
+    # fan-out ------------------------------------------------------------------------------------
+    def _start_fanout(self, run_id: str, workflow: Workflow, step_id: str, *, cancelled: bool) -> None:
+        step = workflow.step(step_id)
+        record = self.store.step(run_id, step_id) or {}
+        if record.get("status") in FINISHED:
+            self._complete(run_id, workflow, step_id, record["status"], replay=True)
+            return
+        if cancelled:
+            self.store.save_step(run_id, step_id, {"status": "cancelled", "finished": now_iso()})
+            self._complete(run_id, workflow, step_id, "cancelled", replay=False)
+            return
+        first = self.store.once(run_id, f"fanout:{step_id}")
+        if first:
+            try:
+                items = render(step.with_items, self.context(run_id, workflow), step=step_id)
+                if not isinstance(items, list):
+                    raise TemplateError(f"step {step_id!r}: with_items must give a list, got {type(items).__name__}",
+                                        step=step_id, expression=str(step.with_items), reason="not a list")
+            except PackError as exc:
+                failed = self._failed({"attempts": 0, "started": now_iso()}, exc)
+                self.store.save_step(run_id, step_id, failed | {"action": step.action})
+                self._complete(run_id, workflow, step_id, "failed", replay=False)
+                return
+            self.store.save_item_inputs(run_id, step_id, items)
+            self.store.save_step(run_id, step_id, {"status": "running", "action": step.action, "started": now_iso(),
+                                                   "items": {"total": len(items)}, "attempts": 0})
+            self.store.count(run_id, f"next:{step_id}", min(step.concurrency, len(items)))
+        total = len(self.store.item_inputs(run_id, step_id))
+        if total == 0:
+            self._finish_fanout(run_id, workflow, step_id)
+            return
+        for index in range(min(step.concurrency, total)):
+            self.dispatch(run_id, step_id, index, None)
+
+    def _run_item(self, run_id: str, workflow: Workflow, step_id: str, index: int, *, cancelled: bool) -> None:
+        items = self.store.item_inputs(run_id, step_id)
+        total = len(items)
+        record = self.store.item(run_id, step_id, index) or {}
+        replay = record.get("status") in FINISHED
+        if not replay:
+            if cancelled:
+                record = {"status": "cancelled", "finished": now_iso()}
+            else:
+                record, full_output = self._execute(run_id, workflow, step_id, record, items[index], index)
+                if full_output is not None:
+                    self.store.kv.hset(self.store._run(run_id, f"ctx:{step_id}"), {str(index): _json(full_output)})
+            self.store.save_item(run_id, step_id, index, record)
+        if self.store.once(run_id, f"item_done:{step_id}:{index}"):
+            done = self.store.count(run_id, f"done:{step_id}")
+            if record["status"] != "succeeded":
+                self.store.count(run_id, f"failed:{step_id}")
+        else:
+            done = self.store.counter(run_id, f"done:{step_id}")
+        if self.store.once(run_id, f"claim_next:{step_id}:{index}"):
+            following = self.store.count(run_id, f"next:{step_id}") - 1
+            self.store.set_flag(run_id, f"next_of:{step_id}:{index}", str(following))
+        else:
+            following = int(self.store.flag(run_id, f"next_of:{step_id}:{index}") or total)
+            if not replay:
+                following = total
+        if following < total:
+            self.dispatch(run_id, step_id, following, None)
+        if done >= total:
+            self._finish_fanout(run_id, workflow, step_id)
+
+    def _finish_fanout(self, run_id: str, workflow: Workflow, step_id: str) -> None:
+        """All items ended: the step's output is the list of item outputs, in item order."""
+        record = self.store.step(run_id, step_id) or {}
+        if record.get("status") not in FINISHED:
+            items = self.store.items(run_id, step_id)
+            full = {int(k): v for k, v in self.store.kv.hgetall(self.store._run(run_id, f"ctx:{step_id}")).items()}
+            total = len(self.store.item_inputs(run_id, step_id))
+            usage: dict[str, int] = {}
+            attempts = 0
+            for entry in items.values():
+                attempts += int(entry.get("attempts") or 0)
+                for key, value in (entry.get("usage") or {}).items():
+                    usage[key] = usage.get(key, 0) + int(value)
+            failed = [i for i in range(total) if (items.get(i) or {}).get("status") != "succeeded"]
+            status = "failed" if failed else "succeeded"
+            record.update(status=status, finished=now_iso(), usage=usage, attempts=attempts,
+                          items={"total": total, "succeeded": total - len(failed), "failed": len(failed)})
+            if failed:
+                first = (items.get(failed[0]) or {}).get("error") or {}
+                record["error"] = {"code": "items_failed", "message": f"{len(failed)} of {total} items failed "
+                                   f"(first: item {failed[0]}: {first.get('message', 'cancelled')})",
+                                   "failed_items": failed[:100]}
+            outputs = [_unjson(full[i]) if i in full else None for i in range(total)]
+            self.store.kv.hset(self.store._run(run_id, "ctx"), {step_id: _json(outputs)})
+            self.store.save_step(run_id, step_id, record)
+        self._complete(run_id, workflow, step_id, record["status"], replay=True)
+
+    # after a step -----------------------------------------------------------------------------
+    def _complete(self, run_id: str, workflow: Workflow, step_id: str, status: str, *, replay: bool) -> None:
+        """Transitions, published variables, next steps; then the run ends when nothing is active."""
+        if status != "cancelled" and self.store.status(run_id) != "cancelled":
+            step = workflow.step(step_id)
+            try:
+                targets, published = workflow.next_steps(step_id, status, self.context(run_id, workflow))
+            except PackError as exc:
+                self.store.set_flag(run_id, f"unhandled:{step_id}", _json(scrub_data(exc.to_dict())))
+                targets, published = [], {}
+            if published:
+                self.store.publish(run_id, published)
+            if status == "failed" and not any(t.when in ("failure", "always") for t in (step.on or ())):
+                self.store.once(run_id, f"unhandled:{step_id}", _json({"code": "step_failed",
+                                                                      "message": f"step {step_id!r} failed"}))
+            self._activate(run_id, targets, replay=replay)
+        if self.store.once(run_id, f"finished:{step_id}"):
+            remaining = self.store.count(run_id, "active", -1)
+        else:
+            remaining = self.store.counter(run_id, "active")
+        if remaining <= 0:
+            self._finish_run(run_id, workflow)
+
+    def _activate(self, run_id: str, targets: list[str], *, replay: bool = False) -> None:
+        for target in targets:
+            if self.store.once(run_id, f"activated:{target}"):
+                self.store.count(run_id, "active", 1)
+                self.dispatch(run_id, target, None, None)
+            elif replay:
+                self.dispatch(run_id, target, None, None)
+
+    def _finish_run(self, run_id: str, workflow: Workflow) -> None:
+        if not self.store.once(run_id, "finished"):
+            return
+        status = self.store.status(run_id)
+        flags = self.store.kv.hgetall(self.store._run(run_id, "flags"))
+        unhandled = {k.split(":", 1)[1]: _unjson(v) for k, v in flags.items() if k.startswith("unhandled:")}
+        output = None
+        error = None
+        if status != "cancelled":
+            if unhandled:
+                first_step, first_error = next(iter(unhandled.items()))
+                steps = self.store.steps(run_id)
+                step_error = (steps.get(first_step) or {}).get("error") or first_error
+                error = {"step": first_step, **step_error} if isinstance(step_error, dict) else first_error
+                status = "failed"
+            else:
+                status = "succeeded"
+                if workflow.output:
+                    try:
+                        output = render(workflow.output, self.context(run_id, workflow), step="output")
+                    except PackError as exc:
+                        status, error = "failed", {"step": "output", **exc.to_dict()}
+        self.store.update(run_id, status=status, finished=now_iso(), output=output, error=error)
+        self._purge_context(run_id, workflow)
+
+    def _purge_context(self, run_id: str, workflow: Workflow) -> None:
+        """Full outputs were kept only for templates; the record keeps the redacted ones."""
+        keys = [self.store._run(run_id, "ctx")]
+        keys += [self.store._run(run_id, f"ctx:{s.id}") for s in workflow.steps if s.with_items is not None]
+        self.store.kv.delete(*keys)
+        self._workflows.pop(run_id, None)
+
+    # context -------------------------------------------------------------------------------------
+    def context(self, run_id: str, workflow: Workflow, *, item: Any = None, index: int | None = None,
+                has_item: bool = False) -> dict[str, Any]:
+        """What templates see: inputs, steps (status, output, error), vars, run; item/index in a fan-out."""
+        header_inputs = self.store.field(run_id, "inputs") or {}
+        full = {k: _unjson(v) for k, v in self.store.kv.hgetall(self.store._run(run_id, "ctx")).items()}
+        steps = {}
+        for step_id, record in self.store.steps(run_id).items():
+            steps[step_id] = {"status": record.get("status"), "error": record.get("error"),
+                              "output": full.get(step_id, record.get("output")), "usage": record.get("usage")}
+        context: dict[str, Any] = {
+            "inputs": header_inputs, "steps": steps, "vars": self.store.variables(run_id),
+            "run": {"id": run_id, "workflow": workflow.name, "trigger": self.store.field(run_id, "trigger")},
+        }
+        if has_item:
+            context["item"], context["index"] = item, index
+        return context
+
+    # progress --------------------------------------------------------------------------------------
+    def progress(self, run_id: str) -> dict[str, dict[str, int]]:
+        """Fan-out steps' done/total, for progress bars."""
+        out = {}
+        for step_id, record in self.store.steps(run_id).items():
+            items = record.get("items")
+            if items is not None:
+                out[step_id] = {"done": self.store.counter(run_id, f"done:{step_id}"), "total": items["total"]}
+        return out
+
+    def wait(self, run_id: str, timeout: float, *, poll: float = 0.05,
+             on_progress: Callable[[dict[str, dict[str, int]]], None] | None = None) -> dict[str, Any] | None:
+        """Poll until the run ends or ``timeout`` passes; returns the header (None when unknown)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.store.status(run_id)
+            if status is None:
+                return None
+            if on_progress is not None:
+                on_progress(self.progress(run_id))
+            if status in FINISHED and self.store.flag(run_id, "finished") or time.monotonic() >= deadline:
+                return self.store.header(run_id)
+            time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+            poll = min(poll * 1.5, 0.5)
+
+
+def _maybe_sent(error: PackError) -> bool:
+    """Could the request have had an effect? Only when no answer came back."""
+    return isinstance(error, NoAnswer) and not isinstance(error, InputError)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+def _unjson(raw: str) -> Any:
+    return json.loads(raw)

@@ -1,0 +1,215 @@
+"""The few key-value operations run state needs, on Redis (production) or SQLite (embedded default).
+
+The engine keeps every run's state here, never in Celery messages, so a step can be dispatched
+from saved state by any worker. Each operation is atomic on its own; the engine is written so
+that no read-modify-write spans two operations where two workers could race (counters, set-if-
+absent flags and per-field hash writes are enough).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlparse
+
+from integration.errors import ConfigError
+
+__all__ = ["KV", "RedisKV", "SqliteKV", "open_kv"]
+
+
+class KV(Protocol):
+    """String values only; callers serialise JSON themselves."""
+
+    def get(self, key: str) -> str | None: ...
+    def set(self, key: str, value: str, *, nx: bool = False, ttl: float | None = None) -> bool: ...
+    def delete(self, *keys: str) -> None: ...
+    def incr(self, key: str, amount: int = 1) -> int: ...
+    def hget(self, key: str, field: str) -> str | None: ...
+    def hset(self, key: str, mapping: dict[str, str]) -> None: ...
+    def hsetnx(self, key: str, field: str, value: str) -> bool: ...
+    def hgetall(self, key: str) -> dict[str, str]: ...
+    def hincrby(self, key: str, field: str, amount: int = 1) -> int: ...
+    def zadd(self, key: str, member: str, score: float) -> None: ...
+    def zrevrange(self, key: str, start: int, stop: int) -> list[str]: ...
+    def scan(self, prefix: str) -> Iterator[str]: ...
+    def ping(self) -> bool: ...
+
+
+class RedisKV:
+    """Redis: shared by every worker, beat and webhook process on every machine."""
+
+    def __init__(self, url: str) -> None:
+        import redis
+
+        self.url = url
+        self.redis = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10,
+                                          socket_connect_timeout=5, health_check_interval=30)
+
+    def get(self, key: str) -> str | None:
+        return self.redis.get(key)  # type: ignore[return-value]
+
+    def set(self, key: str, value: str, *, nx: bool = False, ttl: float | None = None) -> bool:
+        px = int(ttl * 1000) if ttl else None
+        return bool(self.redis.set(key, value, nx=nx, px=px))
+
+    def delete(self, *keys: str) -> None:
+        if keys:
+            self.redis.delete(*keys)
+
+    def incr(self, key: str, amount: int = 1) -> int:
+        return int(self.redis.incrby(key, amount))  # type: ignore[arg-type]
+
+    def hget(self, key: str, field: str) -> str | None:
+        return self.redis.hget(key, field)  # type: ignore[return-value]
+
+    def hset(self, key: str, mapping: dict[str, str]) -> None:
+        if mapping:
+            self.redis.hset(key, mapping=mapping)
+
+    def hsetnx(self, key: str, field: str, value: str) -> bool:
+        return bool(self.redis.hsetnx(key, field, value))
+
+    def hgetall(self, key: str) -> dict[str, str]:
+        return self.redis.hgetall(key)  # type: ignore[return-value]
+
+    def hincrby(self, key: str, field: str, amount: int = 1) -> int:
+        return int(self.redis.hincrby(key, field, amount))  # type: ignore[arg-type]
+
+    def zadd(self, key: str, member: str, score: float) -> None:
+        self.redis.zadd(key, {member: score})
+
+    def zrevrange(self, key: str, start: int, stop: int) -> list[str]:
+        return list(self.redis.zrevrange(key, start, stop))  # type: ignore[arg-type]
+
+    def scan(self, prefix: str) -> Iterator[str]:
+        yield from self.redis.scan_iter(match=prefix + "*", count=500)  # type: ignore[misc]
+
+    def ping(self) -> bool:
+        return bool(self.redis.ping())
+
+
+class SqliteKV:
+    """A local file with the same semantics, for the embedded default (one machine, no server)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._local = threading.local()
+        with self._tx() as db:
+            db.executescript(
+                "CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT NOT NULL, expires REAL);"
+                "CREATE TABLE IF NOT EXISTS h (k TEXT, f TEXT, v TEXT NOT NULL, PRIMARY KEY (k, f));"
+                "CREATE TABLE IF NOT EXISTS z (k TEXT, m TEXT, s REAL NOT NULL, PRIMARY KEY (k, m));"
+            )
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db = db
+        return db
+
+    class _Tx:
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self.db = db
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.db.execute("BEGIN IMMEDIATE")
+            return self.db
+
+        def __exit__(self, exc_type: object, *_: object) -> None:
+            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+    def _tx(self) -> SqliteKV._Tx:
+        return self._Tx(self._db())
+
+    def get(self, key: str) -> str | None:
+        row = self._db().execute("SELECT v, expires FROM kv WHERE k = ?", (key,)).fetchone()
+        if row is None or (row[1] is not None and row[1] < time.time()):
+            return None
+        return str(row[0])
+
+    def set(self, key: str, value: str, *, nx: bool = False, ttl: float | None = None) -> bool:
+        expires = time.time() + ttl if ttl else None
+        with self._tx() as db:
+            if nx:
+                row = db.execute("SELECT expires FROM kv WHERE k = ?", (key,)).fetchone()
+                if row is not None and (row[0] is None or row[0] >= time.time()):
+                    return False
+            db.execute("INSERT OR REPLACE INTO kv (k, v, expires) VALUES (?, ?, ?)", (key, value, expires))
+        return True
+
+    def delete(self, *keys: str) -> None:
+        with self._tx() as db:
+            for key in keys:
+                db.execute("DELETE FROM kv WHERE k = ?", (key,))
+                db.execute("DELETE FROM h WHERE k = ?", (key,))
+                db.execute("DELETE FROM z WHERE k = ?", (key,))
+
+    def incr(self, key: str, amount: int = 1) -> int:
+        with self._tx() as db:
+            row = db.execute("SELECT v FROM kv WHERE k = ?", (key,)).fetchone()
+            value = (int(row[0]) if row else 0) + amount
+            db.execute("INSERT OR REPLACE INTO kv (k, v, expires) VALUES (?, ?, NULL)", (key, str(value)))
+        return value
+
+    def hget(self, key: str, field: str) -> str | None:
+        row = self._db().execute("SELECT v FROM h WHERE k = ? AND f = ?", (key, field)).fetchone()
+        return None if row is None else str(row[0])
+
+    def hset(self, key: str, mapping: dict[str, str]) -> None:
+        with self._tx() as db:
+            db.executemany("INSERT OR REPLACE INTO h (k, f, v) VALUES (?, ?, ?)",
+                           [(key, f, v) for f, v in mapping.items()])
+
+    def hsetnx(self, key: str, field: str, value: str) -> bool:
+        with self._tx() as db:
+            cursor = db.execute("INSERT OR IGNORE INTO h (k, f, v) VALUES (?, ?, ?)", (key, field, value))
+            return cursor.rowcount == 1
+
+    def hgetall(self, key: str) -> dict[str, str]:
+        return {str(f): str(v) for f, v in self._db().execute("SELECT f, v FROM h WHERE k = ?", (key,))}
+
+    def hincrby(self, key: str, field: str, amount: int = 1) -> int:
+        with self._tx() as db:
+            row = db.execute("SELECT v FROM h WHERE k = ? AND f = ?", (key, field)).fetchone()
+            value = (int(row[0]) if row else 0) + amount
+            db.execute("INSERT OR REPLACE INTO h (k, f, v) VALUES (?, ?, ?)", (key, field, str(value)))
+        return value
+
+    def zadd(self, key: str, member: str, score: float) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO z (k, m, s) VALUES (?, ?, ?)", (key, member, score))
+
+    def zrevrange(self, key: str, start: int, stop: int) -> list[str]:
+        limit = -1 if stop < 0 else stop - start + 1
+        rows = self._db().execute("SELECT m FROM z WHERE k = ? ORDER BY s DESC LIMIT ? OFFSET ?",
+                                  (key, limit, start))
+        return [str(r[0]) for r in rows]
+
+    def scan(self, prefix: str) -> Iterator[str]:
+        like = prefix.replace("%", r"\%").replace("_", r"\_") + "%"
+        for table in ("kv", "h", "z"):
+            rows = self._db().execute(f"SELECT DISTINCT k FROM {table} WHERE k LIKE ? ESCAPE '\\'", (like,))
+            yield from (str(r[0]) for r in rows.fetchall())
+
+    def ping(self) -> bool:
+        self._db().execute("SELECT 1")
+        return True
+
+
+def open_kv(url: str) -> KV:
+    """``redis://…`` or ``sqlite:///path``; anything else is a configuration error naming the URL's scheme."""
+    scheme = urlparse(url).scheme
+    if scheme in ("redis", "rediss", "unix"):
+        return RedisKV(url)
+    if scheme == "sqlite":
+        return SqliteKV(url.removeprefix("sqlite:///").removeprefix("sqlite://") or "runs.sqlite3")
+    raise ConfigError(f"OPENAI_PACK_STORE_URL: unsupported scheme {scheme!r} (use redis:// or sqlite:///path)",
+                      field="OPENAI_PACK_STORE_URL")

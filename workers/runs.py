@@ -1,0 +1,195 @@
+"""Run records: the saved state every step is dispatched from, and what `runs show` prints.
+
+Layout (all keys under ``opk:``): ``run:<id>`` holds the header fields (each JSON), ``run:<id>:steps``
+one JSON record per step, ``run:<id>:items:<step>`` one per fan-out item, ``run:<id>:ctr`` the
+counters and ``run:<id>:flags`` the set-once flags that make replays after a redelivery harmless.
+Everything written here has been through ``scrub_data``: a key never reaches the store.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from integration.redact import scrub_data
+from workers.kv import KV
+
+__all__ = ["FINISHED", "RunStore", "now_iso"]
+
+PREFIX = "opk:"
+FINISHED = ("succeeded", "failed", "cancelled")
+#: How long an Idempotency-Key (webhook) or schedule tick is remembered.
+IDEMPOTENCY_TTL = 7 * 24 * 3600
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_run_id() -> str:
+    """Sortable by time, unguessable: the id is also what a webhook caller polls."""
+    return time.strftime("%Y%m%d%H%M%S", time.gmtime()) + "-" + secrets.token_hex(6)
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(scrub_data(value), separators=(",", ":"), default=str)
+
+
+def _load(raw: str | None) -> Any:
+    return None if raw is None else json.loads(raw)
+
+
+class RunStore:
+    """Typed access to run state in a ``KV``; no caching of anything mutable."""
+
+    def __init__(self, kv: KV) -> None:
+        self.kv = kv
+
+    # keys -------------------------------------------------------------------------------
+    @staticmethod
+    def _run(run_id: str, part: str = "") -> str:
+        return f"{PREFIX}run:{run_id}{':' + part if part else ''}"
+
+    # creating ---------------------------------------------------------------------------
+    def create(self, *, workflow: dict[str, Any], inputs: dict[str, Any], trigger: dict[str, Any],
+               idempotency_key: str | None = None) -> tuple[str, bool]:
+        """A new run, or the existing one when ``idempotency_key`` was seen before: (run id, created)."""
+        run_id = new_run_id()
+        if idempotency_key:
+            key = f"{PREFIX}idem:{idempotency_key}"
+            if not self.kv.set(key, run_id, nx=True, ttl=IDEMPOTENCY_TTL):
+                existing = self.kv.get(key)
+                if existing:
+                    return existing, False
+        header = {
+            "id": run_id, "workflow": workflow["name"], "trigger": trigger, "status": "queued",
+            "created": now_iso(), "started": None, "finished": None, "output": None, "error": None,
+            "inputs": inputs, "definition": workflow, "idempotency_key": idempotency_key,
+        }
+        self.kv.hset(self._run(run_id), {k: _dump(v) for k, v in header.items()})
+        self.kv.zadd(f"{PREFIX}runs", run_id, time.time())
+        return run_id, True
+
+    # header -----------------------------------------------------------------------------
+    def header(self, run_id: str) -> dict[str, Any] | None:
+        raw = self.kv.hgetall(self._run(run_id))
+        if not raw:
+            return None
+        return {k: _load(v) for k, v in raw.items()}
+
+    def field(self, run_id: str, name: str) -> Any:
+        return _load(self.kv.hget(self._run(run_id), name))
+
+    def status(self, run_id: str) -> str | None:
+        return self.field(run_id, "status")  # type: ignore[no-any-return]
+
+    def update(self, run_id: str, **fields: Any) -> None:
+        self.kv.hset(self._run(run_id), {k: _dump(v) for k, v in fields.items()})
+
+    def definition(self, run_id: str) -> dict[str, Any]:
+        """The workflow as it was when the run started (later edits of the file do not apply)."""
+        return self.field(run_id, "definition") or {}  # type: ignore[no-any-return]
+
+    # published variables -------------------------------------------------------------------
+    def variables(self, run_id: str) -> dict[str, Any]:
+        return {k: _load(v) for k, v in self.kv.hgetall(self._run(run_id, "vars")).items()}
+
+    def publish(self, run_id: str, values: dict[str, Any]) -> None:
+        self.kv.hset(self._run(run_id, "vars"), {k: _dump(v) for k, v in values.items()})
+
+    # steps and items -----------------------------------------------------------------------
+    def step(self, run_id: str, step_id: str) -> dict[str, Any] | None:
+        return _load(self.kv.hget(self._run(run_id, "steps"), step_id))  # type: ignore[no-any-return]
+
+    def steps(self, run_id: str) -> dict[str, dict[str, Any]]:
+        return {k: _load(v) for k, v in self.kv.hgetall(self._run(run_id, "steps")).items()}
+
+    def save_step(self, run_id: str, step_id: str, record: dict[str, Any]) -> None:
+        self.kv.hset(self._run(run_id, "steps"), {step_id: _dump(record)})
+
+    def item(self, run_id: str, step_id: str, index: int) -> dict[str, Any] | None:
+        return _load(self.kv.hget(self._run(run_id, f"items:{step_id}"), str(index)))  # type: ignore[no-any-return]
+
+    def items(self, run_id: str, step_id: str) -> dict[int, dict[str, Any]]:
+        raw = self.kv.hgetall(self._run(run_id, f"items:{step_id}"))
+        return {int(k): _load(v) for k, v in raw.items()}
+
+    def save_item(self, run_id: str, step_id: str, index: int, record: dict[str, Any]) -> None:
+        self.kv.hset(self._run(run_id, f"items:{step_id}"), {str(index): _dump(record)})
+
+    def save_item_inputs(self, run_id: str, step_id: str, items: list[Any]) -> None:
+        self.kv.hset(self._run(run_id, "fanout"), {step_id: _dump(items)})
+
+    def item_inputs(self, run_id: str, step_id: str) -> list[Any]:
+        return _load(self.kv.hget(self._run(run_id, "fanout"), step_id)) or []
+
+    # counters and set-once flags ---------------------------------------------------------------
+    def count(self, run_id: str, name: str, amount: int = 1) -> int:
+        return self.kv.hincrby(self._run(run_id, "ctr"), name, amount)
+
+    def counter(self, run_id: str, name: str) -> int:
+        return int(self.kv.hget(self._run(run_id, "ctr"), name) or 0)
+
+    def once(self, run_id: str, name: str, value: str = "1") -> bool:
+        """True for the first caller only: what makes replaying a redelivered step harmless."""
+        return self.kv.hsetnx(self._run(run_id, "flags"), name, value)
+
+    def flag(self, run_id: str, name: str) -> str | None:
+        return self.kv.hget(self._run(run_id, "flags"), name)
+
+    def set_flag(self, run_id: str, name: str, value: str) -> None:
+        self.kv.hset(self._run(run_id, "flags"), {name: value})
+
+    # execution leases (one live execution of a step item at a time) -------------------------
+    def lease(self, key: str, owner: str, ttl: float) -> bool:
+        return self.kv.set(f"{PREFIX}lease:{key}", owner, nx=True, ttl=ttl)
+
+    def release(self, key: str, owner: str) -> None:
+        if self.kv.get(f"{PREFIX}lease:{key}") == owner:
+            self.kv.delete(f"{PREFIX}lease:{key}")
+
+    # listing ----------------------------------------------------------------------------------
+    def list(self, limit: int = 20) -> list[dict[str, Any]]:
+        rows = []
+        for run_id in self.kv.zrevrange(f"{PREFIX}runs", 0, max(limit, 1) - 1):
+            header = self.header(run_id)
+            if header:
+                header.pop("definition", None)
+                rows.append(header)
+        return rows
+
+    def record(self, run_id: str) -> dict[str, Any] | None:
+        """The run as a reader wants it: header, steps in workflow order with item results, totals."""
+        header = self.header(run_id)
+        if header is None:
+            return None
+        definition = header.pop("definition", {}) or {}
+        order = [s["id"] for s in definition.get("steps", [])]
+        steps = self.steps(run_id)
+        ordered = [steps[s] | {"id": s} for s in order if s in steps]
+        usage: dict[str, int] = {}
+        attempts = 0
+        for step in ordered:
+            for key, value in (step.get("usage") or {}).items():
+                if isinstance(value, int):
+                    usage[key] = usage.get(key, 0) + value
+            attempts += int(step.get("attempts") or 0)
+            if step.get("items") is not None:
+                items = self.items(run_id, step["id"])
+                step["item_results"] = [items[i] for i in sorted(items)]
+        header["steps"] = ordered
+        header["variables"] = self.variables(run_id)
+        header["totals"] = {"usage": usage, "attempts": attempts, "steps": len(ordered),
+                            "duration": _duration(header.get("started"), header.get("finished"))}
+        return header
+
+
+def _duration(start: str | None, end: str | None) -> float | None:
+    if not start or not end:
+        return None
+    parse = datetime.fromisoformat
+    return round((parse(end.replace("Z", "+00:00")) - parse(start.replace("Z", "+00:00"))).total_seconds(), 3)
+

@@ -1,0 +1,72 @@
+"""Worker settings, read from the environment once: the same variables configure every process.
+
+``OPENAI_PACK_BROKER_URL`` unset means the embedded default: an in-memory broker with an
+in-process worker, and run records in a SQLite file under ``$OPENAI_PACK_HOME``. Set it to
+``redis://host:6379/0`` and every worker, beat and webhook process on every machine shares one
+broker, one run store (the same Redis unless ``OPENAI_PACK_STORE_URL`` says otherwise), one
+ledger and one rate budget.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from integration.errors import ConfigError
+from integration.store import default_home
+
+EMBEDDED_BROKER = "memory://"
+
+
+def _number(name: str, default: float, low: float, high: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}", field=name) from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low:g} and {high:g}, got {value:g}", field=name)
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a worker, beat, webhook server or CLI process needs to agree on."""
+
+    broker_url: str
+    store_url: str
+    #: Seconds before Redis hands an unacknowledged message to another worker (a crashed worker's
+    #: step is redelivered after this). Every step must finish, and every countdown be shorter.
+    visibility_timeout: float
+    #: Longest wait the HTTP client may sleep inside a worker thread; longer waits are re-queued.
+    max_inline_wait: float
+    #: Upper bound for a re-queue countdown (kept well below the visibility timeout).
+    max_countdown: float
+    #: How many times a step may be re-queued for rate limits or Retry-After before it fails.
+    max_requeues: int
+
+    @property
+    def embedded(self) -> bool:
+        return self.broker_url.startswith("memory://")
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        broker = os.environ.get("OPENAI_PACK_BROKER_URL", "").strip() or EMBEDDED_BROKER
+        store = os.environ.get("OPENAI_PACK_STORE_URL", "").strip()
+        if not store:
+            if broker.startswith(("redis://", "rediss://", "unix://")):
+                store = broker
+            else:
+                store = "sqlite:///" + str(Path(default_home()) / "runs.sqlite3")
+        visibility = _number("OPENAI_PACK_VISIBILITY_TIMEOUT", 120, 5, 86400)
+        return cls(
+            broker_url=broker,
+            store_url=store,
+            visibility_timeout=visibility,
+            max_inline_wait=_number("OPENAI_PACK_MAX_INLINE_WAIT", 5, 0, 600),
+            max_countdown=min(_number("OPENAI_PACK_MAX_COUNTDOWN", 300, 1, 86400), visibility * 0.5),
+            max_requeues=int(_number("OPENAI_PACK_MAX_REQUEUES", 50, 0, 10000)),
+        )
