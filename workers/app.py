@@ -16,12 +16,13 @@ from celery import Celery, Task
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init
 
 import actions
-from actions import CallOptions
 from integration.errors import PackError, RateLimitedError
 from integration.redact import install_log_redaction, scrub, scrub_data
-from workers.engine import Engine, Requeue
+from workers.budget import Budget
+from workers.engine import Engine
 from workers.kv import KV, open_kv
 from workers.ledger import Ledger
+from workers.requeue import Requeue
 from workers.runs import RunStore
 from workers.settings import Settings
 
@@ -93,7 +94,7 @@ def _dispatch(run_id: str, step_id: str, item: int | None, countdown: float | No
 @cache
 def engine() -> Engine:
     store = kv()
-    return Engine(RunStore(store), Ledger(store), settings, _dispatch)
+    return Engine(RunStore(store), Ledger(store), settings, _dispatch, Budget(settings.store_url, store))
 
 
 @app.task(name=STEP_TASK, bind=True, acks_late=True, max_retries=None)
@@ -103,7 +104,7 @@ def step_task(self: Task, run_id: str, step_id: str, item: int | None = None) ->
         engine().run_step(run_id, step_id, item, owner=str(self.request.id))
     except Requeue as wait:
         log.info("step %s of run %s re-queued for %.1fs: %s", step_id, run_id, wait.countdown, wait.reason)
-        raise self.retry(countdown=wait.countdown, max_retries=None) from None
+        raise self.retry(countdown=min(wait.countdown, settings.max_countdown), max_retries=None) from None
 
 
 def _action_task(name: str) -> Task:
@@ -118,9 +119,11 @@ def _action_task(name: str) -> Task:
         stored = ledger.begin(key, idempotent=manifest.is_idempotent, what=f"task openai.{name}")
         if stored is not None:
             return stored  # type: ignore[no-any-return]
-        options = CallOptions(max_inline_wait=settings.max_inline_wait)
         try:
-            output = actions.execute(name, inputs, integration, options=options).output
+            output = actions.execute(name, inputs, integration, options=engine().call_options()).output
+        except Requeue as wait:
+            ledger.release(key)
+            raise self.retry(countdown=min(wait.countdown, settings.max_countdown), max_retries=None) from None
         except RateLimitedError as exc:
             ledger.release(key)
             if exc.retryable and exc.retry_after is not None and self.request.retries < settings.max_requeues:

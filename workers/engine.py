@@ -15,8 +15,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import actions
 from actions import CallOptions
@@ -26,9 +25,13 @@ from integration.model import Integration
 from integration.redact import scrub_data
 from integration.store import resolve
 from workers.ledger import Ledger
+from workers.requeue import Requeue
 from workers.runs import FINISHED, RunStore, now_iso
 from workers.settings import Settings
 from workers.workflow import TemplateError, Workflow, render
+
+if TYPE_CHECKING:
+    from workers.budget import Budget
 
 __all__ = ["Engine", "Requeue"]
 
@@ -37,14 +40,6 @@ log = logging.getLogger("openai_pack.engine")
 #: dispatch(run_id, step_id, item_index or None, countdown seconds or None)
 Dispatch = Callable[[str, str, int | None, float | None], None]
 REDACTED = "[redacted]"
-
-
-@dataclass
-class Requeue(Exception):
-    """Not now: put the step back on the queue after ``countdown`` seconds instead of blocking a thread."""
-
-    countdown: float
-    reason: str
 
 
 def _redact(value: Any, paths: tuple[str, ...]) -> Any:
@@ -70,8 +65,10 @@ def _redact(value: Any, paths: tuple[str, ...]) -> Any:
 class Engine:
     """Run state in a ``RunStore``, calls through the ``Ledger``, next steps through ``dispatch``."""
 
-    def __init__(self, store: RunStore, ledger: Ledger, settings: Settings, dispatch: Dispatch) -> None:
+    def __init__(self, store: RunStore, ledger: Ledger, settings: Settings, dispatch: Dispatch,
+                 budget: Budget | None = None) -> None:
         self.store = store
+        self.budget = budget
         self.ledger = ledger
         self.settings = settings
         self.dispatch = dispatch
@@ -159,7 +156,7 @@ class Engine:
             context = self.context(run_id, workflow, item=item, index=index, has_item=index is not None)
             inputs = render(step.input, context, step=step_id)
             integration = self._integration(step.integration, step.timeout)
-            options = CallOptions(max_inline_wait=self.settings.max_inline_wait, max_retries=step.retries)
+            options = self.call_options(max_retries=step.retries)
             result = self._call(step.action, inputs, integration, options, ledger_key, step_id)
         except Requeue:
             raise
@@ -178,6 +175,12 @@ class Engine:
                       usage=result.get("usage") or {}, attempts=record["attempts"] + int(result.get("attempts") or 0),
                       request_ids=result.get("request_ids") or [], replayed=bool(result.get("replayed")))
         return record, result["output"]
+
+    def call_options(self, *, max_retries: int | None = None) -> CallOptions:
+        """Short inline waits (longer ones are re-queued) and the shared rate budget."""
+        return CallOptions(max_inline_wait=self.settings.max_inline_wait, max_retries=max_retries,
+                           before_request=self.budget.before_request if self.budget else None,
+                           after_response=self.budget.after_response if self.budget else None)
 
     def _requeue_count(self, run_id: str, ledger_key: str) -> int:
         return self.store.count(run_id, f"requeues:{ledger_key}")

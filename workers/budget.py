@@ -1,0 +1,99 @@
+"""The rate budget every worker draws from: one per integration, kept in the run store's Redis.
+
+An integration may declare ``rate_limits`` (requests and tokens per minute). Before each request
+a worker takes one request (and an estimate of the tokens) from a moving window shared through
+Redis, using the ``limits`` library; when the window is full the step is re-queued with a delay
+instead of holding a worker thread. The API's own ``x-ratelimit-remaining-*`` / ``-reset-*``
+headers tighten it further: when the API says a budget is spent, every worker pauses that
+integration until the reset it announced.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+from limits import RateLimitItemPerMinute
+from limits.storage import MemoryStorage, Storage, storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+
+from actions import Call
+from integration.client import ApiResponse
+from workers.kv import KV
+from workers.requeue import Requeue
+
+__all__ = ["Budget", "parse_reset"]
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+PAUSE_PREFIX = "opk:pause:"
+
+
+def parse_reset(value: str | None) -> float | None:
+    """OpenAI's reset durations: ``"1s"``, ``"6m0s"``, ``"20ms"``, or plain seconds."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    parts = _DURATION.findall(value)
+    if not parts:
+        return None
+    return sum(float(number) * _UNIT[unit] for number, unit in parts)
+
+
+def estimate_tokens(inputs: dict[str, Any]) -> int:
+    """A cheap upper-ish estimate of a request's tokens: ~4 characters per token plus the output cap."""
+    text = json.dumps({k: v for k, v in inputs.items() if k in ("messages", "prompt", "input", "instruction")},
+                      ensure_ascii=False)
+    output = inputs.get("max_completion_tokens") or inputs.get("max_tokens") or 256
+    return len(text) // 4 + int(output) * int(inputs.get("n") or 1)
+
+
+class Budget:
+    """Shared request/token windows per integration, plus pauses learnt from the API's headers."""
+
+    def __init__(self, storage_url: str, kv: KV) -> None:
+        storage: Storage = (MemoryStorage() if not storage_url.startswith(("redis://", "rediss://"))
+                            else storage_from_string(storage_url))
+        self.limiter = MovingWindowRateLimiter(storage)
+        self.kv = kv
+
+    def before_request(self, call: Call) -> None:
+        """Take this request from the budget, or raise ``Requeue`` with the time until there is room."""
+        name = call.integration.name
+        paused = self.kv.get(PAUSE_PREFIX + name)
+        if paused is not None and float(paused) > time.time():
+            raise Requeue(float(paused) - time.time() + 0.05, f"integration {name!r} paused by the API's rate headers")
+        limits = call.integration.rate_limits
+        if limits is None:
+            return
+        if limits.requests_per_minute:
+            self._take(RateLimitItemPerMinute(limits.requests_per_minute), name, "requests", 1)
+        if limits.tokens_per_minute:
+            cost = min(estimate_tokens(call.inputs), limits.tokens_per_minute)
+            self._take(RateLimitItemPerMinute(limits.tokens_per_minute), name, "tokens", cost)
+
+    def _take(self, item: RateLimitItemPerMinute, name: str, what: str, cost: int) -> None:
+        if self.limiter.hit(item, "openai-pack", name, what, cost=cost):
+            return
+        stats = self.limiter.get_window_stats(item, "openai-pack", name, what)
+        wait = max(0.05, stats.reset_time - time.time())
+        # The window frees up gradually; come back a little after the oldest hit expires.
+        raise Requeue(min(wait, 60.0), f"{what}-per-minute budget of {name!r} spent")
+
+    def after_response(self, call: Call, response: ApiResponse) -> None:
+        """When the API says a budget is spent, pause the integration for every worker until its reset."""
+        headers = response.headers
+        for what in ("requests", "tokens"):
+            remaining = headers.get(f"x-ratelimit-remaining-{what}")
+            if remaining is None or not remaining.strip().isdigit() or int(remaining) > 0:
+                continue
+            reset = parse_reset(headers.get(f"x-ratelimit-reset-{what}"))
+            if reset:
+                until = time.time() + reset
+                self.kv.set(PAUSE_PREFIX + call.integration.name, f"{until:.3f}", ttl=reset + 1)
