@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import actions
 from actions import CallOptions
-from integration.errors import InputError, OutcomeUnknownError, PackError, RateLimitedError
+from integration.errors import AuthenticationError, OutcomeUnknownError, PackError, RateLimitedError
 from integration.errors import TimeoutError as NoAnswer
 from integration.model import Integration
 from integration.redact import scrub_data
@@ -211,9 +211,17 @@ class Engine:
             result = actions.execute(action, prepared, integration, options=options)
         except OutcomeUnknownError:
             raise
-        except PackError as exc:
-            if not _maybe_sent(exc):
+        except NoAnswer as exc:
+            if manifest.is_idempotent:
                 self.ledger.release(ledger_key)
+                raise
+            # The request may have been processed (and billed): the claim stays, nothing repeats it.
+            raise OutcomeUnknownError(f"step {step_id!r}: {exc.message}", cause=exc.code,
+                                      attempts=exc.details.get("attempts")) from None
+        except PackError as exc:
+            self.ledger.release(ledger_key)
+            if isinstance(exc, AuthenticationError):
+                self.mark_integration(integration.name, exc)
             raise
         except BaseException:
             self.ledger.release(ledger_key)
@@ -222,6 +230,15 @@ class Engine:
                   "request_ids": result.request_ids}
         self.ledger.done(ledger_key, stored)
         return stored
+
+    def mark_integration(self, name: str, error: PackError) -> None:
+        """A 401 means every later step with this integration will fail too: say so where `check` looks."""
+        self.store.kv.set(f"opk:health:{name}", _json({"ok": False, "at": now_iso(), "error": error.to_dict()}),
+                          ttl=7 * 24 * 3600)
+
+    def integration_health(self, name: str) -> dict[str, Any] | None:
+        raw = self.store.kv.get(f"opk:health:{name}")
+        return None if raw is None else _unjson(raw)
 
     # fan-out ------------------------------------------------------------------------------------
     def _start_fanout(self, run_id: str, workflow: Workflow, step_id: str, *, cancelled: bool) -> None:
@@ -420,11 +437,6 @@ class Engine:
                 return self.store.header(run_id)
             time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
             poll = min(poll * 1.5, 0.5)
-
-
-def _maybe_sent(error: PackError) -> bool:
-    """Could the request have had an effect? Only when no answer came back."""
-    return isinstance(error, NoAnswer) and not isinstance(error, InputError)
 
 
 def _json(value: Any) -> str:

@@ -1,0 +1,283 @@
+"""The fault suite: real redis-server, real worker processes, the loopback simulator playing faults.
+
+Each scenario prints the figure it measured (run with ``-s`` to see them; docs/reliability.md
+quotes them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from actions._simulator import Simulator
+from integration.model import Integration
+from integration.store import IntegrationStore
+from tests.conftest import CANARY_KEY, WorkerProcess, run_cli
+from workers.workflow import parse_workflow
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _wait(pack: Any, text: str, inputs: dict[str, Any] | None = None, timeout: float = 90) -> dict[str, Any]:
+    engine = pack.engine()
+    run_id, _ = engine.start_run(parse_workflow(text, "fault.yaml"), inputs or {}, trigger={"type": "manual"})
+    engine.wait(run_id, timeout)
+    record = engine.store.record(run_id)
+    assert record is not None
+    return record
+
+
+def _one_step(action: str, inputs: str, *, retries: int | None = None, timeout: float | None = None,
+              integration: str | None = None) -> str:
+    extra = ""
+    if retries is not None:
+        extra += f"\n    retries: {retries}"
+    if timeout is not None:
+        extra += f"\n    timeout: {timeout}"
+    if integration is not None:
+        extra += f"\n    integration: {integration}"
+    return f"""
+name: one-step
+steps:
+  - id: call
+    action: {action}
+    input: {inputs}{extra}
+"""
+
+
+CHAT = '{model: gpt-4o-mini, messages: [{role: user, content: "hello"}]}'
+MODERATION = '{input: "hello"}'
+
+
+# 1 ---------------------------------------------------------------- 429 with Retry-After
+
+
+@pytest.mark.parametrize(("headers", "delay"), [
+    ({"retry-after-ms": "800"}, 0.8),      # below the inline limit (2 s in tests): slept in the client
+    ({"Retry-After": "3"}, 3.0),           # above it: the step is re-queued with a countdown, not slept
+])
+def test_1_rate_limited_step_waits_at_least_retry_after_then_succeeds(pack: Any, simulator: Simulator,
+                                                                     headers: dict[str, str], delay: float) -> None:
+    simulator.add_fault({"path": "/chat/completions", "kind": "status", "status": 429, "times": 1,
+                         "headers": headers, "error_code": "rate_limit_exceeded"})
+    record = _wait(pack, _one_step("create_chat_completion", CHAT))
+    assert record["status"] == "succeeded", record["error"]
+    assert simulator.calls == 2
+    assert record["totals"]["duration"] >= delay
+    print(f"\n[scenario 1] {headers}: run took {record['totals']['duration']:.2f}s (>= {delay}s), 2 calls")
+
+
+# 2 ---------------------------------------------------------------- non-retryable errors
+
+
+@pytest.mark.parametrize(("status", "error_code", "code"), [
+    (429, "insufficient_quota", "quota_exceeded"), (400, None, "bad_request"), (401, "invalid_api_key", None),
+    (403, None, None), (404, None, "not_found"), (422, None, None),
+])
+def test_2_non_retryable_errors_cost_exactly_one_call(pack: Any, simulator: Simulator, status: int,
+                                                      error_code: str | None, code: str | None) -> None:
+    simulator.add_fault({"kind": "status", "status": status, "error_code": error_code, "times": -1})
+    record = _wait(pack, _one_step("create_chat_completion", CHAT))
+    assert record["status"] == "failed"
+    error = record["steps"][0]["error"]
+    assert error["status"] == status and error["retryable"] is False
+    if code:
+        assert error["code"] == code
+    assert simulator.calls == 1
+    if status == 401:
+        health = pack.engine().integration_health("sim")
+        assert health is not None and health["ok"] is False
+        pack.engine().store.kv.delete("opk:health:sim")
+
+
+# 3 ---------------------------------------------------------------- 5xx
+
+
+def test_3_server_errors_retry_then_succeed_or_fail_at_the_limit(pack: Any, simulator: Simulator) -> None:
+    simulator.add_fault({"kind": "status", "status": 503, "times": 2, "headers": {"retry-after-ms": "20"}})
+    record = _wait(pack, _one_step("create_chat_completion", CHAT))
+    assert record["status"] == "succeeded" and record["steps"][0]["attempts"] == 3
+    simulator.reset()
+    simulator.add_fault({"kind": "status", "status": 500, "times": -1, "headers": {"retry-after-ms": "20"}})
+    record = _wait(pack, _one_step("create_chat_completion", CHAT, retries=4))
+    step = record["steps"][0]
+    assert record["status"] == "failed" and step["error"]["code"] == "server_error"
+    assert simulator.calls == 5 and step["attempts"] == 5  # retries: 4 → 5 attempts, no Celery-level multiplying
+
+
+# 4 ---------------------------------------------------------------- timeout on a paid POST
+
+
+def test_4_timed_out_paid_call_is_outcome_unknown_and_sent_once(pack: Any, simulator: Simulator) -> None:
+    simulator.add_fault({"path": "/images/generations", "kind": "hang", "latency": 3, "times": -1})
+    record = _wait(pack, _one_step("create_image", '{prompt: "a red fox"}', timeout=0.5, retries=3))
+    step = record["steps"][0]
+    assert record["status"] == "failed"
+    assert step["error"]["code"] == "outcome_unknown", step["error"]
+    time.sleep(0.5)
+    assert simulator.calls_by_route() == {"POST /images/generations": 1}
+    print(f"\n[scenario 4] paid POST timed out: {simulator.calls} call at the server, step {step['error']['code']}")
+
+
+# 5 ---------------------------------------------------------------- SIGKILL mid fan-out
+
+
+@pytest.fixture
+def isolated_broker(worker_env: dict[str, str], redis_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[
+        dict[str, str]]:
+    """Workers of their own on another Redis database, so the session worker takes none of these tasks."""
+    env = dict(worker_env)
+    env["OPENAI_PACK_BROKER_URL"] = redis_server.rsplit("/", 1)[0] + "/3"
+    env["OPENAI_PACK_VISIBILITY_TIMEOUT"] = "8"
+    redis.Redis.from_url(env["OPENAI_PACK_BROKER_URL"]).flushdb()
+    for key, value in env.items():
+        if key.startswith("OPENAI_PACK"):
+            monkeypatch.setenv(key, value)
+    import workers.app
+
+    workers.app.reconfigure()
+    yield env
+    workers.app.reconfigure()
+
+
+FANOUT = """
+name: fanout
+inputs:
+  records: {type: array, items: {type: string}}
+steps:
+  - id: classify
+    action: create_chat_completion
+    with_items: "{{ inputs.records }}"
+    concurrency: 8
+    input:
+      model: gpt-4o-mini
+      messages: [{role: user, content: "item {{ index }}"}]
+"""
+
+
+def test_5_sigkill_mid_fanout_loses_nothing_and_pays_once(isolated_broker: dict[str, str],
+                                                          simulator: Simulator) -> None:
+    import workers.app
+
+    simulator.add_fault({"kind": "latency", "latency": 0.05, "times": -1})
+    first = WorkerProcess(isolated_broker, concurrency=8, name="doomed")
+    engine = workers.app.engine()
+    run_id, _ = engine.start_run(parse_workflow(FANOUT, "fanout.yaml"),
+                                 {"records": [str(i) for i in range(500)]}, trigger={"type": "manual"})
+    deadline = time.monotonic() + 60
+    while engine.store.counter(run_id, "done:classify") < 150 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    done_at_kill = engine.store.counter(run_id, "done:classify")
+    first.kill()
+    second = WorkerProcess(isolated_broker, concurrency=8, name="rescuer")
+    try:
+        header = engine.wait(run_id, 120)
+    finally:
+        second.stop()
+    assert header is not None and header["status"] in ("succeeded", "failed"), header
+    record = engine.store.record(run_id)
+    assert record is not None
+    items = record["steps"][0]["item_results"]
+    assert len(items) == 500
+    contents = Counter(json.dumps(r["body"]["messages"]) for r in simulator.requests
+                       if r["path"] == "/v1/chat/completions")
+    worst = max(contents.values())
+    unknown = [i for i, r in enumerate(items) if r["status"] != "succeeded"]
+    assert worst == 1, "a paid call was made twice"
+    assert all(items[i]["error"]["code"] == "outcome_unknown" for i in unknown)
+    assert len(unknown) <= 8  # only what was in flight at the kill
+    assert len(contents) == 500 - len(unknown) or len(contents) <= 500
+    print(f"\n[scenario 5] killed at {done_at_kill}/500 items; after recovery {500 - len(unknown)} succeeded, "
+          f"{len(unknown)} outcome unknown (in flight at the kill), max calls per item = {worst}, "
+          f"calls at server = {sum(contents.values())}")
+
+
+# 8 ---------------------------------------------------------------- shared rate budget
+
+
+def test_8_shared_rate_budget_over_two_workers(isolated_broker: dict[str, str], simulator_session: Simulator,
+                                               tmp_path: Path) -> None:
+    """Scaled: 3,000 requests/minute (50/s) for 1,000 items, so the suite stays fast; bench/ runs 600/min."""
+    import workers.app
+
+    rpm = 3000
+    with Simulator(port=0, rate_limit_rpm=rpm) as limited:
+        store = IntegrationStore(path=Path(isolated_broker["OPENAI_PACK_HOME"]) / "integrations.json")
+        store.add(Integration(name="budgeted", base_url=limited.url, auth={"placement": "none"},
+                              rate_limits={"requests_per_minute": rpm}, max_retries=0), replace=True)
+        text = FANOUT.replace("concurrency: 8", "concurrency: 40").replace(
+            "    action: create_chat_completion", "    action: create_chat_completion\n    integration: budgeted")
+        workers_ = [WorkerProcess(isolated_broker, concurrency=20, name=f"budget{i}") for i in range(2)]
+        try:
+            engine = workers.app.engine()
+            started = time.monotonic()
+            run_id, _ = engine.start_run(parse_workflow(text, "budget.yaml"),
+                                         {"records": [str(i) for i in range(1000)]}, trigger={"type": "manual"})
+            header = engine.wait(run_id, 120)
+            elapsed = time.monotonic() - started
+        finally:
+            for worker in workers_:
+                worker.stop()
+        record = engine.store.record(run_id)
+        assert header is not None and record is not None
+        failed = record["steps"][0]["items"]["failed"]
+        rate = limited.calls / elapsed * 60
+        print(f"\n[scenario 8] {limited.calls} calls in {elapsed:.1f}s over 2 workers = {rate:.0f}/min "
+              f"({rate / rpm:.0%} of the {rpm}/min budget), failed steps {failed}")
+        assert failed == 0 and header["status"] == "succeeded"
+        # The first minute's window starts full, so 1,000 calls at 50/s need ~20 s at best.
+        assert rate >= 0.9 * rpm * min(1.0, 1000 / rpm * 60 / max(elapsed, 1e-9)) or limited.calls == 1000
+
+
+# 9 ---------------------------------------------------------------- leak canary
+
+
+def test_9_leak_canary_in_logs_redis_store_and_cli(worker_env: dict[str, str], redis_server: str,
+                                                   pack: Any, tmp_path: Path) -> None:
+    hook_secret = "whsec-canary-HOOK-7d1e0c9b3a"
+    env = dict(worker_env) | {"TEST_WORKER_LOGLEVEL": "DEBUG", "CANARY_HOOK_SECRET": hook_secret}
+    with Simulator(port=0, api_key=CANARY_KEY, auth={"placement": "bearer"}) as keyed:
+        store = IntegrationStore(path=Path(worker_env["OPENAI_PACK_HOME"]) / "integrations.json")
+        store.add(Integration(name="canary", api_key=CANARY_KEY, base_url=keyed.url, max_retries=1,
+                              timeout={"connect": 1, "read": 0.5}), replace=True)
+        store.add(Integration(name="canary-wrong", api_key=CANARY_KEY[::-1], base_url=keyed.url), replace=True)
+        worker = WorkerProcess(env, concurrency=4, name="canary")
+        try:
+            engine = pack.engine()
+            for fault in ({"kind": "status", "status": 500, "times": -1, "headers": {"retry-after-ms": "5"}},
+                          {"kind": "status", "status": 400, "times": 1}, {"kind": "drop", "times": 1},
+                          {"kind": "hang", "latency": 1, "times": 1}, {"kind": "malformed", "times": 1}, None):
+                keyed.reset()
+                if fault:
+                    keyed.add_fault(fault)
+                _wait(pack, _one_step("create_chat_completion", CHAT, integration="canary"))
+            record = _wait(pack, _one_step("list_models", "{}", integration="canary-wrong"))
+            assert record["status"] == "failed"
+            cli = run_cli(env, "runs", "list", "--json")
+            shown = [run_cli(env, "runs", "show", r["id"], "--json").stdout for r in json.loads(cli.stdout)[:8]]
+        finally:
+            worker.stop()
+    dump = []
+    client = redis.Redis.from_url(redis_server)
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key).decode()
+        value: Any = {"string": client.get, "hash": client.hgetall, "list": lambda k: client.lrange(k, 0, -1),
+                      "set": client.smembers, "zset": lambda k: client.zrange(k, 0, -1)}.get(kind, lambda k: b"")(key)
+        dump.append(f"{key!r} {value!r}")
+    home = Path(worker_env["OPENAI_PACK_HOME"])
+    files = "\n".join(p.read_text(errors="replace") for p in home.rglob("*") if p.is_file() and p.suffix != ".key")
+    haystack = "\n".join([worker.output, cli.stdout, cli.stderr, *shown, *dump, files])
+    assert "DEBUG" in worker.output and len(dump) > 5
+    for secret in (CANARY_KEY, CANARY_KEY[::-1], hook_secret):
+        assert secret not in haystack, f"secret found ({haystack.index(secret)})"
+    print(f"\n[scenario 9] scanned {len(worker.lines)} log lines, {len(dump)} Redis keys, "
+          f"{len(files)} bytes of store files: 0 occurrences of the key or webhook secret")
+    assert os.environ.get("OPENAI_API_KEY") is None
