@@ -251,7 +251,6 @@ def test_9_leak_canary_in_logs_redis_store_and_cli(worker_env: dict[str, str], r
         store.add(Integration(name="canary-wrong", api_key=CANARY_KEY[::-1], base_url=keyed.url), replace=True)
         worker = WorkerProcess(env, concurrency=4, name="canary")
         try:
-            engine = pack.engine()
             for fault in ({"kind": "status", "status": 500, "times": -1, "headers": {"retry-after-ms": "5"}},
                           {"kind": "status", "status": 400, "times": 1}, {"kind": "drop", "times": 1},
                           {"kind": "hang", "latency": 1, "times": 1}, {"kind": "malformed", "times": 1}, None):

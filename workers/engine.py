@@ -267,7 +267,7 @@ class Engine:
             self.store.save_step(run_id, step_id, {"status": "running", "action": step.action, "started": now_iso(),
                                                    "items": {"total": len(items)}, "attempts": 0})
             self.store.count(run_id, f"next:{step_id}", min(step.concurrency, len(items)))
-        total = len(self.store.item_inputs(run_id, step_id))
+        total = self.store.item_total(run_id, step_id)
         if total == 0:
             self._finish_fanout(run_id, workflow, step_id)
             return
@@ -275,15 +275,15 @@ class Engine:
             self.dispatch(run_id, step_id, index, None)
 
     def _run_item(self, run_id: str, workflow: Workflow, step_id: str, index: int, *, cancelled: bool) -> None:
-        items = self.store.item_inputs(run_id, step_id)
-        total = len(items)
+        total = self.store.item_total(run_id, step_id)
         record = self.store.item(run_id, step_id, index) or {}
         replay = record.get("status") in FINISHED
         if not replay:
             if cancelled:
                 record = {"status": "cancelled", "finished": now_iso()}
             else:
-                record, full_output = self._execute(run_id, workflow, step_id, record, items[index], index)
+                record, full_output = self._execute(run_id, workflow, step_id, record,
+                                                    self.store.item_input(run_id, step_id, index), index)
                 if full_output is not None:
                     self.store.kv.hset(self.store._run(run_id, f"ctx:{step_id}"), {str(index): _json(full_output)})
             self.store.save_item(run_id, step_id, index, record)
@@ -311,7 +311,7 @@ class Engine:
         if record.get("status") not in FINISHED:
             items = self.store.items(run_id, step_id)
             full = {int(k): v for k, v in self.store.kv.hgetall(self.store._run(run_id, f"ctx:{step_id}")).items()}
-            total = len(self.store.item_inputs(run_id, step_id))
+            total = self.store.item_total(run_id, step_id)
             usage: dict[str, int] = {}
             attempts = 0
             for entry in items.values():

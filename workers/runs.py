@@ -121,10 +121,17 @@ class RunStore:
         self.kv.hset(self._run(run_id, f"items:{step_id}"), {str(index): _dump(record)})
 
     def save_item_inputs(self, run_id: str, step_id: str, items: list[Any]) -> None:
-        self.kv.hset(self._run(run_id, "fanout"), {step_id: _dump(items)})
+        """One field per item, so an item task reads its own item, not the whole list."""
+        key = self._run(run_id, f"fanout:{step_id}")
+        for start in range(0, len(items), 1000):
+            self.kv.hset(key, {str(i): _dump(items[i]) for i in range(start, min(start + 1000, len(items)))})
+        self.kv.hset(self._run(run_id, "fanout_total"), {step_id: str(len(items))})
 
-    def item_inputs(self, run_id: str, step_id: str) -> list[Any]:
-        return _load(self.kv.hget(self._run(run_id, "fanout"), step_id)) or []
+    def item_input(self, run_id: str, step_id: str, index: int) -> Any:
+        return _load(self.kv.hget(self._run(run_id, f"fanout:{step_id}"), str(index)))
+
+    def item_total(self, run_id: str, step_id: str) -> int:
+        return int(self.kv.hget(self._run(run_id, "fanout_total"), step_id) or 0)
 
     # counters and set-once flags ---------------------------------------------------------------
     def count(self, run_id: str, name: str, amount: int = 1) -> int:
