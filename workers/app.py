@@ -33,7 +33,8 @@ log = logging.getLogger("openai_pack.worker")
 
 
 def _configure(app: Celery, settings: Settings) -> None:
-    transport_options: dict[str, Any] = {}
+    # The in-memory broker polls; a short interval keeps a step's hand-off in milliseconds.
+    transport_options: dict[str, Any] = {"polling_interval": 0.005}
     if not settings.embedded:
         transport_options = {
             # A crashed worker's unacknowledged step is handed to another worker after this long.
@@ -75,7 +76,10 @@ def reconfigure(new: Settings | None = None) -> Settings:
     global settings
     settings = new or Settings.from_env()
     _configure(app, settings)
-    app.pool.force_close_all() if app.pool else None
+    if app._pool is not None:  # connections to the old broker must not be reused
+        app._pool.force_close_all()
+        app._pool = None
+        app.amqp._producer_pool = None
     kv.cache_clear()
     engine.cache_clear()
     return settings

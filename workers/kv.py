@@ -100,11 +100,9 @@ class SqliteKV:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._local = threading.local()
         with self._tx() as db:
-            db.executescript(
-                "CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT NOT NULL, expires REAL);"
-                "CREATE TABLE IF NOT EXISTS h (k TEXT, f TEXT, v TEXT NOT NULL, PRIMARY KEY (k, f));"
-                "CREATE TABLE IF NOT EXISTS z (k TEXT, m TEXT, s REAL NOT NULL, PRIMARY KEY (k, m));"
-            )
+            db.execute("CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT NOT NULL, expires REAL)")
+            db.execute("CREATE TABLE IF NOT EXISTS h (k TEXT, f TEXT, v TEXT NOT NULL, PRIMARY KEY (k, f))")
+            db.execute("CREATE TABLE IF NOT EXISTS z (k TEXT, m TEXT, s REAL NOT NULL, PRIMARY KEY (k, m))")
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
