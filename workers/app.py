@@ -74,12 +74,13 @@ _configure(app, settings)
 def reconfigure(new: Settings | None = None) -> Settings:
     """Re-read the environment (a test or CLI option changed it) and drop cached connections."""
     global settings
-    settings = new or Settings.from_env()
+    new = new or Settings.from_env()
+    if new == settings:
+        return settings
+    settings = new
     _configure(app, settings)
-    if app._pool is not None:  # connections to the old broker must not be reused
-        app._pool.force_close_all()
-        app._pool = None
-        app.amqp._producer_pool = None
+    app._pool = None  # the next send opens a connection to the new broker
+    app.amqp._producer_pool = None
     kv.cache_clear()
     engine.cache_clear()
     return settings

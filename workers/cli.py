@@ -43,7 +43,8 @@ def fail(error: PackError | Exception) -> NoReturn:
     """Print a JSON error on stderr and exit 2 (input/config) or 1 (API/transport/other)."""
     if isinstance(error, PackError):
         payload = error.to_dict()
-        code = 2 if isinstance(error, InputError | ConfigError | ManifestError) else 1
+        bad_input = isinstance(error, InputError | ConfigError | ManifestError)
+        code = 2 if bad_input or error.code in ("workflow_invalid", "template_error") else 1
     else:
         payload = {"type": type(error).__name__, "code": "unexpected", "message": str(error)}
         code = 1

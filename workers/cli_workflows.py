@@ -20,7 +20,8 @@ from rich.table import Table
 from integration.errors import PackError
 from integration.redact import install_log_redaction, scrub
 
-console = Console()
+# Piped output (CI logs, scripts) gets wide tables instead of rich's 80-column default.
+console = Console() if sys.stdout.isatty() else Console(width=200)
 
 workflow_app = typer.Typer(help="Validate and run workflow files.", no_args_is_help=True)
 runs_app = typer.Typer(help="Inspect and cancel runs.", no_args_is_help=True)
