@@ -319,6 +319,16 @@ _STATUS_ERRORS = {
 # ---------------------------------------------------------------- the server
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that timed out and hung up is part of the script, not an error worth a traceback."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class Simulator:
     """Start with ``with Simulator() as sim:``; ``sim.url`` is the base URL to configure."""
 
@@ -405,9 +415,7 @@ class Simulator:
     # lifecycle -----------------------------------------------------------------------------------
     def start(self) -> Simulator:
         handler = type("Handler", (_Handler,), {"sim": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
-        self._server.daemon_threads = True
-        self._server.block_on_close = False
+        self._server = _Server(("127.0.0.1", self.port), handler)
         self.port = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.answers = Answers(self.url)

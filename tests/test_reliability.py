@@ -79,7 +79,7 @@ def test_1_rate_limited_step_waits_at_least_retry_after_then_succeeds(pack: Any,
 
 
 @pytest.mark.parametrize(("status", "error_code", "code"), [
-    (429, "insufficient_quota", "quota_exceeded"), (400, None, "bad_request"), (401, "invalid_api_key", None),
+    (429, "insufficient_quota", "insufficient_quota"), (400, None, "bad_request"), (401, "invalid_api_key", None),
     (403, None, None), (404, None, "not_found"), (422, None, None),
 ])
 def test_2_non_retryable_errors_cost_exactly_one_call(pack: Any, simulator: Simulator, status: int,
@@ -233,8 +233,8 @@ def test_8_shared_rate_budget_over_two_workers(isolated_broker: dict[str, str], 
         print(f"\n[scenario 8] {limited.calls} calls in {elapsed:.1f}s over 2 workers = {rate:.0f}/min "
               f"({rate / rpm:.0%} of the {rpm}/min budget), failed steps {failed}")
         assert failed == 0 and header["status"] == "succeeded"
-        # The first minute's window starts full, so 1,000 calls at 50/s need ~20 s at best.
-        assert rate >= 0.9 * rpm * min(1.0, 1000 / rpm * 60 / max(elapsed, 1e-9)) or limited.calls == 1000
+        assert limited.calls == 1000  # no 429 from the server: the budget held
+        assert 0.9 * rpm <= rate <= 1.1 * rpm
 
 
 # 9 ---------------------------------------------------------------- leak canary

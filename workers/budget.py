@@ -15,7 +15,7 @@ import re
 import time
 from typing import Any
 
-from limits import RateLimitItemPerMinute
+from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.storage import MemoryStorage, Storage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
@@ -54,6 +54,18 @@ def estimate_tokens(inputs: dict[str, Any]) -> int:
     return len(text) // 4 + int(output) * int(inputs.get("n") or 1)
 
 
+def window_for(per_minute: int) -> RateLimitItem:
+    """The per-minute budget as the shortest whole-number window: 600/min becomes 10 per second.
+
+    OpenAI enforces limits over periods shorter than a minute, so a burst of a minute's budget in
+    the first second is refused anyway; spreading it evenly is what the API accepts.
+    """
+    for seconds in (1, 2, 3, 5, 10, 15, 20, 30, 60):
+        if (per_minute * seconds) % 60 == 0:
+            return RateLimitItemPerSecond(per_minute * seconds // 60, seconds)
+    return RateLimitItemPerSecond(per_minute, 60)
+
+
 class Budget:
     """Shared request/token windows per integration, plus pauses learnt from the API's headers."""
 
@@ -73,12 +85,12 @@ class Budget:
         if limits is None:
             return
         if limits.requests_per_minute:
-            self._take(RateLimitItemPerMinute(limits.requests_per_minute), name, "requests", 1)
+            self._take(window_for(limits.requests_per_minute), name, "requests", 1)
         if limits.tokens_per_minute:
-            cost = min(estimate_tokens(call.inputs), limits.tokens_per_minute)
-            self._take(RateLimitItemPerMinute(limits.tokens_per_minute), name, "tokens", cost)
+            item = window_for(limits.tokens_per_minute)
+            self._take(item, name, "tokens", min(estimate_tokens(call.inputs), item.amount))
 
-    def _take(self, item: RateLimitItemPerMinute, name: str, what: str, cost: int) -> None:
+    def _take(self, item: RateLimitItem, name: str, what: str, cost: int) -> None:
         if self.limiter.hit(item, "openai-pack", name, what, cost=cost):
             return
         stats = self.limiter.get_window_stats(item, "openai-pack", name, what)
