@@ -63,6 +63,7 @@ def _configure(app: Celery, settings: Settings) -> None:
         timezone="UTC",
         worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_connection_max_retries=None,
+        imports=("workers.beat",),  # the schedule-fire task
     )
 
 
