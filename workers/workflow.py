@@ -225,10 +225,9 @@ class Workflow:
                 continue
             if transition.condition is not None and not evaluate(transition.condition, context, step=step_id):
                 continue
-            if transition.publish:
-                values = render(transition.publish, {**context, "vars": {**context.get("vars", {}), **published}},
-                                step=step_id)
-                published.update(values)
+            for name, template in transition.publish.items():  # in order: a later value may use an earlier one
+                scope = {**context, "vars": {**context.get("vars", {}), **published}}
+                published[name] = render(template, scope, step=step_id)
             targets += [t for t in transition.do if t not in targets]
         return targets, published
 
