@@ -376,7 +376,7 @@ def resolve(integration: Integration | str | None = None, *, store: IntegrationS
     """
     if isinstance(integration, Integration):
         return integration
-    store = IntegrationStore() if store is None else store
+    store = open_store() if store is None else store
     env = dict(environ) if environ is not None else None
     if isinstance(integration, str):
         if integration == "default" and integration not in store:
@@ -397,3 +397,62 @@ def resolve(integration: Integration | str | None = None, *, store: IntegrationS
     if from_env is not None:
         return from_env
     raise ConfigError(f"no integration configured: set OPENAI_API_KEY, or {_ADD_HINT}", field="integration")
+
+
+INTEGRATIONS_URL_ENV = "OPENAI_PACK_INTEGRATIONS_URL"
+
+
+class RedisIntegrationStore(IntegrationStore):
+    """The same document in one Redis key, so workers on many machines share one set of integrations.
+
+    Keys stay Fernet-sealed; the encryption keys must come from ``OPENAI_PACK_FERNET_KEYS`` (or the
+    argument), since a key file on one machine is useless to the others.
+    """
+
+    def __init__(self, url: str, key: str = "opk:integrations", fernet_keys: str | None = None) -> None:
+        import redis
+
+        super().__init__(path=Path(f"redis-{key}"), fernet_keys=fernet_keys)
+        self.url, self.key = url, key
+        self.redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+
+    def __repr__(self) -> str:
+        return f"RedisIntegrationStore(key={self.key!r})"
+
+    def _keys(self, *, create: bool) -> _Keys:
+        if (self._fernet_keys and self._fernet_keys.strip()) or os.environ.get(KEYS_ENV, "").strip():
+            return super()._keys(create=create)
+        raise ConfigError(f"the Redis integration store needs {KEYS_ENV} (a key file cannot be shared between "
+                          "machines)", field=KEYS_ENV)
+
+    @contextlib.contextmanager
+    def _locked(self, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+        lock = self.redis.lock(self.key + ":lock", timeout=30, blocking_timeout=timeout)
+        if not lock.acquire():
+            raise ConfigError(f"the integration store {self.key} is locked by another process (waited {timeout:g}s)")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                lock.release()
+
+    def _load(self) -> dict[str, Any]:
+        raw = self.redis.get(self.key)
+        if raw is None:
+            return {"version": FORMAT_VERSION, "default": None, "integrations": {}}
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ConfigError(f"the integration store {self.key} is not valid JSON") from None
+        return self._check_shape(data)
+
+    def _save(self, data: dict[str, Any]) -> None:
+        body = {"version": FORMAT_VERSION, "default": data["default"],
+                "integrations": {n: data["integrations"][n] for n in sorted(data["integrations"])}}
+        self.redis.set(self.key, json.dumps(body))
+
+
+def open_store() -> IntegrationStore:
+    """The configured store: Redis when ``OPENAI_PACK_INTEGRATIONS_URL`` is set, else the local file."""
+    url = os.environ.get(INTEGRATIONS_URL_ENV, "").strip()
+    return RedisIntegrationStore(url) if url else IntegrationStore()

@@ -374,3 +374,27 @@ def test_concurrent_adds_from_two_processes_both_survive(home: Path) -> None:
     assert mode(path) == 0o600
     assert CANARY.encode() not in path.read_bytes()
     assert {p.name for p in home.iterdir()} == {"integrations.json", "integrations.json.lock"}
+
+
+def test_redis_store_keeps_keys_sealed_and_is_shared(redis_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers on several machines read one store in Redis; the key is sealed there too."""
+    import redis as redis_client
+    from cryptography.fernet import Fernet
+
+    from integration.errors import ConfigError
+    from integration.store import RedisIntegrationStore, open_store, resolve
+    from tests.conftest import CANARY_KEY
+
+    url = redis_server.rsplit("/", 1)[0] + "/5"
+    redis_client.Redis.from_url(url).flushdb()
+    monkeypatch.setenv("OPENAI_PACK_INTEGRATIONS_URL", url)
+    with pytest.raises(ConfigError, match="OPENAI_PACK_FERNET_KEYS"):
+        open_store().add(Integration(name="acme", api_key=CANARY_KEY))
+    monkeypatch.setenv("OPENAI_PACK_FERNET_KEYS", Fernet.generate_key().decode())
+    store = open_store()
+    assert isinstance(store, RedisIntegrationStore)
+    store.add(Integration(name="acme", api_key=CANARY_KEY, organization_id="org-1"), make_default=True)
+    assert RedisIntegrationStore(url).get("acme").api_key.get_secret_value() == CANARY_KEY
+    assert resolve(None).name == "acme"
+    raw = redis_client.Redis.from_url(url).get("opk:integrations")
+    assert raw and CANARY_KEY.encode() not in raw

@@ -21,7 +21,7 @@ from actions._docs import field_rows, render_action, render_reference
 from integration.errors import ConfigError, InputError, ManifestError, PackError
 from integration.model import Integration
 from integration.redact import install_log_redaction, scrub
-from integration.store import IntegrationStore
+from integration.store import IntegrationStore, open_store
 from workers.cli_workflows import register as register_workflow_commands
 
 app = typer.Typer(help="OpenAI actions for workflow automation.", no_args_is_help=True,
@@ -182,7 +182,7 @@ def run_action(
 
 
 def _store() -> IntegrationStore:
-    return IntegrationStore()
+    return open_store()
 
 
 def _read_key(key_env: str | None, key_stdin: bool) -> str | None:
