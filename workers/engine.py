@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import actions
@@ -73,6 +73,8 @@ class Engine:
         self.settings = settings
         self.dispatch = dispatch
         self._workflows: dict[str, Workflow] = {}
+        self._fixed: dict[str, tuple[Any, Any]] = {}
+        self._steps_seen: dict[tuple[str, str], dict[str, Any]] = {}
 
     # starting ------------------------------------------------------------------------------
     def start_run(self, workflow: Workflow, raw_inputs: Any, *, trigger: dict[str, Any],
@@ -394,24 +396,49 @@ class Engine:
         keys += [self.store._run(run_id, f"ctx:{s.id}") for s in workflow.steps if s.with_items is not None]
         self.store.kv.delete(*keys)
         self._workflows.pop(run_id, None)
+        self._fixed.pop(run_id, None)
+        for key in [k for k in self._steps_seen if k[0] == run_id]:
+            self._steps_seen.pop(key, None)
 
     # context -------------------------------------------------------------------------------------
     def context(self, run_id: str, workflow: Workflow, *, item: Any = None, index: int | None = None,
                 has_item: bool = False) -> dict[str, Any]:
-        """What templates see: inputs, steps (status, output, error), vars, run; item/index in a fan-out."""
-        header_inputs = self.store.field(run_id, "inputs") or {}
-        full = {k: _unjson(v) for k, v in self.store.kv.hgetall(self.store._run(run_id, "ctx")).items()}
-        steps = {}
-        for step_id, record in self.store.steps(run_id).items():
-            steps[step_id] = {"status": record.get("status"), "error": record.get("error"),
-                              "output": full.get(step_id, record.get("output")), "usage": record.get("usage")}
+        """What templates see: inputs, steps (status, output, error), vars, run; item/index in a fan-out.
+
+        Steps are read lazily, one by one as templates name them, and inputs and finished steps are
+        cached (neither changes): a step's cost does not grow with the length of the workflow.
+        """
+        fixed = self._fixed.get(run_id)
+        if fixed is None:
+            fixed = (self.store.field(run_id, "inputs") or {}, self.store.field(run_id, "trigger"))
+            if len(self._fixed) > 256:
+                self._fixed.clear()
+            self._fixed[run_id] = fixed
         context: dict[str, Any] = {
-            "inputs": header_inputs, "steps": steps, "vars": self.store.variables(run_id),
-            "run": {"id": run_id, "workflow": workflow.name, "trigger": self.store.field(run_id, "trigger")},
+            "inputs": fixed[0], "steps": _LazySteps(self, run_id), "vars": self.store.variables(run_id),
+            "run": {"id": run_id, "workflow": workflow.name, "trigger": fixed[1]},
         }
         if has_item:
             context["item"], context["index"] = item, index
         return context
+
+    def step_view(self, run_id: str, step_id: str) -> dict[str, Any] | None:
+        """One step as templates see it; finished steps are cached."""
+        key = (run_id, step_id)
+        cached = self._steps_seen.get(key)
+        if cached is not None:
+            return cached
+        record = self.store.step(run_id, step_id)
+        if record is None:
+            return None
+        full = self.store.kv.hget(self.store._run(run_id, "ctx"), step_id)
+        view = {"status": record.get("status"), "error": record.get("error"), "usage": record.get("usage"),
+                "output": _unjson(full) if full is not None else record.get("output")}
+        if record.get("status") in FINISHED:
+            if len(self._steps_seen) > 1024:
+                self._steps_seen.clear()
+            self._steps_seen[key] = view
+        return view
 
     # progress --------------------------------------------------------------------------------------
     def progress(self, run_id: str) -> dict[str, dict[str, int]]:
@@ -437,6 +464,28 @@ class Engine:
                 return self.store.header(run_id)
             time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
             poll = min(poll * 1.5, 0.5)
+
+
+class _LazySteps(Mapping[str, Any]):
+    """``steps`` in templates: each step is fetched when a template names it."""
+
+    def __init__(self, engine: Engine, run_id: str) -> None:
+        self._engine, self._run_id = engine, run_id
+        self._seen: dict[str, Any] = {}
+
+    def __getitem__(self, step_id: str) -> Any:
+        if step_id not in self._seen:
+            view = self._engine.step_view(self._run_id, step_id)
+            if view is None:
+                raise KeyError(step_id)
+            self._seen[step_id] = view
+        return self._seen[step_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._engine.store.steps(self._run_id))
+
+    def __len__(self) -> int:
+        return len(self._engine.store.steps(self._run_id))
 
 
 def _json(value: Any) -> str:
