@@ -7,9 +7,10 @@ schema authors; automation builders need ``messages[1].role: must be one of: sys
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+import fastjsonschema
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
@@ -25,6 +26,38 @@ _TYPE_WORDS = {
     "null": "null",
 }
 _validators: dict[int, tuple[dict[str, Any], Draft202012Validator]] = {}
+
+
+_fast: dict[int, tuple[dict[str, Any], Callable[[Any], Any] | None]] = {}
+
+
+def fast_check(schema: dict[str, Any]) -> Callable[[Any], Any] | None:
+    """A compiled (fastjsonschema) validity check for the common case: valid input.
+
+    It only answers "valid or not"; the explanations come from ``jsonschema``. Defaults are never
+    injected (``use_default=False``): only what was given is sent. None when the schema uses
+    something the compiler cannot handle, and then ``jsonschema`` does everything.
+    """
+    cached = _fast.get(id(schema))
+    if cached is None or cached[0] is not schema:
+        try:
+            compiled = fastjsonschema.compile(schema, use_default=False, use_formats=False)
+        except Exception:  # an unsupported construct: fall back to the slower, complete validator
+            compiled = None
+        cached = (schema, compiled)
+        _fast[id(schema)] = cached
+    return cached[1]
+
+
+def is_valid(value: Any, schema: dict[str, Any]) -> bool:
+    check = fast_check(schema)
+    if check is None:
+        return bool(validator_for(schema).is_valid(value))
+    try:
+        check(value)
+    except fastjsonschema.JsonSchemaException:
+        return False
+    return True
 
 
 def validator_for(schema: dict[str, Any]) -> Draft202012Validator:
@@ -155,6 +188,8 @@ def _union_reason(err: ValidationError) -> tuple[list[Any], str]:
 
 def problems_for(value: Any, schema: dict[str, Any]) -> list[dict[str, str]]:
     """Every problem as ``{field, reason}``, in a stable order (by field path)."""
+    if is_valid(value, schema):
+        return []
     problems: dict[tuple[str, str], None] = {}
     for err in validator_for(schema).iter_errors(value):
         path, reason = _union_reason(err) if err.validator in ("anyOf", "oneOf") else _reason(err)

@@ -261,9 +261,19 @@ _clients: dict[tuple[str, int], Client] = {}
 _clients_lock = threading.Lock()
 
 
+_recent: dict[int, tuple[Integration, tuple[str, int]]] = {}
+
+
 def client_for(integration: Integration) -> Client:
     """A pooled Client per distinct integration value (pooling is what keeps per-call overhead low)."""
-    key = (integration.name, hash(_fingerprint(integration)))
+    seen = _recent.get(id(integration))
+    if seen is not None and seen[0] is integration:  # the same (immutable) object: skip re-hashing it
+        key = seen[1]
+    else:
+        key = (integration.name, hash(_fingerprint(integration)))
+        if len(_recent) > 256:
+            _recent.clear()
+        _recent[id(integration)] = (integration, key)
     client = _clients.get(key)
     if client is not None:
         return client

@@ -113,6 +113,14 @@ def step_task(self: Task, run_id: str, step_id: str, item: int | None = None) ->
         raise self.retry(countdown=min(wait.countdown, settings.max_countdown), max_retries=None) from None
 
 
+@app.task(name="openai_pack.ping", acks_late=True)
+def ping(counter: str | None = None) -> str:
+    """Liveness probe, and the benchmarks' no-op reference: optionally counts itself in the store."""
+    if counter:
+        kv().incr(counter)
+    return "pong"
+
+
 def _action_task(name: str) -> Task:
     """``openai.<name>``: run the action with (inputs, integration name); returns the output."""
 

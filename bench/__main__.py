@@ -1,0 +1,361 @@
+"""``make bench``: every row of docs/performance.md, each with its reference measured in the same run.
+
+``python -m bench`` runs them all; ``python -m bench call step drain latency sequence fanout budget``
+runs a subset; ``BENCH_SCALE=0.1`` shrinks the item counts for a quick look.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from bench.common import REPO, Worker, ms, pack_env, redis_server, responder, summary, table, wait_ready
+
+SCALE = float(os.environ.get("BENCH_SCALE", "1"))
+MESSAGES = [{"role": "system", "content": "Classify the ticket."},
+            {"role": "user", "content": "The VPN drops every ten minutes since this morning."}]
+
+
+def scaled(n: int) -> int:
+    return max(10, int(n * SCALE))
+
+
+# ---------------------------------------------------------------- 1: one call in-process
+
+
+def bench_call(url: str, rounds: int = 7, calls: int = 300) -> None:
+    import httpx
+    import openai
+
+    import actions
+    from integration.model import Integration
+
+    integration = Integration(name="bench", base_url=url, auth={"placement": "none"}, max_retries=0)
+    inputs = {"model": "gpt-4o-mini", "temperature": "0.2", "messages": MESSAGES}
+    body = {"model": "gpt-4o-mini", "temperature": 0.2, "messages": MESSAGES}
+    raw = httpx.Client(base_url=url + "/", headers={"Authorization": "Bearer sk-bench"})
+    sdk = openai.OpenAI(base_url=url, api_key="sk-bench", max_retries=0)
+
+    def ours() -> None:
+        actions.execute("create_chat_completion", inputs, integration).record()
+
+    def plain() -> None:
+        raw.post("chat/completions", json=body).json()
+
+    def official() -> None:
+        sdk.chat.completions.create(model="gpt-4o-mini", temperature=0.2, messages=MESSAGES)  # type: ignore[arg-type]
+
+    samples: dict[str, list[float]] = {"pack": [], "httpx": [], "sdk": []}
+    for fn in (ours, plain, official):  # warm-up: imports, connection pools, validator caches
+        for _ in range(50):
+            fn()
+    for _ in range(rounds):
+        for name, fn in (("pack", ours), ("httpx", plain), ("sdk", official)):
+            for _ in range(calls):
+                started = time.perf_counter()
+                fn()
+                samples[name].append(time.perf_counter() - started)
+    stats = {k: summary(v) for k, v in samples.items()}
+    rows = [[name, ms(s["median"]), ms(s["p99"]), f"{ms(s['min'])} – {ms(s['max'])}",
+             f"{s['median'] / stats['httpx']['median']:.2f}×", f"{s['median'] / stats['sdk']['median']:.2f}×"]
+            for name, s in stats.items()]
+    table(f"1. one create_chat_completion in-process ({rounds}×{calls} calls each, interleaved rounds)",
+          ["client", "median", "p99", "min – max", "÷ raw httpx", "÷ openai SDK"], rows)
+    print(f"targets: pack ≤ 1.10× raw httpx ({stats['pack']['median'] / stats['httpx']['median']:.2f}×), "
+          f"≤ 0.70× SDK ({stats['pack']['median'] / stats['sdk']['median']:.2f}×)")
+
+
+# ---------------------------------------------------------------- worker-side helpers
+
+
+def _workflow(text: str) -> Any:
+    from workers.workflow import parse_workflow
+
+    return parse_workflow(text, "bench.yaml")
+
+
+def _one_step() -> Any:
+    return _workflow("""
+name: one-step
+steps:
+  - id: call
+    action: create_chat_completion
+    input: {model: gpt-4o-mini, messages: [{role: user, content: hello}]}
+""")
+
+
+def _fanout(concurrency: int, integration: str | None = None) -> Any:
+    extra = f"\n    integration: {integration}" if integration else ""
+    return _workflow(f"""
+name: fanout
+inputs:
+  records: {{type: array}}
+steps:
+  - id: classify
+    action: create_chat_completion
+    with_items: "{{{{ inputs.records }}}}"
+    concurrency: {concurrency}{extra}
+    input: {{model: gpt-4o-mini, messages: [{{role: user, content: "{{{{ item }}}}"}}]}}
+""")
+
+
+def _sequence(steps: int) -> Any:
+    body = "\n".join(f"""  - id: s{i}
+    action: create_moderation
+    input: {{input: "step {i}"}}""" for i in range(steps))
+    return _workflow(f"name: sequence\nsteps:\n{body}\n")
+
+
+def _finish(engine: Any, run_id: str, timeout: float = 3600, poll: float = 0.0005) -> float:
+    deadline = time.monotonic() + timeout
+    while not engine.store.flag(run_id, "finished"):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"run {run_id} did not finish")
+        time.sleep(poll)
+    return time.monotonic()
+
+
+def _drain_noop(count: int) -> float:
+    """Celery's own floor: ``count`` no-op tasks (each counts itself in Redis) through the same worker."""
+    import workers.app as worker_app
+
+    counter = f"bench:drain:{time.time_ns()}"
+    started = time.monotonic()
+    for _ in range(count):
+        worker_app.ping.apply_async(args=[counter])
+    while int(worker_app.kv().get(counter) or 0) < count:
+        time.sleep(0.005)
+    return count / (time.monotonic() - started)
+
+
+class Stack:
+    """redis-server + responder + integration + worker(s), with this process configured like them."""
+
+    def __init__(self, broker: str, url: str, workers: int = 1, concurrency: int = 16) -> None:
+        from integration.model import Integration
+        from integration.store import IntegrationStore
+
+        self.home = tempfile.mkdtemp(prefix="bench-home-")
+        self.env = pack_env(broker, self.home, OPENAI_PACK_VISIBILITY_TIMEOUT="600")
+        store = IntegrationStore(path=__import__("pathlib").Path(self.home) / "integrations.json")
+        store.add(Integration(name="bench", base_url=url, auth={"placement": "none"}, max_retries=0,
+                              timeout={"read": 60}), make_default=True)
+        self.store = store
+        for key, value in self.env.items():
+            if key.startswith("OPENAI_PACK"):
+                os.environ[key] = value
+        import workers.app as worker_app
+
+        worker_app.reconfigure()
+        self.app = worker_app
+        self.workers = [Worker(self.env, concurrency, f"bench{i}") for i in range(workers)]
+        wait_ready(worker_app)
+
+    @property
+    def engine(self) -> Any:
+        return self.app.engine()
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+
+# ---------------------------------------------------------------- 2: one step through a worker
+
+
+def bench_step(broker: str, url: str, runs: int = 200) -> None:
+    import workers.app as worker_app
+
+    stack = Stack(broker, url, concurrency=8)
+    try:
+        workflow = _one_step()
+        engine = stack.engine
+        step: list[float] = []
+        noop: list[float] = []
+        for _ in range(20):
+            _finish(engine, engine.start_run(workflow, {}, trigger={"type": "bench"})[0])
+        for i in range(runs):
+            started = time.monotonic()
+            run_id, _ = engine.start_run(workflow, {}, trigger={"type": "bench"})
+            step.append(_finish(engine, run_id) - started)
+            counter = f"bench:noop:{i}:{time.time_ns()}"
+            started = time.monotonic()
+            worker_app.ping.apply_async(args=[counter])
+            while not worker_app.kv().get(counter):
+                time.sleep(0.0005)
+            noop.append(time.monotonic() - started)
+    finally:
+        stack.stop()
+    s, n = summary(step), summary(noop)
+    table(f"2. one step through a real worker and Redis, dispatch to recorded result ({runs} runs, interleaved)",
+          ["path", "p50", "p99", "min – max"],
+          [["workflow step (chat completion)", ms(s["median"]), ms(s["p99"]), f"{ms(s['min'])} – {ms(s['max'])}"],
+           ["no-op Celery task round trip", ms(n["median"]), ms(n["p99"]), f"{ms(n['min'])} – {ms(n['max'])}"],
+           ["ratio", f"{s['median'] / n['median']:.2f}×", f"{s['p99'] / n['p99']:.2f}×", ""]])
+    print("targets: p50 ≤ 2.0×, p99 ≤ 2.5×")
+
+
+# ---------------------------------------------------------------- 3 and 4: 10,000-item fan-out
+
+
+def bench_drain(broker: str, url: str, items: int, concurrency: int, label: str, latency: float) -> float:
+    stack = Stack(broker, url, concurrency=concurrency)
+    try:
+        noop_rate = _drain_noop(items)
+        engine = stack.engine
+        started = time.monotonic()
+        run_id, _ = engine.start_run(_fanout(concurrency), {"records": [f"r{i}" for i in range(items)]},
+                                     trigger={"type": "bench"})
+        rate = items / (_finish(engine, run_id, poll=0.01) - started)
+        record = engine.store.step(run_id, "classify")
+    finally:
+        stack.stop()
+    reference = noop_rate if not latency else min(noop_rate, concurrency / latency)
+    table(f"{label}: {items:,}-item with_items, one worker (threads, concurrency {concurrency}), "
+          f"server answering after {latency * 1000:.0f} ms",
+          ["path", "items/s", "share of reference"],
+          [["no-op Celery drain", f"{noop_rate:,.0f}", ""],
+           ["reference" + (f" = min(no-op, {concurrency}/{latency:g}s)" if latency else " = no-op drain"),
+            f"{reference:,.0f}", "100%"],
+           ["with_items step", f"{rate:,.0f}", f"{rate / reference:.0%}"]])
+    print(f"items: {record['items']}; target ≥ {'60' if latency else '70'}% of the reference")
+    return noop_rate
+
+
+# ---------------------------------------------------------------- 5: sequential workflows
+
+
+def bench_sequence(broker: str, url: str, long: int = 500, short: int = 10, repeats: int = 3) -> None:
+    stack = Stack(broker, url, concurrency=8)
+    try:
+        engine = stack.engine
+        per_step: dict[int, list[float]] = {long: [], short: []}
+        for _ in range(repeats):
+            for steps in (short, long):
+                workflow = _sequence(steps)
+                started = time.monotonic()
+                run_id, _ = engine.start_run(workflow, {}, trigger={"type": "bench"})
+                per_step[steps].append((_finish(engine, run_id, poll=0.002) - started) / steps)
+    finally:
+        stack.stop()
+    a, b = summary(per_step[long]), summary(per_step[short])
+    table(f"5. per-step cost of a sequential workflow (median of {repeats})", ["workflow", "per step", "ratio"],
+          [[f"{short} steps", ms(b["median"]), "1.00×"], [f"{long} steps", ms(a["median"]),
+                                                           f"{a['median'] / b['median']:.2f}×"]])
+    print("target: ≤ 1.5×")
+
+
+# ---------------------------------------------------------------- 6: 100,000-item fan-out memory
+
+
+def fanout_dispatch(items: int, concurrency: int) -> None:
+    """Run in its own process (``python -m bench fanout-dispatch N C``): start the run, wait, report RSS."""
+    import workers.app as worker_app
+
+    worker_app.reconfigure()
+    engine = worker_app.engine()
+    started = time.monotonic()
+    run_id, _ = engine.start_run(_fanout(concurrency), {"records": [f"record-{i:06d}" for i in range(items)]},
+                                 trigger={"type": "bench"})
+    finished = _finish(engine, run_id, poll=0.05)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"run_id": run_id, "seconds": finished - started, "rss_mb": rss}))
+
+
+def bench_fanout(broker: str, url: str, items: int, concurrency: int = 64) -> None:
+    import redis
+
+    stack = Stack(broker, url, concurrency=concurrency)
+    client = redis.Redis.from_url(broker)
+    try:
+        before = int(client.info("memory")["used_memory"])
+        out = subprocess.run([sys.executable, "-m", "bench", "fanout-dispatch", str(items), str(concurrency)],
+                             env=stack.env, cwd=REPO, capture_output=True, text=True, check=True)
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        after = int(client.info("memory")["used_memory"])
+        worker_rss = stack.workers[0].peak_rss_mb()
+    finally:
+        stack.stop()
+    table(f"6. a {items:,}-item fan-out (one worker, concurrency {concurrency})", ["measure", "value", "target"],
+          [["dispatching process peak RSS", f"{result['rss_mb']:.0f} MB", "≤ 300 MB"],
+           ["worker peak RSS", f"{worker_rss:.0f} MB", "≤ 300 MB"],
+           ["Redis memory per finished item", f"{(after - before) / items:,.0f} bytes", "reported"],
+           ["wall time", f"{result['seconds']:.1f} s ({items / result['seconds']:,.0f} items/s)", ""]])
+
+
+# ---------------------------------------------------------------- 7: rate budget
+
+
+def bench_budget(broker: str, url: str, items: int, rpm: int = 600) -> None:
+    import httpx
+
+    from integration.model import Integration
+
+    stack = Stack(broker, url, workers=2, concurrency=16)
+    try:
+        stack.store.add(Integration(name="budgeted", base_url=url, auth={"placement": "none"}, max_retries=0,
+                                    rate_limits={"requests_per_minute": rpm}))
+        engine = stack.engine
+        started = time.monotonic()
+        run_id, _ = engine.start_run(_fanout(32, "budgeted"), {"records": [str(i) for i in range(items)]},
+                                     trigger={"type": "bench"})
+        elapsed = _finish(engine, run_id, poll=0.05) - started
+        step = engine.store.step(run_id, "classify")
+        stats = httpx.get(url + "/_stats").json()
+    finally:
+        stack.stop()
+    rate = items / elapsed * 60
+    table(f"7. {items:,} items under a {rpm}/minute budget enforced by the server, two workers",
+          ["measure", "value"],
+          [["wall time", f"{elapsed:.1f} s"], ["achieved rate", f"{rate:,.0f}/min = {rate / rpm:.0%} of the budget"],
+           ["failed steps", str(step["items"]["failed"])], ["429 answers from the server", str(stats["limited"])]])
+    print("target: ≥ 90% of the budget, no failed step")
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["fanout-dispatch"]:
+        fanout_dispatch(int(argv[1]), int(argv[2]))
+        return 0
+    wanted = set(argv) or {"call", "step", "drain", "latency", "sequence", "fanout", "budget"}
+    print(f"# openai-pack benchmarks — {time.strftime('%Y-%m-%d %H:%M')} — {platform.platform()}, "
+          f"Python {platform.python_version()}, {os.cpu_count()} CPUs; BENCH_SCALE={SCALE:g}")
+    print("Loopback server: bench/responder.py (asyncio, canned answers, own process), not the simulator.")
+    started = time.monotonic()
+    with redis_server() as broker:
+        if "call" in wanted:
+            with responder() as url:
+                bench_call(url)
+        if "step" in wanted:
+            with responder() as url:
+                bench_step(broker, url)
+        if "drain" in wanted:
+            with responder() as url:
+                bench_drain(broker, url, scaled(10_000), 16, "3", 0.0)
+        if "latency" in wanted:
+            with responder(delay=0.1) as url:
+                bench_drain(broker, url, scaled(10_000), 200, "4", 0.1)
+        if "sequence" in wanted:
+            with responder() as url:
+                bench_sequence(broker, url, long=max(20, int(500 * min(1.0, SCALE * 2))))
+        if "fanout" in wanted:
+            with responder() as url:
+                bench_fanout(broker, url, scaled(100_000))
+        if "budget" in wanted:
+            with responder(rpm=600) as url:
+                bench_budget(broker, url, scaled(2_000))
+    print(f"\ntotal bench time: {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
