@@ -19,7 +19,7 @@ import math
 import re
 from typing import Any
 
-from jsonschema import Draft202012Validator
+from actions._validate import is_valid
 
 __all__ = ["coerce_inputs", "resolve_ref"]
 
@@ -45,7 +45,21 @@ def resolve_ref(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+_kinds: dict[int, tuple[dict[str, Any], set[str]]] = {}
+
+
 def _types(schema: dict[str, Any]) -> set[str]:
+    """The JSON types a schema admits (memoised per schema object: manifests are read-only)."""
+    cached = _kinds.get(id(schema))
+    if cached is not None and cached[0] is schema:
+        return cached[1]
+    kinds = _types_uncached(schema)
+    if len(_kinds) < 8192:
+        _kinds[id(schema)] = (schema, kinds)
+    return kinds
+
+
+def _types_uncached(schema: dict[str, Any]) -> set[str]:
     declared = schema.get("type")
     if declared is None:
         kinds: set[str] = set()
@@ -84,18 +98,18 @@ def _accepts_null(schema: dict[str, Any], root: dict[str, Any]) -> bool:
     return any(_accepts_null(b, root) for b in schema.get("anyOf", []) + schema.get("oneOf", []))
 
 
-_validators: dict[tuple[int, int], tuple[dict[str, Any], Draft202012Validator]] = {}
+_branches: dict[tuple[int, int], tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {}
 
 
 def _fits(value: Any, schema: dict[str, Any], root: dict[str, Any]) -> bool:
     """Whether ``value`` is valid against a branch (refs resolved against the manifest's input)."""
     key = (id(schema), id(root))
-    cached = _validators.get(key)
-    if cached is None or cached[0] is not schema:
-        cached = (schema, Draft202012Validator({**schema, "$defs": root.get("$defs", {})}))
-        if len(_validators) < 4096:
-            _validators[key] = cached
-    return cached[1].is_valid(value)
+    cached = _branches.get(key)
+    if cached is None or cached[0] is not schema or cached[1] is not root:
+        cached = (schema, root, {**schema, "$defs": root.get("$defs", {})})
+        if len(_branches) < 4096:
+            _branches[key] = cached
+    return is_valid(value, cached[2])
 
 
 def _from_text(text: str, kinds: set[str]) -> Any:

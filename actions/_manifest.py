@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 from typing import Any, Literal
 
@@ -96,9 +96,9 @@ class ActionManifest(BaseModel):
     def properties(self) -> dict[str, Any]:
         return self.input.get("properties", {})
 
-    @property
-    def pack_only_fields(self) -> set[str]:
-        return {k for k, v in self.properties.items() if v.get("x-pack-only")}
+    @cached_property
+    def pack_only_fields(self) -> frozenset[str]:
+        return frozenset(k for k, v in self.properties.items() if v.get("x-pack-only"))
 
     @model_validator(mode="after")
     def _check(self) -> ActionManifest:

@@ -241,8 +241,8 @@ class Client:
             if is_sse:
                 events = list(iter_sse(response.iter_lines()))
                 return ApiResponse(response.status_code, None, headers, request_id, 1, 0.0, events)
-            response.read()
-            body = response.json() if response.content else None
+            content = response.read()
+            body = json.loads(content) if content else None
         except (json.JSONDecodeError, UnicodeDecodeError):
             return errors.ResponseShapeError(
                 f"the API answered {response.status_code} with a body that is not JSON",

@@ -6,6 +6,7 @@ message or a traceback; knowing the values themselves catches it wherever it tra
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -21,6 +22,8 @@ _lock = threading.Lock()
 _secrets: set[str] = set()
 _pattern: re.Pattern[str] | None = None
 _installed = False
+#: True while no secret holds a character JSON would escape, so a search of the JSON text finds them all.
+_json_searchable = True
 
 
 def register_secret(value: str | None) -> None:
@@ -33,6 +36,8 @@ def register_secret(value: str | None) -> None:
         if forms <= _secrets:
             return
         _secrets.update(forms)
+        global _json_searchable
+        _json_searchable = all(json.dumps(s, ensure_ascii=False) == f'"{s}"' for s in _secrets)
         ordered = sorted(_secrets, key=len, reverse=True)
         _pattern = re.compile("|".join(re.escape(s) for s in ordered))
 
@@ -47,14 +52,26 @@ def scrub(text: str) -> str:
 
 def scrub_data(value: Any) -> Any:
     """Scrub every string inside a JSON-like value (results, run records, error details)."""
-    if _pattern is None:
+    pattern = _pattern
+    if pattern is None:
         return value
+    if isinstance(value, dict | list) and _json_searchable:
+        # One C-speed search over the serialised value; the walk below runs only on a hit.
+        try:
+            if not pattern.search(json.dumps(value, ensure_ascii=False, default=str)):
+                return value
+        except (TypeError, ValueError):
+            pass
+    return _scrub_walk(value)
+
+
+def _scrub_walk(value: Any) -> Any:
     if isinstance(value, str):
         return scrub(value)
     if isinstance(value, dict):
-        return {scrub_data(k): scrub_data(v) for k, v in value.items()}
+        return {_scrub_walk(k): _scrub_walk(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [scrub_data(v) for v in value]
+        return [_scrub_walk(v) for v in value]
     return value
 
 
