@@ -65,10 +65,14 @@ def execute(
     integration: Integration | str | None = None,
     *,
     options: CallOptions | None = None,
+    already_prepared: bool = False,
 ) -> ActionResult:
-    """Run one action and return its output with usage, attempts and request ids."""
+    """Run one action and return its output with usage, attempts and request ids.
+
+    ``already_prepared`` skips coercion and validation for inputs that came out of ``prepare``.
+    """
     manifest = get(name)
-    prepared = prepare_inputs(manifest, inputs)
+    prepared = inputs if already_prepared else prepare_inputs(manifest, inputs)
     resolved = resolve(integration)
     call = Call(manifest, prepared, resolved, options or CallOptions())
     run_handler = handler(name)

@@ -66,6 +66,9 @@ class _Keys:
     source: str  # "env", "argument" or "file"
 
 
+_decoded: dict[tuple[Any, ...], Integration] = {}
+
+
 class IntegrationStore:
     """Many named integrations in one JSON file; the API key of each is Fernet-encrypted at rest."""
 
@@ -97,7 +100,33 @@ class IntegrationStore:
         return [self._decode(name, data["integrations"][name]) for name in sorted(data["integrations"])]
 
     def get(self, name: str) -> Integration:
-        """One integration by name; a missing name is a ConfigError that lists the known ones."""
+        """One integration by name; a missing name is a ConfigError that lists the known ones.
+
+        Workers resolve an integration for every step: the decrypted result is reused while the
+        file is unchanged (same size and modification time), so a step costs no file read or
+        decryption.
+        """
+        try:
+            info = self.path.stat()
+            try:
+                key_info: tuple[int, int] | None = (self.key_file.stat().st_ino, self.key_file.stat().st_mtime_ns)
+            except OSError:
+                key_info = None
+            signature: tuple[Any, ...] | None = (str(self.path), name, info.st_ino, info.st_mtime_ns, info.st_size,
+                                                 key_info, os.environ.get(KEYS_ENV, ""), self._fernet_keys)
+        except OSError:
+            signature = None
+        cached = _decoded.get(signature) if signature else None
+        if cached is not None:
+            return cached
+        integration = self._get_uncached(name)
+        if signature:
+            if len(_decoded) > 256:
+                _decoded.clear()
+            _decoded[signature] = integration
+        return integration
+
+    def _get_uncached(self, name: str) -> Integration:
         data = self._load()
         entry = data["integrations"].get(name)
         if entry is None:

@@ -84,7 +84,6 @@ class Engine:
         run_id, created = self.store.create(workflow=workflow.to_dict(), inputs=inputs, trigger=trigger,
                                             idempotency_key=idempotency_key)
         if created:
-            self.store.update(run_id, status="running", started=now_iso())
             try:
                 self._activate(run_id, [workflow.start])
             except Exception as exc:
@@ -102,6 +101,14 @@ class Engine:
         self.store.update(run_id, status="cancelled", cancelled=now_iso())
         return True
 
+    def _remember(self, run_id: str, header: dict[str, Any]) -> None:
+        if len(self._workflows) > 512:
+            self._workflows.clear()
+        if len(self._fixed) > 256:
+            self._fixed.clear()
+        self._workflows[run_id] = Workflow.from_dict(header["definition"] or {})
+        self._fixed[run_id] = (header["inputs"] or {}, header["trigger"])
+
     def workflow(self, run_id: str) -> Workflow:
         cached = self._workflows.get(run_id)
         if cached is None:
@@ -114,7 +121,13 @@ class Engine:
     # the step task -----------------------------------------------------------------------------
     def run_step(self, run_id: str, step_id: str, item: int | None, owner: str) -> None:
         """Execute (or replay) one step or one fan-out item. Raises ``Requeue`` to come back later."""
-        status = self.store.status(run_id)
+        if run_id in self._workflows and run_id in self._fixed:
+            status = self.store.status(run_id)
+        else:  # first step of this run seen by this process: everything immutable in one round trip
+            header = self.store.fields(run_id, ["status", "definition", "inputs", "trigger"])
+            status = header["status"]
+            if status is not None:
+                self._remember(run_id, header)
         if status is None:
             log.warning("run %s does not exist; dropping step %s", run_id, step_id)
             return
@@ -138,17 +151,19 @@ class Engine:
         record = self.store.step(run_id, step_id) or {}
         replay = record.get("status") in FINISHED
         if not replay:
+            ops: list[Any] = []
             if cancelled:
                 record = {"status": "cancelled", "finished": now_iso()}
             else:
-                record, full_output = self._execute(run_id, workflow, step_id, record, None, None)
+                record, full_output, ops = self._execute(run_id, workflow, step_id, record, None, None)
                 if full_output is not None:
-                    self.store.kv.hset(self.store._run(run_id, "ctx"), {step_id: _json(full_output)})
-            self.store.save_step(run_id, step_id, record)
+                    ops.append(("hset", (self.store._run(run_id, "ctx"), {step_id: _json(full_output)}), {}))
+            ops.append(self.store.save_step_op(run_id, step_id, record))
+            self.store.kv.batch(ops)  # ledger "done", full output, record: in this order, one round trip
         self._complete(run_id, workflow, step_id, record["status"], replay=replay)
 
     def _execute(self, run_id: str, workflow: Workflow, step_id: str, record: dict[str, Any],
-                 item: Any, index: int | None) -> tuple[dict[str, Any], Any]:
+                 item: Any, index: int | None) -> tuple[dict[str, Any], Any, list[Any]]:
         """Render, call through the ledger, and build the record (redacted) plus the full output."""
         step = workflow.step(step_id)
         record = {"status": "running", "action": step.action, "attempts": int(record.get("attempts") or 0),
@@ -167,16 +182,17 @@ class Engine:
             if exc.retryable and exc.retry_after is not None and requeues <= self.settings.max_requeues:
                 raise Requeue(min(exc.retry_after, self.settings.max_countdown),
                               f"rate limited; retry after {exc.retry_after:g}s") from None
-            return self._failed(record, exc), None
+            return self._failed(record, exc), None, []
         except PackError as exc:
-            return self._failed(record, exc), None
+            return self._failed(record, exc), None, []
         except Exception as exc:  # a bug must still end the step, not wedge the run
             log.exception("step %s of run %s raised unexpectedly", step_id, run_id)
-            return self._failed(record, PackError(f"internal error: {type(exc).__name__}: {exc}")), None
+            return self._failed(record, PackError(f"internal error: {type(exc).__name__}: {exc}")), None, []
         record.update(status="succeeded", finished=now_iso(), output=_redact(result["output"], step.redact),
                       usage=result.get("usage") or {}, attempts=record["attempts"] + int(result.get("attempts") or 0),
                       request_ids=result.get("request_ids") or [], replayed=bool(result.get("replayed")))
-        return record, result["output"]
+        done = result.pop("_done_op", None)
+        return record, result["output"], [done] if done else []
 
     def call_options(self, *, max_retries: int | None = None) -> CallOptions:
         """Short inline waits (longer ones are re-queued) and the shared rate budget."""
@@ -210,7 +226,7 @@ class Engine:
         if stored is not None:
             return stored | {"replayed": True}
         try:
-            result = actions.execute(action, prepared, integration, options=options)
+            result = actions.execute(action, prepared, integration, options=options, already_prepared=True)
         except OutcomeUnknownError:
             raise
         except NoAnswer as exc:
@@ -230,8 +246,7 @@ class Engine:
             raise
         stored = {"output": result.output, "usage": result.usage, "attempts": result.attempts,
                   "request_ids": result.request_ids}
-        self.ledger.done(ledger_key, stored)
-        return stored
+        return stored | {"_done_op": self.ledger.done_op(ledger_key, stored)}
 
     def mark_integration(self, name: str, error: PackError) -> None:
         """A 401 means every later step with this integration will fail too: say so where `check` looks."""
@@ -281,14 +296,17 @@ class Engine:
         record = self.store.item(run_id, step_id, index) or {}
         replay = record.get("status") in FINISHED
         if not replay:
+            ops = []
             if cancelled:
                 record = {"status": "cancelled", "finished": now_iso()}
             else:
-                record, full_output = self._execute(run_id, workflow, step_id, record,
-                                                    self.store.item_input(run_id, step_id, index), index)
+                record, full_output, ops = self._execute(run_id, workflow, step_id, record,
+                                                         self.store.item_input(run_id, step_id, index), index)
                 if full_output is not None:
-                    self.store.kv.hset(self.store._run(run_id, f"ctx:{step_id}"), {str(index): _json(full_output)})
-            self.store.save_item(run_id, step_id, index, record)
+                    ops.append(("hset", (self.store._run(run_id, f"ctx:{step_id}"), {str(index): _json(full_output)}),
+                                {}))
+            ops.append(self.store.save_item_op(run_id, step_id, index, record))
+            self.store.kv.batch(ops)
         if self.store.once(run_id, f"item_done:{step_id}:{index}"):
             done = self.store.count(run_id, f"done:{step_id}")
             if record["status"] != "succeeded":

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from integration.errors import ConfigError
@@ -27,9 +27,11 @@ class KV(Protocol):
     def get(self, key: str) -> str | None: ...
     def set(self, key: str, value: str, *, nx: bool = False, ttl: float | None = None) -> bool: ...
     def delete(self, *keys: str) -> None: ...
+    def delete_if(self, key: str, value: str) -> None: ...
     def incr(self, key: str, amount: int = 1) -> int: ...
     def hget(self, key: str, field: str) -> str | None: ...
     def hset(self, key: str, mapping: dict[str, str]) -> None: ...
+    def hmget(self, key: str, fields: list[str]) -> list[str | None]: ...
     def hsetnx(self, key: str, field: str, value: str) -> bool: ...
     def hgetall(self, key: str) -> dict[str, str]: ...
     def hincrby(self, key: str, field: str, amount: int = 1) -> int: ...
@@ -37,6 +39,7 @@ class KV(Protocol):
     def zrevrange(self, key: str, start: int, stop: int) -> list[str]: ...
     def scan(self, prefix: str) -> Iterator[str]: ...
     def ping(self) -> bool: ...
+    def batch(self, calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> list[Any]: ...
 
 
 class RedisKV:
@@ -48,6 +51,8 @@ class RedisKV:
         self.url = url
         self.redis = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10,
                                           socket_connect_timeout=5, health_check_interval=30)
+        self._delete_if = self.redis.register_script(
+            "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0")
 
     def get(self, key: str) -> str | None:
         return self.redis.get(key)  # type: ignore[return-value]
@@ -60,6 +65,10 @@ class RedisKV:
         if keys:
             self.redis.delete(*keys)
 
+    def delete_if(self, key: str, value: str) -> None:
+        """Compare-and-delete in one round trip (a lease is released only by its owner)."""
+        self._delete_if(keys=[key], args=[value])
+
     def incr(self, key: str, amount: int = 1) -> int:
         return int(self.redis.incrby(key, amount))  # type: ignore[arg-type]
 
@@ -69,6 +78,9 @@ class RedisKV:
     def hset(self, key: str, mapping: dict[str, str]) -> None:
         if mapping:
             self.redis.hset(key, mapping=mapping)
+
+    def hmget(self, key: str, fields: list[str]) -> list[str | None]:
+        return list(self.redis.hmget(key, fields))  # type: ignore[arg-type]
 
     def hsetnx(self, key: str, field: str, value: str) -> bool:
         return bool(self.redis.hsetnx(key, field, value))
@@ -90,6 +102,24 @@ class RedisKV:
 
     def ping(self) -> bool:
         return bool(self.redis.ping())
+
+    def batch(self, calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> list[Any]:
+        """Several writes in one round trip (a pipeline, not a transaction: each stays atomic on its own)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for method, args, kwargs in calls:
+            if method == "set":
+                key, value = args
+                ttl = kwargs.get("ttl")
+                pipe.set(key, value, nx=kwargs.get("nx", False), px=int(ttl * 1000) if ttl else None)
+            elif method == "hset":
+                pipe.hset(args[0], mapping=args[1])
+            elif method == "delete":
+                pipe.delete(*args)
+            elif method == "zadd":
+                pipe.zadd(args[0], {args[1]: args[2]})
+            else:
+                getattr(pipe, method)(*args, **kwargs)
+        return list(pipe.execute())
 
 
 class SqliteKV:
@@ -150,6 +180,10 @@ class SqliteKV:
                 db.execute("DELETE FROM h WHERE k = ?", (key,))
                 db.execute("DELETE FROM z WHERE k = ?", (key,))
 
+    def delete_if(self, key: str, value: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM kv WHERE k = ? AND v = ?", (key, value))
+
     def incr(self, key: str, amount: int = 1) -> int:
         with self._tx() as db:
             row = db.execute("SELECT v FROM kv WHERE k = ?", (key,)).fetchone()
@@ -165,6 +199,9 @@ class SqliteKV:
         with self._tx() as db:
             db.executemany("INSERT OR REPLACE INTO h (k, f, v) VALUES (?, ?, ?)",
                            [(key, f, v) for f, v in mapping.items()])
+
+    def hmget(self, key: str, fields: list[str]) -> list[str | None]:
+        return [self.hget(key, f) for f in fields]
 
     def hsetnx(self, key: str, field: str, value: str) -> bool:
         with self._tx() as db:
@@ -200,6 +237,9 @@ class SqliteKV:
     def ping(self) -> bool:
         self._db().execute("SELECT 1")
         return True
+
+    def batch(self, calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> list[Any]:
+        return [getattr(self, method)(*args, **kwargs) for method, args, kwargs in calls]
 
 
 def open_kv(url: str) -> KV:

@@ -45,8 +45,12 @@ class Ledger:
             "Check the API side, then re-run the step if needed.", ledger_key=key)
 
     def done(self, key: str, result: dict[str, Any]) -> None:
+        self.kv.batch([self.done_op(key, result)])
+
+    def done_op(self, key: str, result: dict[str, Any]) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
+        """The "done" write as a batch entry, so it travels with the step's record in one round trip."""
         entry = {"state": "done", "at": time.time(), "result": scrub_data(result)}
-        self.kv.set(PREFIX + key, json.dumps(entry, default=str), ttl=LEDGER_TTL)
+        return ("set", (PREFIX + key, json.dumps(entry, default=str)), {"ttl": LEDGER_TTL})
 
     def release(self, key: str) -> None:
         """The call certainly had no effect: a later attempt may call again."""

@@ -65,12 +65,12 @@ class RunStore:
                 if existing:
                     return existing, False
         header = {
-            "id": run_id, "workflow": workflow["name"], "trigger": trigger, "status": "queued",
-            "created": now_iso(), "started": None, "finished": None, "output": None, "error": None,
+            "id": run_id, "workflow": workflow["name"], "trigger": trigger, "status": "running",
+            "created": now_iso(), "started": now_iso(), "finished": None, "output": None, "error": None,
             "inputs": inputs, "definition": workflow, "idempotency_key": idempotency_key,
         }
-        self.kv.hset(self._run(run_id), {k: _dump(v) for k, v in header.items()})
-        self.kv.zadd(f"{PREFIX}runs", run_id, time.time())
+        self.kv.batch([("hset", (self._run(run_id), {k: _dump(v) for k, v in header.items()}), {}),
+                       ("zadd", (f"{PREFIX}runs", run_id, time.time()), {})])
         return run_id, True
 
     # header -----------------------------------------------------------------------------
@@ -82,6 +82,10 @@ class RunStore:
 
     def field(self, run_id: str, name: str) -> Any:
         return _load(self.kv.hget(self._run(run_id), name))
+
+    def fields(self, run_id: str, names: list[str]) -> dict[str, Any]:
+        """Several header fields in one round trip."""
+        return {n: _load(v) for n, v in zip(names, self.kv.hmget(self._run(run_id), names), strict=True)}
 
     def status(self, run_id: str) -> str | None:
         return self.field(run_id, "status")  # type: ignore[no-any-return]
@@ -110,6 +114,10 @@ class RunStore:
     def save_step(self, run_id: str, step_id: str, record: dict[str, Any]) -> None:
         self.kv.hset(self._run(run_id, "steps"), {step_id: _dump(record)})
 
+    def save_step_op(self, run_id: str, step_id: str,
+                     record: dict[str, Any]) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
+        return ("hset", (self._run(run_id, "steps"), {step_id: _dump(record)}), {})
+
     def item(self, run_id: str, step_id: str, index: int) -> dict[str, Any] | None:
         return _load(self.kv.hget(self._run(run_id, f"items:{step_id}"), str(index)))  # type: ignore[no-any-return]
 
@@ -119,6 +127,10 @@ class RunStore:
 
     def save_item(self, run_id: str, step_id: str, index: int, record: dict[str, Any]) -> None:
         self.kv.hset(self._run(run_id, f"items:{step_id}"), {str(index): _dump(record)})
+
+    def save_item_op(self, run_id: str, step_id: str, index: int,
+                     record: dict[str, Any]) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
+        return ("hset", (self._run(run_id, f"items:{step_id}"), {str(index): _dump(record)}), {})
 
     def save_item_inputs(self, run_id: str, step_id: str, items: list[Any]) -> None:
         """One field per item, so an item task reads its own item, not the whole list."""
@@ -155,8 +167,7 @@ class RunStore:
         return self.kv.set(f"{PREFIX}lease:{key}", owner, nx=True, ttl=ttl)
 
     def release(self, key: str, owner: str) -> None:
-        if self.kv.get(f"{PREFIX}lease:{key}") == owner:
-            self.kv.delete(f"{PREFIX}lease:{key}")
+        self.kv.delete_if(f"{PREFIX}lease:{key}", owner)
 
     # listing ----------------------------------------------------------------------------------
     def list(self, limit: int = 20) -> list[dict[str, Any]]:

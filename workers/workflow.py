@@ -16,7 +16,7 @@ import difflib
 import json
 import re
 from dataclasses import dataclass, field
-from functools import cache, lru_cache
+from functools import cache, cached_property, lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -231,7 +231,9 @@ class Workflow:
             targets += [t for t in transition.do if t not in targets]
         return targets, published
 
+    @cached_property
     def input_schema(self) -> dict[str, Any]:
+        """The declared inputs as a JSON schema (built once: validators are cached per schema object)."""
         properties = {}
         for name, spec in self.inputs.items():
             properties[name] = {k: v for k, v in spec.items() if k not in ("required", "default")}
@@ -250,7 +252,7 @@ class Workflow:
             raw = {}
         if not isinstance(raw, dict):
             raise InputError([{"field": "", "reason": "must be an object of input values"}], action=label)
-        schema = self.input_schema()
+        schema = self.input_schema
         values = coerce_inputs(raw, schema)
         for name, spec in self.inputs.items():
             if name not in values and "default" in spec:
