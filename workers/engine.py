@@ -292,35 +292,23 @@ class Engine:
             self.dispatch(run_id, step_id, index, None)
 
     def _run_item(self, run_id: str, workflow: Workflow, step_id: str, index: int, *, cancelled: bool) -> None:
-        total = self.store.item_total(run_id, step_id)
-        record = self.store.item(run_id, step_id, index) or {}
+        total, record, item = self.store.item_state(run_id, step_id, index)
+        record = record or {}
         replay = record.get("status") in FINISHED
         if not replay:
             ops = []
             if cancelled:
                 record = {"status": "cancelled", "finished": now_iso()}
             else:
-                record, full_output, ops = self._execute(run_id, workflow, step_id, record,
-                                                         self.store.item_input(run_id, step_id, index), index)
+                record, full_output, ops = self._execute(run_id, workflow, step_id, record, item, index)
                 if full_output is not None:
                     ops.append(("hset", (self.store._run(run_id, f"ctx:{step_id}"), {str(index): _json(full_output)}),
                                 {}))
             ops.append(self.store.save_item_op(run_id, step_id, index, record))
             self.store.kv.batch(ops)
-        if self.store.once(run_id, f"item_done:{step_id}:{index}"):
-            done = self.store.count(run_id, f"done:{step_id}")
-            if record["status"] != "succeeded":
-                self.store.count(run_id, f"failed:{step_id}")
-        else:
-            done = self.store.counter(run_id, f"done:{step_id}")
-        if self.store.once(run_id, f"claim_next:{step_id}:{index}"):
-            following = self.store.count(run_id, f"next:{step_id}") - 1
-            self.store.set_flag(run_id, f"next_of:{step_id}:{index}", str(following))
-        else:
-            following = int(self.store.flag(run_id, f"next_of:{step_id}:{index}") or total)
-            if not replay:
-                following = total
-        if following < total:
+        done, following, first_claim = self.store.finish_item(run_id, step_id, index,
+                                                              failed=record["status"] != "succeeded")
+        if following < total and (first_claim or replay):  # a replay re-sends in case the first send was lost
             self.dispatch(run_id, step_id, following, None)
         if done >= total:
             self._finish_fanout(run_id, workflow, step_id)

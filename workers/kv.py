@@ -42,6 +42,24 @@ class KV(Protocol):
     def batch(self, calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> list[Any]: ...
 
 
+#: RunStore.finish_item on Redis: count a fan-out item once, claim the next index once (atomic).
+_FINISH_ITEM = """
+local step, index = ARGV[1], ARGV[2]
+local done
+if redis.call('hsetnx', KEYS[1], 'item_done:' .. step .. ':' .. index, '1') == 1 then
+  done = redis.call('hincrby', KEYS[2], 'done:' .. step, 1)
+  if ARGV[3] == '1' then redis.call('hincrby', KEYS[2], 'failed:' .. step, 1) end
+else
+  done = tonumber(redis.call('hget', KEYS[2], 'done:' .. step) or '0')
+end
+local claimed = redis.call('hget', KEYS[1], 'next_of:' .. step .. ':' .. index)
+if claimed then return {done, tonumber(claimed), 0} end
+local following = redis.call('hincrby', KEYS[2], 'next:' .. step, 1) - 1
+redis.call('hset', KEYS[1], 'next_of:' .. step .. ':' .. index, following)
+return {done, following, 1}
+"""
+
+
 class RedisKV:
     """Redis: shared by every worker, beat and webhook process on every machine."""
 
@@ -51,6 +69,7 @@ class RedisKV:
         self.url = url
         self.redis = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10,
                                           socket_connect_timeout=5, health_check_interval=30)
+        self.finish_item_script = self.redis.register_script(_FINISH_ITEM)
         self._delete_if = self.redis.register_script(
             "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0")
 
