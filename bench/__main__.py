@@ -269,23 +269,23 @@ def fanout_dispatch(items: int, concurrency: int) -> None:
     print(json.dumps({"run_id": run_id, "seconds": finished - started, "rss_mb": rss}))
 
 
-def bench_fanout(broker: str, url: str, items: int, concurrency: int = 64) -> None:
+def bench_fanout(broker: str, url: str, items: int, concurrency: int = 32, workers: int = 2) -> None:
     import redis
 
-    stack = Stack(broker, url, concurrency=concurrency)
+    stack = Stack(broker, url, workers=workers, concurrency=concurrency)
     client = redis.Redis.from_url(broker)
     try:
         before = int(client.info("memory")["used_memory"])
-        out = subprocess.run([sys.executable, "-m", "bench", "fanout-dispatch", str(items), str(concurrency)],
+        out = subprocess.run([sys.executable, "-m", "bench", "fanout-dispatch", str(items), str(concurrency * workers)],
                              env=stack.env, cwd=REPO, capture_output=True, text=True, check=True)
         result = json.loads(out.stdout.strip().splitlines()[-1])
         after = int(client.info("memory")["used_memory"])
-        worker_rss = stack.workers[0].peak_rss_mb()
+        worker_rss = max(worker.peak_rss_mb() for worker in stack.workers)
     finally:
         stack.stop()
-    table(f"6. a {items:,}-item fan-out (one worker, concurrency {concurrency})", ["measure", "value", "target"],
+    table(f"6. a {items:,}-item fan-out ({workers} workers × {concurrency} threads)", ["measure", "value", "target"],
           [["dispatching process peak RSS", f"{result['rss_mb']:.0f} MB", "≤ 300 MB"],
-           ["worker peak RSS", f"{worker_rss:.0f} MB", "≤ 300 MB"],
+           ["worker peak RSS (largest of the workers)", f"{worker_rss:.0f} MB", "≤ 300 MB"],
            ["Redis memory per finished item", f"{(after - before) / items:,.0f} bytes", "reported"],
            ["wall time", f"{result['seconds']:.1f} s ({items / result['seconds']:,.0f} items/s)", ""]])
 

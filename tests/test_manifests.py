@@ -121,3 +121,11 @@ def test_a_broken_manifest_is_reported_with_its_location() -> None:
     with pytest.raises(ManifestError, match="not valid JSON"):
         load_manifest("{", "x.json")
     assert load_all() is load_all()
+
+
+def test_docs_actions_md_is_current() -> None:
+    """docs/actions.md is `openai-pack docs` output; regenerate it when a manifest changes."""
+    from actions._docs import render_reference
+
+    committed = (MANIFEST_DIR.parent / "docs" / "actions.md").read_text(encoding="utf-8")
+    assert committed == render_reference(actions.registry()), "run: openai-pack docs --output docs/actions.md"

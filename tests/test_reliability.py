@@ -281,3 +281,120 @@ def test_9_leak_canary_in_logs_redis_store_and_cli(worker_env: dict[str, str], r
     print(f"\n[scenario 9] scanned {len(worker.lines)} log lines, {len(dump)} Redis keys, "
           f"{len(files)} bytes of store files: 0 occurrences of the key or webhook secret")
     assert os.environ.get("OPENAI_API_KEY") is None
+
+
+# 6 ---------------------------------------------------------------- Redis restarted mid-workflow
+
+
+class RestartableRedis:
+    """A redis-server with an append-only file, so a restart keeps the queue and the run state."""
+
+    def __init__(self, workdir: Path) -> None:
+        import shutil
+        import socket
+
+        self.binary = shutil.which("redis-server") or "redis-server"
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = int(sock.getsockname()[1])
+        self.workdir = workdir
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: Any = None
+
+    def start(self) -> None:
+        import subprocess
+
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir), "--save", "",
+             "--appendonly", "yes", "--appendfsync", "always"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if redis.Redis.from_url(self.url, socket_connect_timeout=0.2).ping():
+                    return
+            except redis.exceptions.RedisError:
+                pass
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+def test_6_redis_restart_mid_workflow(worker_env: dict[str, str], simulator: Simulator, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx
+
+    import workers.app
+    from tests.test_triggers import ECHO, SECRET, Server, _post
+    from workers.webhooks import create_app
+
+    server = RestartableRedis(tmp_path)
+    server.start()
+    env = dict(worker_env) | {"OPENAI_PACK_BROKER_URL": server.url, "OPENAI_PACK_VISIBILITY_TIMEOUT": "6"}
+    for key, value in env.items():
+        if key.startswith("OPENAI_PACK"):
+            monkeypatch.setenv(key, value)
+    workers.app.reconfigure()
+    simulator.add_fault({"kind": "latency", "latency": 0.15, "times": -1})
+    steps = "\n".join(f"  - id: s{i}\n    action: create_moderation\n    input: {{input: 'step {i}'}}"
+                      for i in range(20))
+    worker = WorkerProcess(env, concurrency=4, name="restart")
+    monkeypatch.setenv("ECHO_HOOK_SECRET", SECRET)
+    hooks_dir = tmp_path / "hooks"
+    hooks_dir.mkdir()
+    (hooks_dir / "echo.yaml").write_text(ECHO)
+    hooks = Server(create_app(hooks_dir, engine=workers.app.engine()))
+    try:
+        engine = workers.app.engine()
+        run_id, _ = engine.start_run(parse_workflow(f"name: twenty\nsteps:\n{steps}\n", "twenty.yaml"), {},
+                                     trigger={"type": "manual"})
+        deadline = time.monotonic() + 30
+        while len(engine.store.steps(run_id)) < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        server.stop()
+        during = _post(hooks, "echo", {"text": "while redis is away"})
+        assert during.status_code == 503, during.text  # not accepted and lost
+        assert httpx.get(f"{hooks.url}/healthz").status_code == 503
+        time.sleep(2)
+        server.start()
+        # kombu's Redis transport can crash the worker on a lost connection ("Unrecoverable error:
+        # AttributeError ... 'hostname'", celery/celery#10205): a supervisor (systemd, Kubernetes)
+        # restarts it, and so do we. Everything it held is in Redis and replays safely.
+        seen = len(engine.store.steps(run_id))
+        deadline = time.monotonic() + 20
+        while (worker.process.poll() is None and len(engine.store.steps(run_id)) <= seen + 1
+               and time.monotonic() < deadline):
+            time.sleep(0.2)
+        replaced = worker.process.poll() is not None or "Unrecoverable error" in worker.output
+        if replaced:
+            worker.stop()
+            worker = WorkerProcess(env, concurrency=4, name="restart2")
+        header = None
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                header = engine.wait(run_id, 5)
+            except redis.exceptions.RedisError:
+                time.sleep(0.5)
+                continue
+            if header and header["status"] in ("succeeded", "failed"):
+                break
+        record = engine.store.record(run_id)
+    finally:
+        hooks.stop()
+        worker.stop()
+        server.stop()
+        workers.app.reconfigure()
+    assert header is not None and record is not None
+    done = [s for s in record["steps"] if s["status"] == "succeeded"]
+    print(f"\n[scenario 6] Redis stopped after ~6 of 20 steps and restarted 2 s later: run {header['status']}, "
+          f"{len(done)}/20 steps succeeded, webhook answered 503 meanwhile; moderation calls at the server: "
+          f"{simulator.calls_by_route().get('POST /moderations', 0)}; worker process "
+          f"{'exited and was restarted' if replaced else 'survived'}")
+    if header["status"] == "failed":
+        assert header["error"]["step"]  # failed loudly, with the step named
+    else:
+        assert len(done) == 20, worker.output[-2000:]

@@ -8,11 +8,15 @@ and ids only: an integration travels as its name, never its key, and a step task
 from __future__ import annotations
 
 import logging
+import os
+import threading
+import time
 import uuid
 from functools import cache
 from typing import Any
 
 from celery import Celery, Task
+from celery.exceptions import Reject
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init
 
 import actions
@@ -20,7 +24,7 @@ from integration.errors import PackError, RateLimitedError
 from integration.redact import install_log_redaction, scrub, scrub_data
 from workers.budget import Budget
 from workers.engine import Engine
-from workers.kv import KV, open_kv
+from workers.kv import KV, StoreError, open_kv
 from workers.ledger import Ledger
 from workers.requeue import Requeue
 from workers.runs import RunStore
@@ -106,11 +110,45 @@ def engine() -> Engine:
 @app.task(name=STEP_TASK, bind=True, acks_late=True, max_retries=None)
 def step_task(self: Task, run_id: str, step_id: str, item: int | None = None) -> None:
     """One workflow step (or fan-out item); re-queued, not slept, when it must wait."""
+    owner = f"{self.request.id}:{self.request.hostname}:{os.getpid()}:{threading.get_ident()}"
     try:
-        engine().run_step(run_id, step_id, item, owner=str(self.request.id))
+        engine().run_step(run_id, step_id, item, owner=owner)
     except Requeue as wait:
-        log.info("step %s of run %s re-queued for %.1fs: %s", step_id, run_id, wait.countdown, wait.reason)
-        raise self.retry(countdown=min(wait.countdown, settings.max_countdown), max_retries=None) from None
+        _requeue(self, run_id, step_id, wait)
+    except Exception as exc:
+        _ride_out(self, run_id, step_id, item, owner, exc)
+
+
+def _requeue(task: Task, run_id: str, step_id: str, wait: Requeue) -> None:
+    log.info("step %s of run %s re-queued for %.1fs: %s", step_id, run_id, wait.countdown, wait.reason)
+    raise task.retry(countdown=min(wait.countdown, settings.max_countdown), max_retries=None) from None
+
+
+def _ride_out(task: Task, run_id: str, step_id: str, item: int | None, owner: str, first: Exception) -> None:
+    """The store or broker failed mid-step (a Redis restart): retry here for about a minute.
+
+    Raising would let Celery acknowledge the message and lose the step, and re-queueing needs the
+    broker that is down. Every retry is safe: the ledger keeps the paid call from repeating. After
+    a minute the message is rejected back to the queue (or, with the broker still away, stays
+    unacknowledged and is redelivered after the visibility timeout).
+    """
+    log.warning("step %s of run %s hit %s; retrying until the store answers", step_id, run_id,
+                type(first).__name__)
+    last: Exception = first
+    for delay in (0.5, 1, 2, 4, 8, 15, 30):
+        time.sleep(delay)
+        try:
+            engine().run_step(run_id, step_id, item, owner=owner)
+            return
+        except Requeue as wait:
+            _requeue(task, run_id, step_id, wait)
+        except Exception as exc:  # still down
+            last = exc
+            log.warning("step %s of run %s: still failing (%s)", step_id, run_id, type(exc).__name__)
+    if isinstance(last, OSError | ConnectionError | StoreError):
+        raise Reject(f"store unavailable: {type(last).__name__}", requeue=True)
+    # Not the store: a bug. End the step as failed so the run finishes loudly instead of hanging.
+    engine().abandon(run_id, step_id, item, f"{type(last).__name__}: {scrub(str(last))}")
 
 
 @app.task(name="openai_pack.ping", acks_late=True)

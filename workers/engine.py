@@ -24,6 +24,7 @@ from integration.errors import TimeoutError as NoAnswer
 from integration.model import Integration
 from integration.redact import scrub_data
 from integration.store import resolve
+from workers.kv import StoreError
 from workers.ledger import Ledger
 from workers.requeue import Requeue
 from workers.runs import FINISHED, RunStore, now_iso
@@ -92,6 +93,18 @@ class Engine:
                                          "message": f"could not queue the first step: {exc}"})
                 raise
         return run_id, created
+
+    def abandon(self, run_id: str, step_id: str, item: int | None, reason: str) -> None:
+        """Record a step (or item) that kept failing for infrastructure reasons, so the run ends loudly."""
+        record = {"status": "failed", "finished": now_iso(), "attempts": 0,
+                  "error": {"type": "PackError", "code": "internal_error", "retryable": False,
+                            "message": f"gave up after repeated internal errors: {reason}"}}
+        if item is None:
+            if (self.store.step(run_id, step_id) or {}).get("status") not in FINISHED:
+                self.store.save_step(run_id, step_id, record)
+        elif (self.store.item(run_id, step_id, item) or {}).get("status") not in FINISHED:
+            self.store.save_item(run_id, step_id, item, record)
+        self.run_step(run_id, step_id, item, owner=f"abandon-{step_id}")  # replays the bookkeeping
 
     def cancel(self, run_id: str) -> bool:
         """Stop dispatching: steps already calling finish, nothing new starts."""
@@ -185,6 +198,8 @@ class Engine:
             return self._failed(record, exc), None, []
         except PackError as exc:
             return self._failed(record, exc), None, []
+        except (OSError, ConnectionError, *StoreError):
+            raise  # the store is unreachable: the task retries; the call itself is covered by the ledger
         except Exception as exc:  # a bug must still end the step, not wedge the run
             log.exception("step %s of run %s raised unexpectedly", step_id, run_id)
             return self._failed(record, PackError(f"internal error: {type(exc).__name__}: {exc}")), None, []

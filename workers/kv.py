@@ -18,7 +18,14 @@ from urllib.parse import urlparse
 
 from integration.errors import ConfigError
 
-__all__ = ["KV", "RedisKV", "SqliteKV", "open_kv"]
+__all__ = ["KV", "RedisKV", "SqliteKV", "StoreError", "open_kv"]
+
+try:  # the store's own failures, told apart from a step's
+    from redis.exceptions import RedisError as _RedisError
+except ImportError:  # pragma: no cover - redis is a dependency
+    _RedisError = OSError  # type: ignore[misc,assignment]
+
+StoreError: tuple[type[BaseException], ...] = (_RedisError, sqlite3.Error)
 
 
 class KV(Protocol):
@@ -67,8 +74,12 @@ class RedisKV:
         import redis
 
         self.url = url
-        self.redis = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10,
-                                          socket_connect_timeout=5, health_check_interval=30)
+        # A blocking pool: with hundreds of worker threads, a thread waits for a connection instead of
+        # failing with "Too many connections".
+        pool = redis.BlockingConnectionPool.from_url(url, decode_responses=True, socket_timeout=10,
+                                                     socket_connect_timeout=5, health_check_interval=30,
+                                                     max_connections=512, timeout=30)
+        self.redis = redis.Redis(connection_pool=pool)
         self.finish_item_script = self.redis.register_script(_FINISH_ITEM)
         self._delete_if = self.redis.register_script(
             "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0")

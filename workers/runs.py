@@ -197,7 +197,10 @@ class RunStore:
 
     # execution leases (one live execution of a step item at a time) -------------------------
     def lease(self, key: str, owner: str, ttl: float) -> bool:
-        return self.kv.set(f"{PREFIX}lease:{key}", owner, nx=True, ttl=ttl)
+        """Held by ``owner`` now (newly, or still from its own earlier attempt)."""
+        if self.kv.set(f"{PREFIX}lease:{key}", owner, nx=True, ttl=ttl):
+            return True
+        return self.kv.get(f"{PREFIX}lease:{key}") == owner
 
     def release(self, key: str, owner: str) -> None:
         self.kv.delete_if(f"{PREFIX}lease:{key}", owner)
