@@ -1,32 +1,52 @@
-"""Workflow files and templates, without a broker: load errors, rendering, transitions, inputs."""
+"""Workflow definitions and templates, without a broker: load errors, rendering, transitions, inputs."""
 
 from __future__ import annotations
 
+import json
+import pickle
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from integration.errors import InputError
-from workers.workflow import TemplateError, Workflow, WorkflowError, evaluate, load_workflow, parse_workflow, render
+from integration.errors import InputError, error_from_dict
+from workers.workflow import (
+    TemplateError,
+    Transition,
+    Workflow,
+    WorkflowError,
+    evaluate,
+    load_workflow,
+    load_workflow_dir,
+    parse_workflow,
+    render,
+)
 
-BASE = """
-name: triage
+TRIAGE = """
+name: ticket-triage
+description: Moderate, summarise and classify an incoming ticket.
 inputs:
-  ticket: {type: string, required: true}
+  ticket: {type: string, description: The ticket text, required: true}
+  priority: {type: string, enum: [low, normal, high], default: normal}
   count: {type: integer, default: 2}
-  tags: {type: array, items: {type: string}, default: []}
+  comments: {type: array, items: {type: string}, default: []}
 steps:
   - id: moderate
     action: create_moderation
-    input: {input: "{{ inputs.ticket }}"}
+    integration: acme
+    input:
+      input: "{{ inputs.ticket }}"
+    retries: 2
+    timeout: 30
+    redact: [results]
     on:
-      - if: "{{ steps.moderate.output.flagged }}"
+      - if: "{{ steps.moderate.output.results[0].flagged }}"
         publish: {verdict: rejected}
         do: reject
       - when: success
-        if: "{{ not steps.moderate.output.flagged }}"
-        publish: {verdict: ok, again: "{{ vars.verdict }}"}
-        do: [summarise]
+        if: "{{ not steps.moderate.output.results[0].flagged }}"
+        publish: {verdict: clean, flagged_at: "{{ run.id }}", again: "{{ vars.verdict }}"}
+        do: [summarise, summarise]
       - when: failure
         do: [reject]
       - when: always
@@ -36,117 +56,397 @@ steps:
     input:
       model: gpt-4o-mini
       temperature: 0.2
-      messages: [{role: user, content: "{{ inputs.ticket }}"}]
+      messages:
+        - {role: system, content: Summarise the ticket.}
+        - {role: user, content: "{{ inputs.ticket }}"}
+  - id: comments
+    action: create_moderation
+    with_items: "{{ inputs.comments }}"
+    concurrency: 10
+    input: {input: "comment {{ index }}: {{ item }}"}
   - id: reject
     action: list_models
     input: {}
+    on: []
 output:
-  summary: "{{ steps.summarise.output }}"
+  summary: "{{ steps.summarise.output.choices[0].message.content }}"
+  verdict: "{{ vars.verdict }}"
+webhook:
+  secret_env: TRIAGE_HOOK_SECRET
+  signature: hmac-sha256
 """
 
 
-def _error(text: str) -> WorkflowError:
+def _error(text: str, source: str = "wf.yaml") -> WorkflowError:
     with pytest.raises(WorkflowError) as caught:
-        parse_workflow(text, "wf.yaml")
+        parse_workflow(text, source)
     return caught.value
 
 
-def test_a_valid_workflow_loads(tmp_path: Path) -> None:
+# ---------------------------------------------------------------- loading
+
+
+def test_a_valid_workflow_loads_from_a_file(tmp_path: Path) -> None:
     path = tmp_path / "triage.yaml"
-    path.write_text(BASE)
+    path.write_text(TRIAGE)
     workflow = load_workflow(path)
-    assert workflow.name == "triage" and workflow.start == "moderate"
-    assert [s.id for s in workflow.steps] == ["moderate", "summarise", "reject"]
-    assert workflow.step("moderate").on is not None and workflow.step("summarise").on is None
-    assert Workflow.from_dict(workflow.to_dict()).steps == workflow.steps
+    assert workflow.name == "ticket-triage" and workflow.start == "moderate" and workflow.source == str(path)
+    assert [s.id for s in workflow.steps] == ["moderate", "summarise", "comments", "reject"]
+    moderate = workflow.step("moderate")
+    assert (moderate.integration, moderate.retries, moderate.timeout, moderate.redact) == ("acme", 2, 30.0,
+                                                                                          ("results",))
+    assert moderate.on is not None and moderate.on[0] == Transition("success", moderate.on[0].condition,
+                                                                    {"verdict": "rejected"}, ("reject",))
+    assert moderate.on[1].do == ("summarise",)  # deduplicated
+    assert workflow.step("summarise").on is None and workflow.step("reject").on == ()
+    assert workflow.step("comments").concurrency == 10 and workflow.step("summarise").concurrency == 5
+    assert workflow.webhook is not None and workflow.webhook.signature == "hmac-sha256"
+    assert workflow.webhook.max_body_bytes == 1024 * 1024
+
+
+def test_json_files_load_too(tmp_path: Path) -> None:
+    data = {"name": "j", "start": "b", "steps": [{"id": "a", "action": "list_models"},
+                                                 {"id": "b", "action": "retrieve_model", "input": {"model": "x"}}]}
+    path = tmp_path / "j.json"
+    path.write_text(json.dumps(data))
+    assert load_workflow(path).start == "b"
+    path.write_text('{"name": "j",\n "steps": [}')
+    with pytest.raises(WorkflowError) as caught:
+        load_workflow(path)
+    assert caught.value.line == 2 and "line 2" in str(caught.value) and caught.value.file == str(path)
+
+
+def test_on_and_no_are_not_booleans_and_dates_stay_text() -> None:
+    text = TRIAGE.replace("content: Summarise the ticket.", "content: 2024-01-01").replace(
+        "priority: {type: string, enum: [low, normal, high], default: normal}",
+        "priority: {type: string, enum: [yes, no], default: no}")
+    workflow = parse_workflow(text)
+    assert workflow.step("moderate").on is not None
+    assert workflow.inputs["priority"]["default"] == "no"
+    assert workflow.step("summarise").input["messages"][0]["content"] == "2024-01-01"
 
 
 @pytest.mark.parametrize(("change", "step", "field", "words"), [
-    (("create_moderation", "create_moderations"), "moderate", "action", "did you mean 'create_moderation'"),
-    (("id: reject", "id: summarise"), "summarise", "id", "used twice"),
-    (("do: [summarise]", "do: [sumarise]"), "moderate", "on[1].do", "unknown step"),
+    (("action: create_moderation\n    integration", "action: create_moderations\n    integration"), "moderate",
+     "action", "did you mean 'create_moderation'"),
+    (("action: create_moderation\n    integration", "action: make_coffee\n    integration"), "moderate", "action",
+     "openai-pack actions list"),
+    (("id: reject", "id: summarise"), "summarise", "id", "used by more than one step"),
+    (("do: [summarise, summarise]", "do: [sumarise]"), "moderate", "on[1].do", "did you mean 'summarise'"),
+    (("concurrency: 10", "concurrency: 0"), "comments", "concurrency", "at least 1"),
+    (("    input: {}\n", "    input: {}\n    concurrency: 3\n"), "reject", "concurrency", "with_items"),
+    (('with_items: "{{ inputs.comments }}"', "with_items: inputs.comments"), "comments", "with_items", "template"),
     (("temperature: 0.2", "temperature: 5"), "summarise", "input.temperature", "at most 2"),
     (("temperature: 0.2", "temperature: hot"), "summarise", "input.temperature", "number"),
-    (('input: {input: "{{ inputs.ticket }}"}', 'input: {input: "{{ inputs.ticket "}'), "moderate", "input.input",
-     "syntax"),
-    (("    input: {}\n", "    input: {}\n    concurrency: 3\n"), "reject", "concurrency", "with_items"),
-    (("    input: {}\n", "    input: {}\n    colour: red\n"), "reject", None, "unknown key"),
+    (("{role: system, content: Summarise the ticket.}", "{role: robot, content: hi}"), "summarise",
+     "input.messages[0].role", "must be one of"),
+    (("    input: {}\n", "    input: {}\n    colour: red\n"), "reject", "colour", "not a known field"),
+    (("    input: {}\n", "    input: {}\n    retry: 2\n"), "reject", "retry", "did you mean 'retries'"),
+    (("integration: acme", 'integration: "{{ inputs.tenant }}"'), "moderate", "integration", "not a template"),
+    (('input: "{{ inputs.ticket }}"', 'input: "{{ inputs.ticket "'), "moderate", "input.input", "syntax error"),
+    (('input: "{{ inputs.ticket }}"', 'input: "{{ inputs.tikcet }}"'), "moderate", "input.input",
+     "did you mean 'ticket'"),
+    (('content: "{{ inputs.ticket }}"', 'content: "{{ steps.moderat.output }}"'), "summarise",
+     "input.messages[1].content", "did you mean 'moderate'"),
+    (('content: "{{ inputs.ticket }}"', 'content: "{{ item }}"'), "summarise", "input.messages[1].content",
+     "with_items"),
+    (('content: "{{ inputs.ticket }}"', 'content: "{{ CTX.ticket }}"'), "summarise", "input.messages[1].content",
+     "Rewst's CTX"),
+    (('if: "{{ steps.moderate.output.results[0].flagged }}"', "if: steps.moderate.output.results[0].flagged"),
+     "moderate", "on[0].if", "always count as true"),
+    (('flagged_at: "{{ run.id }}"', 'flagged_at: "{{ run.id | nofilter }}"'), "moderate", "on[1].publish.flagged_at",
+     "syntax error"),
 ])
-def test_load_errors_name_file_step_and_field(change: tuple[str, str], step: str, field: str | None,
-                                              words: str) -> None:
-    error = _error(BASE.replace(*change))
-    assert error.file == "wf.yaml" and error.step == step
-    if field:
-        assert error.field == field
+def test_load_errors_name_file_step_and_field(change: tuple[str, str], step: str, field: str, words: str) -> None:
+    assert change[0] in TRIAGE
+    error = _error(TRIAGE.replace(*change))
+    assert (error.file, error.step, error.field) == ("wf.yaml", step, field)
+    assert words in str(error) and words in error.reason
+    assert str(error).startswith(f"wf.yaml: step {step!r}: {field}: ")
+
+
+@pytest.mark.parametrize(("change", "field", "words"), [
+    (("name: ticket-triage", "name: Ticket Triage"), "name", "pattern"),
+    (("steps:\n  - id: moderate", "start: moderat\nsteps:\n  - id: moderate"), "start", "did you mean 'moderate'"),
+    (("count: {type: integer, default: 2}", "count: {type: integer, default: two}"), "inputs.count",
+     "whole number"),
+    (('verdict: "{{ vars.verdict }}"', 'verdict: "{{ inputs.nope }}"'), "output.verdict", "not a declared input"),
+    (("secret_env: TRIAGE_HOOK_SECRET", "secret_env: triage"), "webhook.secret_env", "pattern"),
+])
+def test_workflow_level_errors_name_the_field(change: tuple[str, str], field: str, words: str) -> None:
+    error = _error(TRIAGE.replace(*change))
+    assert (error.file, error.step, error.field) == ("wf.yaml", None, field)
     assert words in str(error)
 
 
-def test_yaml_syntax_error_has_a_line() -> None:
-    error = _error("name: x\nsteps:\n  - id: [unclosed\n")
-    assert "line" in str(error) and error.file == "wf.yaml"
+def test_yaml_syntax_errors_give_the_line() -> None:
+    error = _error("name: x\nsteps:\n  - id: [unclosed\n    action: list_models\n")
+    assert error.file == "wf.yaml" and error.line is not None and f"line {error.line}" in str(error)
+    twice = _error("name: x\nsteps:\n  - id: a\n    action: list_models\n    action: retrieve_model\n")
+    assert twice.line == 5 and "'action' twice" in str(twice)
 
 
-def test_on_is_a_key_not_a_boolean() -> None:
-    assert parse_workflow(BASE).step("moderate").on is not None
+def test_a_missing_required_input_is_found_unless_templated() -> None:
+    base = "name: x\nsteps:\n  - id: check\n    action: create_moderation\n"
+    assert _error(base + "    input: {}\n").field == "input.input"
+    assert parse_workflow(base + "    input: {input: '{{ run.id }}'}\n").step("check").input == {
+        "input": "{{ run.id }}"}
 
 
-CONTEXT = {"inputs": {"ticket": "{{ 7*7 }}", "n": 3, "tags": [1, 2], "obj": {"a": True}},
-           "steps": {"list": {"output": {"data": ["x", "y"]}}}, "vars": {}}
+def test_cycles_are_allowed() -> None:
+    text = """
+name: loop
+steps:
+  - id: a
+    action: list_models
+    on: [{do: b}]
+  - id: b
+    action: list_models
+    on: [{when: failure, do: a}]
+"""
+    assert parse_workflow(text).step("b").on == (Transition("failure", None, {}, ("a",)),)
 
 
-def test_render_keeps_native_types_and_never_renders_payloads() -> None:
+def test_load_workflow_dir_skips_other_yaml_and_rejects_duplicate_names(tmp_path: Path) -> None:
+    (tmp_path / "triage.yaml").write_text(TRIAGE)
+    (tmp_path / "schedules.yaml").write_text("schedules: []\n")
+    (tmp_path / "notes.txt").write_text("not yaml: [")
+    assert list(load_workflow_dir(tmp_path)) == ["ticket-triage"]
+    (tmp_path / "triage2.yml").write_text(TRIAGE)
+    with pytest.raises(WorkflowError) as caught:
+        load_workflow_dir(tmp_path)
+    assert caught.value.field == "name" and caught.value.file == str(tmp_path / "triage2.yml")
+    (tmp_path / "triage2.yml").write_text("name: [")
+    with pytest.raises(WorkflowError, match="line"):
+        load_workflow_dir(tmp_path)
+
+
+# ---------------------------------------------------------------- errors as data
+
+
+def test_workflow_error_shape_survives_pickle_and_dicts() -> None:
+    error = WorkflowError("must be at most 2", file="t.yaml", step="summarise", field="input.temperature")
+    assert str(error) == "t.yaml: step 'summarise': input.temperature: must be at most 2"
+    assert str(WorkflowError("bad", file="t.yaml")) == "t.yaml: bad"
+    data = error.to_dict()
+    assert data["code"] == "workflow_invalid" and data["retryable"] is False
+    assert (data["file"], data["step"], data["field"]) == ("t.yaml", "summarise", "input.temperature")
+    for rebuilt in (pickle.loads(pickle.dumps(error)), error_from_dict(json.loads(json.dumps(data)))):
+        assert type(rebuilt) is WorkflowError and str(rebuilt) == str(error)
+        assert (rebuilt.file, rebuilt.step, rebuilt.field, rebuilt.reason) == ("t.yaml", "summarise",
+                                                                               "input.temperature", "must be at most 2")
+    partial = pickle.loads(pickle.dumps(WorkflowError("bad", file="t.yaml")))
+    assert partial.step is None and partial.field is None
+
+
+def test_template_error_survives_pickle_and_dicts() -> None:
+    with pytest.raises(TemplateError) as caught:
+        render("{{ steps.moderate.output.result }}", {"steps": {"moderate": {"output": {}}}}, step="summarise")
+    error = caught.value
+    assert str(error) == "step 'summarise': template {{ steps.moderate.output.result }}: " \
+                         "'dict object' has no attribute 'result'"
+    assert error.to_dict()["code"] == "template_error" and error.retryable is False
+    for rebuilt in (pickle.loads(pickle.dumps(error)), error_from_dict(error.to_dict())):
+        assert type(rebuilt) is TemplateError and str(rebuilt) == str(error)
+        assert (rebuilt.step, rebuilt.expression) == ("summarise", "{{ steps.moderate.output.result }}")
+
+
+# ---------------------------------------------------------------- templates
+
+CONTEXT: dict[str, Any] = {
+    "inputs": {"ticket": "{{ 7*7 }} {% if 1 %}x{% endif %}", "n": 3, "tags": ["b", "a"], "obj": {"a": True}},
+    "steps": {"list": {"output": {"data": ["x", "y"]}, "status": "succeeded"}},
+    "vars": {"verdict": "clean"},
+    "run": {"id": "run-1"},
+}
+
+
+def test_a_single_expression_keeps_its_native_type() -> None:
     assert render("{{ inputs.n }}", CONTEXT) == 3
     assert render("{{ steps.list.output.data }}", CONTEXT) == ["x", "y"]
-    assert render(" {{ inputs.obj }} ", CONTEXT) == {"a": True}
+    assert render(" {{ inputs.obj }}\n", CONTEXT) == {"a": True}
     assert render("{{ inputs.n > 2 }}", CONTEXT) is True
-    assert render("n={{ inputs.n }}", CONTEXT) == "n=3"
-    assert render({"a": ["{{ inputs.n }}", "plain"]}, CONTEXT) == {"a": [3, "plain"]}
-    assert render("{{ inputs.ticket }}", CONTEXT) == "{{ 7*7 }}"
+    assert render("{{- inputs.n -}}", CONTEXT) == 3
+    assert render("{{ none }}", CONTEXT) is None
+    assert render("{{ inputs.tags | sort }}", CONTEXT) == ["a", "b"]
+    assert render("{{ inputs.tags | map('upper') }}", CONTEXT) == ["B", "A"]  # a generator becomes a list
+    assert render("{{ {'n': inputs.n, 'l': [inputs.n]} }}", CONTEXT) == {"n": 3, "l": [3]}
     assert render("{{ '{\"k\": 1}' | fromjson }}", CONTEXT) == {"k": 1}
+    assert type(render("{{ inputs.obj | tojson }}", CONTEXT)) is str
+    assert render("{{ inputs.missing | default('x') }}", CONTEXT) == "x"
 
 
-@pytest.mark.parametrize(("template", "reason"), [
-    ("{{ steps.list.output.missing }}", "undefined"),
-    ("{{ nothing }}", "undefined"),
-    ("{{ ''.__class__.__mro__[1].__subclasses__() }}", "sandbox"),
-    ("{{ inputs.tags.append(3) }}", "sandbox"),
-    ("{{ 1 / 0 }}", "ZeroDivisionError"),
+def test_other_templates_render_as_text_and_plain_strings_pass_through() -> None:
+    assert render("n={{ inputs.n }}", CONTEXT) == "n=3"
+    assert render("{{ inputs.n }}{{ inputs.n }}", CONTEXT) == "33"
+    assert render("{% for t in inputs.tags %}{{ loop.index }}{{ t }}{% endfor %}", CONTEXT) == "1b2a"
+    assert render("no template } here {", CONTEXT) == "no template } here {"
+    assert render({"a": ["{{ inputs.n }}", "plain", 1, None], "b": {"c": "{{ run.id }}"}}, CONTEXT) == {
+        "a": [3, "plain", 1, None], "b": {"c": "run-1"}}
+
+
+def test_payloads_are_never_rendered_again() -> None:
+    assert render("{{ inputs.ticket }}", CONTEXT) == "{{ 7*7 }} {% if 1 %}x{% endif %}"
+    assert render("Ticket: {{ inputs.ticket }}", CONTEXT) == "Ticket: {{ 7*7 }} {% if 1 %}x{% endif %}"
+    assert render({"messages": [{"content": "{{ inputs.ticket }}"}]}, CONTEXT) == {
+        "messages": [{"content": "{{ 7*7 }} {% if 1 %}x{% endif %}"}]}
+
+
+@pytest.mark.parametrize(("template", "reason", "words"), [
+    ("{{ steps.list.output.missing }}", "undefined", "has no attribute 'missing'"),
+    ("{{ nothing }}", "undefined", "'nothing' is undefined"),
+    ("Hello {{ nothing }}", "undefined", "'nothing' is undefined"),
+    ("{{ [inputs.n, steps.list.nope] }}", "undefined", "no attribute 'nope'"),
+    ("{{ ''.__class__.__mro__[1].__subclasses__() }}", "sandbox", "unsafe"),
+    ("{{ ''.__class__ }}", "sandbox", "unsafe"),
+    ("{{ inputs.__init__.__globals__ }}", "sandbox", "unsafe"),
+    ("{{ inputs.tags.append(3) }}", "sandbox", "unsafe"),
+    ("{{ 'x' * 100000000 }}", "sandbox", "not allowed"),
+    ("{{ 10 ** 1000000 }}", "sandbox", "too large"),
+    ("{{ 1 / 0 }}", "ZeroDivisionError", "division by zero"),
+    ("{{ 'no json' | fromjson }}", "JSONDecodeError", "Expecting value"),
 ])
-def test_template_errors_name_the_step_and_expression(template: str, reason: str) -> None:
+def test_template_errors_name_the_step_and_expression(template: str, reason: str, words: str) -> None:
     with pytest.raises(TemplateError) as caught:
-        render(template, CONTEXT, step="summarise")
-    assert caught.value.step == "summarise" and caught.value.reason == reason
-    assert "step 'summarise'" in str(caught.value) and template.strip() in str(caught.value)
-    assert CONTEXT["inputs"]["tags"] == [1, 2]
+        render({"field": [template]}, CONTEXT, step="summarise")
+    error = caught.value
+    assert error.step == "summarise" and error.reason == reason and error.expression == template
+    assert str(error).startswith(f"step 'summarise': template {template}: ") and words in str(error)
+    assert CONTEXT["inputs"]["tags"] == ["b", "a"]
+
+
+def test_templates_are_compiled_once() -> None:
+    from workers import workflow as module
+
+    before = module._compiled.cache_info().hits
+    for index in range(200):
+        assert render("{{ item }}-{{ index }}", {"item": "x", "index": index}) == f"x-{index}"
+    assert module._compiled.cache_info().hits - before >= 199
 
 
 def test_conditions() -> None:
     assert evaluate("{{ inputs.n == 3 }}", CONTEXT) is True
-    assert evaluate("{{ 'false' }}", CONTEXT) is False
     assert evaluate("{{ inputs.tags | length > 5 }}", CONTEXT) is False
+    assert evaluate("{{ steps.list.output.data }}", CONTEXT) is True
+    for falsy in ("{{ 'false' }}", "{{ inputs.n == 4 }} ", "{{ 0 }}", "{{ '' }}", "{% if false %}yes{% endif %}"):
+        assert evaluate(falsy, CONTEXT) is False, falsy
+    with pytest.raises(TemplateError) as caught:
+        evaluate("{{ steps.nope.output }}", CONTEXT, step="gate")
+    assert caught.value.step == "gate"
 
 
-def test_transitions() -> None:
-    workflow = parse_workflow(BASE)
-    clean = {"steps": {"moderate": {"output": {"flagged": False}}}, "vars": {}, "inputs": {}}
-    flagged = {"steps": {"moderate": {"output": {"flagged": True}}}, "vars": {}, "inputs": {}}
-    assert workflow.next_steps("moderate", "succeeded", clean) == (["summarise"], {"verdict": "ok", "again": "ok",
-                                                                                   "seen": True})
-    assert workflow.next_steps("moderate", "succeeded", flagged) == (["reject"], {"verdict": "rejected",
-                                                                                  "seen": True})
-    assert workflow.next_steps("moderate", "failed", clean) == (["reject"], {"seen": True})
-    assert workflow.next_steps("summarise", "succeeded", clean) == (["reject"], {})  # default: next in list
-    assert workflow.next_steps("summarise", "failed", clean) == ([], {})
-    assert workflow.next_steps("reject", "succeeded", clean) == ([], {})
+# ---------------------------------------------------------------- transitions
 
 
-def test_inputs_are_coerced_defaulted_and_checked() -> None:
-    workflow = parse_workflow(BASE)
-    assert workflow.coerce_inputs({"ticket": "t", "count": "5", "tags": '["a"]'}) == {
-        "ticket": "t", "count": 5, "tags": ["a"]}
-    assert workflow.coerce_inputs('{"ticket": "t"}') == {"ticket": "t", "count": 2, "tags": []}
-    for bad, field in (({}, "ticket"), ({"ticket": "t", "extra": 1}, "extra"), ({"ticket": "t", "count": "x"},
-                                                                                "count")):
-        with pytest.raises(InputError) as caught:
-            workflow.coerce_inputs(bad)
-        assert caught.value.problems[0]["field"] == field or field in str(caught.value)
+def _context(flagged: bool | None) -> dict[str, Any]:
+    steps = {} if flagged is None else {"moderate": {"output": {"results": [{"flagged": flagged}]}}}
+    return {"steps": steps, "vars": {"earlier": 1}, "inputs": {}, "run": {"id": "r1"}}
+
+
+def test_transitions_follow_when_if_and_publish() -> None:
+    workflow = parse_workflow(TRIAGE)
+    assert workflow.next_steps("moderate", "succeeded", _context(False)) == (
+        ["summarise"], {"verdict": "clean", "flagged_at": "r1", "again": "clean", "seen": True})
+    assert workflow.next_steps("moderate", "succeeded", _context(True)) == (
+        ["reject"], {"verdict": "rejected", "seen": True})
+    assert workflow.next_steps("moderate", "failed", _context(None)) == (["reject"], {"seen": True})
+    assert workflow.next_steps("moderate", "cancelled", _context(None)) == ([], {"seen": True})  # only `always`
+
+
+def test_without_on_success_goes_to_the_next_step_and_on_empty_ends() -> None:
+    workflow = parse_workflow(TRIAGE)
+    assert workflow.next_steps("summarise", "succeeded", _context(None)) == (["comments"], {})
+    assert workflow.next_steps("summarise", "failed", _context(None)) == ([], {})
+    assert workflow.next_steps("comments", "succeeded", _context(None)) == (["reject"], {})
+    assert workflow.next_steps("reject", "succeeded", _context(None)) == ([], {})
+    last = parse_workflow("name: x\nsteps:\n  - id: a\n    action: list_models\n")
+    assert last.next_steps("a", "succeeded", {}) == ([], {})
+
+
+def test_later_transitions_override_publish_and_targets_are_deduplicated() -> None:
+    text = """
+name: x
+steps:
+  - id: a
+    action: list_models
+    on:
+      - {publish: {v: first, w: "{{ vars.earlier }}"}, do: [b, c]}
+      - {when: always, publish: {x: "{{ vars.v }}", v: second}, do: [c, b, a]}
+      - {when: failure, publish: {v: never}, do: [d]}
+  - {id: b, action: list_models}
+  - {id: c, action: list_models}
+  - {id: d, action: list_models}
+"""
+    targets, published = parse_workflow(text).next_steps("a", "succeeded", _context(None))
+    assert targets == ["b", "c", "a"] and published == {"v": "second", "w": 1, "x": "first"}  # in order
+
+
+def test_condition_errors_name_the_step() -> None:
+    workflow = parse_workflow(TRIAGE)
+    with pytest.raises(TemplateError) as caught:
+        workflow.next_steps("moderate", "succeeded", _context(None))  # the step has no output in the context
+    assert caught.value.step == "moderate" and "steps.moderate.output" in str(caught.value)
+    with pytest.raises(WorkflowError):
+        workflow.next_steps("nope", "succeeded", _context(None))
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def test_inputs_are_coerced_and_defaults_filled() -> None:
+    workflow = parse_workflow(TRIAGE)
+    assert workflow.coerce_inputs({"ticket": "t", "count": "3", "comments": '["a"]', "priority": "high"}) == {
+        "ticket": "t", "count": 3, "comments": ["a"], "priority": "high"}
+    assert workflow.coerce_inputs('{"ticket": "t"}') == {"ticket": "t", "priority": "normal", "count": 2,
+                                                         "comments": []}
+    assert workflow.coerce_inputs({"ticket": "t", "count": ""})["count"] == 2  # "" means not given
+    first = workflow.coerce_inputs({"ticket": "t"})
+    first["comments"].append("changed")
+    assert workflow.coerce_inputs({"ticket": "t"})["comments"] == []  # defaults are copied
+
+
+@pytest.mark.parametrize(("raw", "field", "words"), [
+    ({}, "ticket", "is required"),
+    (None, "ticket", "is required"),
+    ({"ticket": "t", "tickets": 1}, "tickets", "did you mean 'ticket'"),
+    ({"ticket": "t", "count": "x"}, "count", "whole number"),
+    ({"ticket": "t", "priority": "urgent"}, "priority", "one of"),
+    ("{not json", "", "not valid JSON"),
+    ([1, 2], "", "must be an object"),
+])
+def test_bad_inputs_are_refused_naming_the_field(raw: Any, field: str, words: str) -> None:
+    with pytest.raises(InputError) as caught:
+        parse_workflow(TRIAGE).coerce_inputs(raw)
+    assert caught.value.field == field and words in str(caught.value)
+    assert str(caught.value).startswith("workflow ticket-triage: ")
+
+
+# ---------------------------------------------------------------- storing definitions
+
+
+def test_to_dict_round_trips_through_json() -> None:
+    workflow = parse_workflow(TRIAGE, "triage.yaml")
+    stored = json.loads(json.dumps(workflow.to_dict()))
+    again = Workflow.from_dict(stored)
+    assert again == workflow and again.source == "triage.yaml"
+    assert again.to_dict() == stored
+    assert again.next_steps("moderate", "succeeded", _context(False))[0] == ["summarise"]
+
+
+def test_stored_definitions_load_even_if_an_action_is_gone() -> None:
+    stored = parse_workflow(TRIAGE).to_dict()
+    stored["steps"][3]["action"] = "retired_action"
+    assert Workflow.from_dict(stored).step("reject").action == "retired_action"
+
+
+def test_yaml_int_keys_become_json_keys() -> None:
+    text = """
+name: bias
+steps:
+  - id: ask
+    action: create_chat_completion
+    input: {model: gpt-4o-mini, messages: [{role: user, content: hi}], logit_bias: {50256: -100}}
+"""
+    workflow = parse_workflow(text)
+    assert workflow.step("ask").input["logit_bias"] == {"50256": -100}
+    assert json.loads(json.dumps(workflow.to_dict())) == workflow.to_dict()

@@ -332,26 +332,29 @@ class Engine:
         """All items ended: the step's output is the list of item outputs, in item order."""
         record = self.store.step(run_id, step_id) or {}
         if record.get("status") not in FINISHED:
-            items = self.store.items(run_id, step_id)
-            full = {int(k): v for k, v in self.store.kv.hgetall(self.store._run(run_id, f"ctx:{step_id}")).items()}
             total = self.store.item_total(run_id, step_id)
             usage: dict[str, int] = {}
             attempts = 0
-            for entry in items.values():
-                attempts += int(entry.get("attempts") or 0)
-                for key, value in (entry.get("usage") or {}).items():
-                    usage[key] = usage.get(key, 0) + int(value)
-            failed = [i for i in range(total) if (items.get(i) or {}).get("status") != "succeeded"]
+            failed: list[int] = []
+            first_error: dict[str, Any] = {}
+            # In chunks: a 100,000-item step never has every item record in memory at once.
+            for start, chunk in self.store.item_chunks(run_id, f"items:{step_id}", total):
+                for offset, entry in enumerate(chunk):
+                    entry = entry or {}
+                    attempts += int(entry.get("attempts") or 0)
+                    for key, value in (entry.get("usage") or {}).items():
+                        usage[key] = usage.get(key, 0) + int(value)
+                    if entry.get("status") != "succeeded":
+                        if not failed:
+                            first_error = entry.get("error") or {}
+                        failed.append(start + offset)
             status = "failed" if failed else "succeeded"
             record.update(status=status, finished=now_iso(), usage=usage, attempts=attempts,
                           items={"total": total, "succeeded": total - len(failed), "failed": len(failed)})
             if failed:
-                first = (items.get(failed[0]) or {}).get("error") or {}
                 record["error"] = {"code": "items_failed", "message": f"{len(failed)} of {total} items failed "
-                                   f"(first: item {failed[0]}: {first.get('message', 'cancelled')})",
+                                   f"(first: item {failed[0]}: {first_error.get('message', 'cancelled')})",
                                    "failed_items": failed[:100]}
-            outputs = [_unjson(full[i]) if i in full else None for i in range(total)]
-            self.store.kv.hset(self.store._run(run_id, "ctx"), {step_id: _json(outputs)})
             self.store.save_step(run_id, step_id, record)
         self._complete(run_id, workflow, step_id, record["status"], replay=True)
 
@@ -452,9 +455,16 @@ class Engine:
         record = self.store.step(run_id, step_id)
         if record is None:
             return None
-        full = self.store.kv.hget(self.store._run(run_id, "ctx"), step_id)
+        if record.get("items") is not None and record.get("status") in FINISHED:
+            # A fan-out's output is its items' outputs in order, read only when a template asks for it.
+            total = int(record["items"].get("total") or 0)
+            output: Any = [item for _, chunk in self.store.item_chunks(run_id, f"ctx:{step_id}", total)
+                           for item in chunk]
+        else:
+            full = self.store.kv.hget(self.store._run(run_id, "ctx"), step_id)
+            output = _unjson(full) if full is not None else record.get("output")
         view = {"status": record.get("status"), "error": record.get("error"), "usage": record.get("usage"),
-                "output": _unjson(full) if full is not None else record.get("output")}
+                "output": output}
         if record.get("status") in FINISHED:
             if len(self._steps_seen) > 1024:
                 self._steps_seen.clear()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -131,6 +132,14 @@ class RunStore:
     def save_item_op(self, run_id: str, step_id: str, index: int,
                      record: dict[str, Any]) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
         return ("hset", (self._run(run_id, f"items:{step_id}"), {str(index): _dump(record)}), {})
+
+    def item_chunks(self, run_id: str, part: str, total: int,
+                    size: int = 1000) -> Iterator[tuple[int, list[Any]]]:
+        """``(start, values)`` of a per-item hash in index order, ``size`` at a time (None where missing)."""
+        key = self._run(run_id, part)
+        for start in range(0, total, size):
+            fields = [str(i) for i in range(start, min(start + size, total))]
+            yield start, [_load(v) for v in self.kv.hmget(key, fields)]
 
     def save_item_inputs(self, run_id: str, step_id: str, items: list[Any]) -> None:
         """One field per item, so an item task reads its own item, not the whole list."""

@@ -591,19 +591,27 @@ def _check_templates(value: Any, where: str, scope: _Scope, source: str, step: s
             raise WorkflowError(problem, file=source, step=step, field=path or None)
 
 
-@lru_cache(maxsize=512)
-def _literal_schema(action: str, templated: frozenset[str]) -> dict[str, Any]:
-    """The action's input schema minus ``required`` for templated fields (one object per combination)."""
-    schema = dict(actions.get(action).input)
-    schema["required"] = [r for r in schema.get("required", []) if r not in templated]
-    return schema
+def _touches(problem_field: str, template_paths: list[str]) -> bool:
+    """Whether a problem is at, inside or above a templated value (whose value is only known at run time)."""
+    for path in template_paths:
+        if not problem_field or problem_field == path:
+            return True
+        for inner, outer in ((path, problem_field), (problem_field, path)):
+            if inner.startswith(outer) and inner[len(outer)] in ".[":
+                return True
+    return False
 
 
 def _check_literal_inputs(step_input: dict[str, Any], action: str, source: str, step_id: str) -> None:
-    """Inputs without templates are checked now: `temperature: 5` fails at load, not after three paid steps."""
-    literal = {k: v for k, v in step_input.items() if not any(True for _ in _template_strings(v, ""))}
-    schema = _literal_schema(action, frozenset(set(step_input) - set(literal)))
-    problems = problems_for(coerce_inputs(literal, schema), schema)
+    """Literal values are checked now: `temperature: 5` fails at load, not after three paid steps.
+
+    The whole input is validated against the action, and problems at, inside or above a templated
+    value are ignored: ``messages[0].role: robot`` is found even when ``messages[1].content`` is a template.
+    """
+    schema = actions.get(action).input
+    problems = problems_for(coerce_inputs(step_input, schema), schema)
+    templated = [path for path, _ in _template_strings(step_input, "")]
+    problems = [p for p in problems if not _touches(p["field"], templated)]
     if problems:
         first = problems[0]
         raise WorkflowError(first["reason"], file=source, step=step_id,
