@@ -148,9 +148,6 @@ class RunStore:
             self.kv.hset(key, {str(i): _dump(items[i]) for i in range(start, min(start + 1000, len(items)))})
         self.kv.hset(self._run(run_id, "fanout_total"), {step_id: str(len(items))})
 
-    def item_input(self, run_id: str, step_id: str, index: int) -> Any:
-        return _load(self.kv.hget(self._run(run_id, f"fanout:{step_id}"), str(index)))
-
     def item_total(self, run_id: str, step_id: str) -> int:
         return int(self.kv.hget(self._run(run_id, "fanout_total"), step_id) or 0)
 
