@@ -1,4 +1,9 @@
-"""Standard tests generated from the manifests: each new manifest gets them for free."""
+"""Standard tests generated from the manifests: each new manifest gets them for free.
+
+They check the manifest on its own (schemas, examples, conventions), against OpenAI's published
+spec in ``shared/openapi`` (operation, fields, required, enums, ranges) and against the seed's
+Rewst fields. Running every example end to end lives in ``tests/test_actions.py`` (simulator).
+"""
 
 from __future__ import annotations
 
@@ -12,20 +17,93 @@ import yaml
 from jsonschema import Draft202012Validator
 
 import actions
-from actions._manifest import load_all, load_manifest
+from actions._coerce import coerce_inputs
+from actions._manifest import ActionManifest, load_all, load_manifest
 from integration.errors import InputError, ManifestError
 
-MANIFEST_DIR = Path(__file__).resolve().parents[1] / "manifests"
-SPEC_DIR = Path(__file__).resolve().parents[2] / "shared" / "openapi"
+REPO = Path(__file__).resolve().parents[1]
+MANIFEST_DIR = REPO / "manifests"
+SPEC_DIR = REPO.parent / "shared" / "openapi"
+EXPECTED = ["create_chat_completion", "create_completion", "create_edit", "create_image", "create_moderation",
+            "list_models", "retrieve_model"]
 NAMES = sorted(actions.registry())
+#: Bounds at the int64 edge (``seed``) say "any integer", not a range worth copying.
+_HUGE = 2**53
+
+
+# ---------------------------------------------------------------- the spec, loaded once per session
 
 
 @cache
-def _spec(version: str) -> dict[str, Any]:
+def _load_spec(version: str) -> dict[str, Any] | None:
     path = SPEC_DIR / f"openai-{version}.yaml"
-    if not path.exists():
-        pytest.skip(f"{path} is not present (the official spec lives next to the repository)")
+    if not path.is_file():
+        return None
     return yaml.safe_load(path.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+
+
+def _spec(version: str) -> dict[str, Any]:
+    spec = _load_spec(version)
+    if spec is None:
+        pytest.skip(f"OpenAI spec {SPEC_DIR / f'openai-{version}.yaml'} not found: the shared/openapi directory "
+                    "next to the repository holds the official spec these checks compare against")
+    return spec
+
+
+def _resolve(schema: Any, spec: dict[str, Any]) -> Any:
+    for _ in range(32):
+        if not (isinstance(schema, dict) and "$ref" in schema):
+            break
+        schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+    return schema
+
+
+def _body_properties(schema: Any, spec: dict[str, Any], depth: int = 0) -> dict[str, Any]:
+    """Every property of a request body, through $ref, allOf, anyOf and oneOf."""
+    schema = _resolve(schema, spec)
+    if not isinstance(schema, dict) or depth > 8:
+        return {}
+    found = dict(schema.get("properties", {}))
+    for key in ("allOf", "anyOf", "oneOf"):
+        for part in schema.get(key, []):
+            for name, sub in _body_properties(part, spec, depth + 1).items():
+                found.setdefault(name, sub)
+    return found
+
+
+def _body_required(schema: Any, spec: dict[str, Any], depth: int = 0) -> set[str]:
+    schema = _resolve(schema, spec)
+    if not isinstance(schema, dict) or depth > 8:
+        return set()
+    required = set(schema.get("required", []))
+    for part in schema.get("allOf", []):
+        required |= _body_required(part, spec, depth + 1)
+    return required
+
+
+def _branches(schema: Any, spec: dict[str, Any] | None = None, depth: int = 0) -> list[dict[str, Any]]:
+    """The alternatives a field accepts (anyOf/oneOf flattened, null branches dropped)."""
+    if spec is not None:
+        schema = _resolve(schema, spec)
+    if not isinstance(schema, dict) or depth > 8:
+        return []
+    parts = schema.get("anyOf") or schema.get("oneOf")
+    if parts:
+        return [b for part in parts for b in _branches(part, spec, depth + 1)]
+    return [] if schema.get("type") == "null" else [schema]
+
+
+def _enum_values(branches: list[dict[str, Any]]) -> set[Any]:
+    return {v for b in branches for v in b.get("enum", []) if v is not None}
+
+
+def _open_string(branches: list[dict[str, Any]]) -> bool:
+    """Whether some branch takes any string (maybe with a pattern), not only listed values."""
+    return any(b.get("type") == "string" and "enum" not in b and "const" not in b for b in branches)
+
+
+def _bounds(branches: list[dict[str, Any]], keyword: str) -> set[Any]:
+    return {b[keyword] for b in branches if keyword in b and abs(b[keyword]) < _HUGE}
 
 
 def _operation(spec: dict[str, Any], operation_id: str) -> tuple[str, str, dict[str, Any]]:
@@ -33,25 +111,35 @@ def _operation(spec: dict[str, Any], operation_id: str) -> tuple[str, str, dict[
         for method, operation in item.items():
             if isinstance(operation, dict) and operation.get("operationId") == operation_id:
                 return method.upper(), path, operation
-    raise AssertionError(f"operationId {operation_id} not in the spec")
+    raise AssertionError(f"operationId {operation_id!r} is not in the spec")
 
 
-def _properties(schema: dict[str, Any], spec: dict[str, Any], depth: int = 0) -> set[str]:
-    if depth > 8:
-        return set()
-    if "$ref" in schema:
-        return _properties(spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]], spec, depth + 1)
-    names = set(schema.get("properties", {}))
-    for key in ("allOf", "anyOf", "oneOf"):
-        for part in schema.get(key, []):
-            names |= _properties(part, spec, depth + 1)
-    return names
+def _spec_fields(manifest: ActionManifest) -> tuple[dict[str, Any], dict[str, Any], set[str]]:
+    """(body properties, parameters by name, required names) of the manifest's operation."""
+    spec = _spec(manifest.openapi.spec)
+    _, _, operation = _operation(spec, manifest.openapi.operationId)
+    parameters = {p["name"]: p for p in (_resolve(p, spec) for p in operation.get("parameters", []))}
+    body = (operation.get("requestBody") or {}).get("content", {}).get("application/json", {}).get("schema")
+    properties = _body_properties(body, spec) if body else {}
+    required = (_body_required(body, spec) if body else set()) | {n for n, p in parameters.items() if p.get("required")}
+    return properties, parameters, required
+
+
+def _spec_schema_of(manifest: ActionManifest, field: str) -> Any:
+    properties, parameters, _ = _spec_fields(manifest)
+    return properties[field] if field in properties else parameters[field].get("schema", {})
+
+
+def _sent_fields(manifest: ActionManifest) -> list[str]:
+    return [f for f in manifest.properties if f not in manifest.pack_only_fields]
+
+
+# ---------------------------------------------------------------- the manifests themselves
 
 
 def test_the_seven_actions_ship() -> None:
-    assert NAMES == ["create_chat_completion", "create_completion", "create_edit", "create_image", "create_moderation",
-                     "list_models", "retrieve_model"]
-    assert sorted(p.stem for p in MANIFEST_DIR.glob("*.json")) == NAMES
+    assert sorted(load_all()) == NAMES == EXPECTED
+    assert sorted(p.stem for p in MANIFEST_DIR.glob("*.json")) == EXPECTED
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -59,33 +147,29 @@ def test_manifest_is_valid_and_named_after_its_file(name: str) -> None:
     manifest = actions.get(name)
     text = (MANIFEST_DIR / f"{name}.json").read_text(encoding="utf-8")
     assert load_manifest(text, name).name == name == json.loads(text)["name"]
+    assert text == json.dumps(json.loads(text), indent=2, ensure_ascii=False) + "\n", "keep 2-space JSON"
     Draft202012Validator.check_schema(manifest.input)
     Draft202012Validator.check_schema(manifest.output)
-    assert manifest.title and manifest.description and manifest.examples
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_examples_validate_after_coercion(name: str) -> None:
-    manifest = actions.get(name)
-    for example in manifest.examples:
-        prepared = actions.prepare(name, example.input)
-        Draft202012Validator(manifest.input).validate(prepared)
-        Draft202012Validator(manifest.output).validate(example.output)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_operation_and_fields_exist_in_the_official_spec(name: str) -> None:
-    manifest = actions.get(name)
-    spec = _spec(manifest.openapi.spec)
-    method, path, operation = _operation(spec, manifest.openapi.operationId)
-    assert (method, path) == (manifest.http.method, manifest.http.path)
-    known = {p["name"] for p in operation.get("parameters", []) if "name" in p}
-    body = (operation.get("requestBody") or {}).get("content", {}).get("application/json", {}).get("schema")
-    if body:
-        known |= _properties(body, spec)
-    sent = set(manifest.properties) - manifest.pack_only_fields
-    assert sent <= known, f"not in the spec: {sorted(sent - known)}"
+    assert manifest.title and manifest.category and manifest.description.strip() and manifest.examples
     assert name == "".join("_" + c.lower() if c.isupper() else c for c in manifest.openapi.operationId)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_field_is_documented(name: str) -> None:
+    manifest = actions.get(name)
+    undocumented = [f for f, schema in manifest.properties.items() if not str(schema.get("description", "")).strip()]
+    assert not undocumented, f"fields without a description: {undocumented}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_examples_validate_as_written_and_coerce_to_themselves(name: str) -> None:
+    manifest = actions.get(name)
+    inputs, outputs = Draft202012Validator(manifest.input), Draft202012Validator(manifest.output)
+    for example in manifest.examples:
+        inputs.validate(example.input)
+        outputs.validate(example.output)
+        assert coerce_inputs(example.input, manifest.input) == example.input, example.title
+        assert actions.prepare(name, example.input) == example.input, example.title
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -96,7 +180,110 @@ def test_binding_conventions(name: str) -> None:
     if manifest.http.method == "GET":
         assert manifest.http.encoding == "none" and manifest.is_idempotent
     if "stream" in manifest.properties:
-        assert manifest.http.stream is not None
+        assert manifest.http.stream is not None and manifest.http.stream.flag == "stream"
+    required = set(manifest.input.get("required", []))
+    assert set(manifest.http.path_params) <= required, "a path parameter must be a required input"
+    assert not set(manifest.http.path_params) & manifest.pack_only_fields
+    if manifest.deprecated:
+        assert manifest.replaced_by in actions.registry()
+
+
+def test_handlers_belong_to_manifests() -> None:
+    """Public modules in actions/ are handlers, one per manifest that needs code (no orphans)."""
+    handlers = {p.stem for p in (REPO / "actions").glob("*.py") if not p.stem.startswith("_")}
+    assert handlers <= set(NAMES), f"handler without a manifest: {sorted(handlers - set(NAMES))}"
+    for handler in handlers:
+        assert callable(actions.handler(handler))
+
+
+# ---------------------------------------------------------------- against OpenAI's spec
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_operation_exists_in_the_official_spec(name: str) -> None:
+    manifest = actions.get(name)
+    method, path, _ = _operation(_spec(manifest.openapi.spec), manifest.openapi.operationId)
+    assert (method, path) == (manifest.http.method, manifest.http.path)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sent_fields_exist_in_the_official_spec(name: str) -> None:
+    manifest = actions.get(name)
+    properties, parameters, required = _spec_fields(manifest)
+    sent = set(_sent_fields(manifest))
+    assert sent <= set(properties) | set(parameters), f"not in the spec: {sorted(sent - set(properties) - set(parameters))}"
+    assert not manifest.pack_only_fields & (set(properties) | set(parameters)), "a pack-only field shadows the API's"
+    for field in manifest.http.path_params:
+        assert parameters.get(field, {}).get("in") == "path", field
+    for field in manifest.http.query:
+        assert parameters.get(field, {}).get("in") == "query", field
+    assert set(manifest.input.get("required", [])) == required
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_choices_match_the_official_spec(name: str) -> None:
+    """Enums equal the spec's: never refuse a value the API takes, nor offer one it refuses."""
+    manifest = actions.get(name)
+    spec = _spec(manifest.openapi.spec)
+    for field in _sent_fields(manifest):
+        ours, theirs = _branches(manifest.properties[field]), _branches(_spec_schema_of(manifest, field), spec)
+        if _open_string(theirs):
+            assert not _enum_values(ours) or _open_string(ours), f"{field}: the API takes any string"
+        if _enum_values(ours):
+            assert _enum_values(ours) == _enum_values(theirs), field
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ranges_match_the_official_spec(name: str) -> None:
+    manifest = actions.get(name)
+    spec = _spec(manifest.openapi.spec)
+    for field in _sent_fields(manifest):
+        ours, theirs = _branches(manifest.properties[field]), _branches(_spec_schema_of(manifest, field), spec)
+        for keyword in ("minimum", "maximum", "minItems", "maxItems", "maxLength"):
+            assert _bounds(theirs, keyword) <= _bounds(ours, keyword), (field, keyword)
+
+
+# ---------------------------------------------------------------- the seed's Rewst fields still work
+
+#: What a Rewst workflow built on the seed's actions sends: every seed field, every value as text.
+SEED_INPUTS: dict[str, dict[str, Any]] = {
+    "create_chat_completion": {
+        "model": "gpt-3.5-turbo", "temperature": "0.7", "top_p": "1", "n": "2", "stream": "false",
+        "stop": ["\n\n"], "max_tokens": "256", "presence_penalty": "0", "frequency_penalty": "0.5",
+        "logit_bias": '{"50256": -100}', "user": "user-1234",
+        "messages": [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "Hello"}],
+    },
+    "create_completion": {
+        "model": "gpt-3.5-turbo-instruct", "prompt": "Say this is a test", "suffix": "", "max_tokens": "7",
+        "temperature": "0", "top_p": "1", "n": "1", "stream": "false", "logprobs": "2", "echo": "true",
+        "stop": '["\\n"]', "presence_penalty": "0", "frequency_penalty": "0", "best_of": "2",
+        "logit_bias": '{"50256": -100}', "user": "user-1234",
+    },
+    "create_edit": {
+        "model": "text-davinci-edit-001", "instruction": "Fix the spelling mistakes", "input": "What day of the wek",
+        "n": "1", "temperature": "0.2", "top_p": "1",
+    },
+    "create_image": {"prompt": "A cute baby sea otter", "n": "2", "size": "1024x1024", "response_format": "url",
+                     "user": "user-1234"},
+    "list_models": {},
+    "retrieve_model": {"model_id": "gpt-4o-mini"},
+    "create_moderation": {"input": "I want to kill them.", "model": "text-moderation-latest"},
+}
+_MODEL_ID_GAP = pytest.mark.xfail(
+    reason="the seed's Get Model field is model_id; the spec (and the manifest) call it model, and accepting the "
+           "old name needs an alias the binding does not have yet")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=_MODEL_ID_GAP) if n == "retrieve_model" else n
+                                  for n in EXPECTED])
+def test_seed_fields_are_still_accepted_as_text(name: str) -> None:
+    prepared = actions.prepare(name, SEED_INPUTS[name])
+    assert set(prepared) <= set(SEED_INPUTS[name])
+    assert all(not isinstance(v, str) for k, v in prepared.items()
+               if actions.get(name).properties[k].get("type") in ("integer", "number", "boolean", "object"))
+
+
+# ---------------------------------------------------------------- refusals and loading errors
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -114,7 +301,7 @@ def test_every_field_rejects_a_wrong_value_naming_it(name: str) -> None:
 
 
 def test_a_broken_manifest_is_reported_with_its_location() -> None:
-    broken = json.loads((MANIFEST_DIR / "list_models.json").read_text())
+    broken = json.loads((MANIFEST_DIR / "list_models.json").read_text(encoding="utf-8"))
     broken["input"]["additionalProperties"] = True
     with pytest.raises(ManifestError, match="additionalProperties"):
         load_manifest(json.dumps(broken), "x.json")
@@ -127,5 +314,5 @@ def test_docs_actions_md_is_current() -> None:
     """docs/actions.md is `openai-pack docs` output; regenerate it when a manifest changes."""
     from actions._docs import render_reference
 
-    committed = (MANIFEST_DIR.parent / "docs" / "actions.md").read_text(encoding="utf-8")
+    committed = (REPO / "docs" / "actions.md").read_text(encoding="utf-8")
     assert committed == render_reference(actions.registry()), "run: openai-pack docs --output docs/actions.md"
