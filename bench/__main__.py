@@ -215,6 +215,8 @@ def bench_drain(broker: str, url: str, items: int, concurrency: int, label: str,
                                      trigger={"type": "bench"})
         rate = items / (_finish(engine, run_id, poll=0.01) - started)
         record = engine.store.step(run_id, "classify")
+        if record.get("error"):
+            print(f"failed items: {record['error']}")
     finally:
         stack.stop()
     reference = noop_rate if not latency else min(noop_rate, concurrency / latency)

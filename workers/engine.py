@@ -149,15 +149,48 @@ class Engine:
         lease_key = f"{run_id}:{step_id}:{'' if item is None else item}"
         if not self.store.lease(lease_key, owner, ttl=self.settings.visibility_timeout):
             raise Requeue(min(2.0, self.settings.max_countdown), "another delivery of this step is running")
+        following = None
         try:
             if step.with_items is not None and item is None:
                 self._start_fanout(run_id, workflow, step_id, cancelled=status == "cancelled")
             elif item is None:
                 self._run_single(run_id, workflow, step_id, cancelled=status == "cancelled")
             else:
-                self._run_item(run_id, workflow, step_id, item, cancelled=status == "cancelled")
+                following = self._run_item(run_id, workflow, step_id, item, cancelled=status == "cancelled")
         finally:
             self.store.release(lease_key, owner)
+        if following is not None:
+            self._continue_slot(run_id, workflow, step_id, following, owner, cancelled=status == "cancelled")
+
+    def _continue_slot(self, run_id: str, workflow: Workflow, step_id: str, index: int | None, owner: str, *,
+                       cancelled: bool) -> None:
+        """Keep a fan-out slot busy: run the next claimed item in this task instead of a new message.
+
+        A message per item costs Celery's own overhead (publish, receive, ack) on every item; a slot
+        that carries on saves it. The loop is bounded to a quarter of the visibility timeout, so the
+        message it started from is acknowledged long before it could be redelivered; then the next
+        item goes back to the queue. After a crash the redelivered message replays the slot's chain
+        (finished items are skipped through the ledger and their records) up to where it stopped.
+        """
+        deadline = time.monotonic() + min(30.0, self.settings.visibility_timeout / 4)
+        done_here = 0
+        while index is not None:
+            if time.monotonic() > deadline:
+                self.dispatch(run_id, step_id, index, None)
+                return
+            lease_key = f"{run_id}:{step_id}:{index}"
+            if not self.store.lease(lease_key, owner, ttl=self.settings.visibility_timeout):
+                return  # another delivery is running this item; it carries the chain on
+            try:
+                done_here += 1
+                if not cancelled and done_here % 20 == 0:
+                    cancelled = self.store.status(run_id) == "cancelled"
+                index = self._run_item(run_id, workflow, step_id, index, cancelled=cancelled)
+            except Requeue as wait:  # this item must wait (rate budget): it waits on the queue, alone
+                self.dispatch(run_id, step_id, index, min(wait.countdown, self.settings.max_countdown))
+                return
+            finally:
+                self.store.release(lease_key, owner)
 
     # single steps ----------------------------------------------------------------------------
     def _run_single(self, run_id: str, workflow: Workflow, step_id: str, *, cancelled: bool) -> None:
@@ -306,7 +339,9 @@ class Engine:
         for index in range(min(step.concurrency, total)):
             self.dispatch(run_id, step_id, index, None)
 
-    def _run_item(self, run_id: str, workflow: Workflow, step_id: str, index: int, *, cancelled: bool) -> None:
+    def _run_item(self, run_id: str, workflow: Workflow, step_id: str, index: int, *,
+                  cancelled: bool) -> int | None:
+        """Run (or replay) one item; returns the index this slot should run next, if any."""
         total, record, item = self.store.item_state(run_id, step_id, index)
         record = record or {}
         replay = record.get("status") in FINISHED
@@ -323,10 +358,10 @@ class Engine:
             self.store.kv.batch(ops)
         done, following, first_claim = self.store.finish_item(run_id, step_id, index,
                                                               failed=record["status"] != "succeeded")
-        if following < total and (first_claim or replay):  # a replay re-sends in case the first send was lost
-            self.dispatch(run_id, step_id, following, None)
         if done >= total:
             self._finish_fanout(run_id, workflow, step_id)
+        # A replay carries on too, in case the first run of the chain stopped here.
+        return following if following < total and (first_claim or replay) else None
 
     def _finish_fanout(self, run_id: str, workflow: Workflow, step_id: str) -> None:
         """All items ended: the step's output is the list of item outputs, in item order."""
