@@ -3,40 +3,57 @@
 ```yaml
 schedules:
   - name: nightly-classification
-    cron: "0 2 * * *"          # 5 fields, or 6 with seconds last
+    cron: "0 2 * * *"          # 5 fields, or 6 with seconds last (croniter)
     timezone: Europe/Paris     # IANA name, default UTC
     workflow: nightly.yaml     # relative to this file
-    inputs: {records: [...]}
+    inputs: {limit: 100}
 ```
 
-Each fire sends ``openai_pack.fire_schedule``; the task works out which cron tick it is for and
-starts the run with the idempotency key ``schedule:<name>:<tick>``, so two beat processes (or a
-beat restarted mid-tick) start one run per tick.
+Beat sends ``openai_pack.fire_schedule`` with the moment it fired; the task works out the cron
+tick that moment belongs to (the latest tick not after it, in the entry's time zone) and starts
+the run with the idempotency key ``schedule:<name>:<tick>``. Two beat processes, a beat restarted
+mid-tick or a redelivered message all land on the same key: one run per tick. A beat that was
+down over several ticks fires once, for the latest one. Ticks are instants: on the night clocks go
+back, a wall-clock time that happens twice (02:30 in Paris) is two ticks.
 """
 
 from __future__ import annotations
 
-import os
+import hashlib
+import logging
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
+from celery import Task
+from celery.beat import BeatLazyFunc
 from celery.schedules import BaseSchedule, schedstate
 from croniter import croniter
 
-from integration.errors import InputError
-from workers.app import app, engine, settings
+import workers.app as pack_app
+from integration.errors import ConfigError, InputError
+from integration.store import default_home
+from workers.app import app, engine
+from workers.kv import StoreError
 from workers.workflow import WorkflowError, load_workflow, load_yaml
 
-__all__ = ["CronSchedule", "Schedule", "fire_schedule", "load_schedules", "run_beat"]
+__all__ = ["FIRE_TASK", "CronSchedule", "Schedule", "configure_beat", "describe_schedules", "fire_schedule",
+           "load_schedules", "run_beat", "validate_schedules"]
+
+log = logging.getLogger("openai_pack.beat")
 
 FIRE_TASK = "openai_pack.fire_schedule"
+_ENTRY_KEYS = ("name", "cron", "timezone", "workflow", "inputs")
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
 @dataclass(frozen=True)
 class Schedule:
+    """One validated entry; ``workflow`` is an absolute path."""
+
     name: str
     cron: str
     timezone: str
@@ -48,126 +65,214 @@ class Schedule:
         return ZoneInfo(self.timezone)
 
     def tick_at_or_before(self, moment: datetime) -> datetime:
-        """The most recent cron tick not after ``moment`` (in the entry's timezone)."""
-        local = moment.astimezone(self.zone)
-        probe = croniter(self.cron, local + timedelta(microseconds=1))
-        return probe.get_prev(datetime)  # type: ignore[no-any-return]
+        """The latest cron tick not after ``moment``, in the entry's time zone."""
+        local = _aware(moment).astimezone(self.zone)
+        return croniter(self.cron, local + timedelta(microseconds=1)).get_prev(datetime)  # type: ignore[no-any-return]
 
     def next_tick(self, moment: datetime) -> datetime:
-        return croniter(self.cron, moment.astimezone(self.zone)).get_next(datetime)  # type: ignore[no-any-return]
+        """The first cron tick strictly after ``moment``, in the entry's time zone."""
+        return croniter(self.cron, _aware(moment).astimezone(self.zone)).get_next(datetime)  # type: ignore[no-any-return]
+
+
+def _aware(moment: datetime) -> datetime:
+    """Celery hands naive UTC datetimes around in places; read them as UTC, not local time."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+# ---------------------------------------------------------------- the file
 
 
 def load_schedules(path: str | Path) -> dict[str, Schedule]:
-    """Validate a schedules file; errors name the file, the entry and the field."""
-    path = Path(path)
+    """Read and validate a schedules file; a WorkflowError names the file, the entry and the field."""
+    path = Path(path).resolve()
     source = str(path)
     try:
         data = load_yaml(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise WorkflowError(f"cannot read the file: {exc.strerror}", file=source) from None
-    except Exception as exc:
+        raise WorkflowError(f"cannot read the file: {exc.strerror or exc}", file=source) from None
+    except UnicodeDecodeError:
+        raise WorkflowError("is not UTF-8 text", file=source) from None
+    except Exception as exc:  # the YAML parser's own errors say where
         raise WorkflowError(f"not valid YAML: {exc}", file=source) from None
     if not isinstance(data, dict) or not isinstance(data.get("schedules"), list):
         raise WorkflowError("must be a mapping with a `schedules:` list", file=source, field="schedules")
+    extra = sorted(set(data) - {"schedules"})
+    if extra:
+        raise WorkflowError(f"unknown top-level key(s): {', '.join(map(str, extra))}", file=source, field=extra[0])
     found: dict[str, Schedule] = {}
-    for index, entry in enumerate(data["schedules"]):
-        where = f"schedules[{index}]"
-        if not isinstance(entry, dict):
-            raise WorkflowError("must be a mapping", file=source, field=where)
-        unknown = set(entry) - {"name", "cron", "timezone", "workflow", "inputs"}
-        if unknown:
-            raise WorkflowError(f"unknown key(s): {', '.join(sorted(unknown))}", file=source, field=where)
-        name = entry.get("name")
-        if not isinstance(name, str) or not name:
-            raise WorkflowError("name is required", file=source, field=f"{where}.name")
-        label = f"{where} ({name})"
-        if name in found:
-            raise WorkflowError("name used twice", file=source, field=f"{label}.name")
-        cron = entry.get("cron")
-        if not isinstance(cron, str) or not croniter.is_valid(cron):
-            raise WorkflowError(f"{cron!r} is not a cron expression (5 fields, or 6 with seconds)", file=source,
-                                field=f"{label}.cron")
-        timezone = entry.get("timezone", "UTC")
-        try:
-            ZoneInfo(str(timezone))
-        except (ZoneInfoNotFoundError, ValueError):
-            raise WorkflowError(f"{timezone!r} is not an IANA time zone (e.g. Europe/Paris)", file=source,
-                                field=f"{label}.timezone") from None
-        workflow_path = entry.get("workflow")
-        if not isinstance(workflow_path, str):
-            raise WorkflowError("workflow (a file path) is required", file=source, field=f"{label}.workflow")
-        resolved = (path.parent / workflow_path).resolve()
-        if not resolved.is_file():
-            raise WorkflowError(f"workflow file {workflow_path!r} does not exist", file=source,
-                                field=f"{label}.workflow")
-        inputs = entry.get("inputs") or {}
-        workflow = load_workflow(resolved)
-        try:
-            workflow.coerce_inputs(inputs)
-        except InputError as exc:
-            raise WorkflowError(str(exc), file=source, field=f"{label}.inputs") from None
-        found[name] = Schedule(name, cron, str(timezone), resolved, dict(inputs))
+    for index, raw in enumerate(data["schedules"]):
+        entry = _entry(raw, index, path, source)
+        if entry.name in found:
+            raise WorkflowError(f"the name {entry.name!r} is used by another entry", file=source,
+                                field=f"schedules[{index}] ({entry.name}).name")
+        found[entry.name] = entry
     return found
 
 
+def validate_schedules(path: str | Path) -> dict[str, Schedule]:
+    """Validate a schedules file (``openai-pack beat --check``): the entries, or a WorkflowError."""
+    return load_schedules(path)
+
+
+def _entry(raw: Any, index: int, path: Path, source: str) -> Schedule:
+    where = f"schedules[{index}]"
+    if not isinstance(raw, dict):
+        raise WorkflowError("must be a mapping (name, cron, workflow, ...)", file=source, field=where)
+    name = raw.get("name")
+    if not isinstance(name, str) or not _NAME_PATTERN.match(name):
+        raise WorkflowError("name is required: letters, digits, '.', '_' or '-', at most 100 characters",
+                            file=source, field=f"{where}.name")
+    label = f"{where} ({name})"
+
+    def problem(field_name: str, reason: str) -> WorkflowError:
+        return WorkflowError(reason, file=source, field=f"{label}.{field_name}")
+
+    unknown = sorted(set(raw) - set(_ENTRY_KEYS))
+    if unknown:
+        raise problem(str(unknown[0]), f"unknown key (expected one of: {', '.join(_ENTRY_KEYS)})")
+    cron = raw.get("cron")
+    if not isinstance(cron, str) or not cron.strip():
+        raise problem("cron", "is required: a cron expression such as \"0 2 * * *\"")
+    if not croniter.is_valid(cron):
+        raise problem("cron", f"{cron!r} is not a cron expression (5 fields, or 6 with seconds last)")
+    timezone = raw.get("timezone", "UTC")
+    try:
+        ZoneInfo(timezone)
+    except Exception:  # ZoneInfoNotFoundError, or a name that is not a path-safe string
+        raise problem("timezone", f"{timezone!r} is not an IANA time zone name (e.g. Europe/Paris)") from None
+    workflow_path = raw.get("workflow")
+    if not isinstance(workflow_path, str) or not workflow_path.strip():
+        raise problem("workflow", "is required: the workflow file, relative to this file")
+    resolved = (path.parent / workflow_path).resolve()
+    if not resolved.is_file():
+        raise problem("workflow", f"the file {workflow_path!r} does not exist (looked for {resolved})")
+    try:
+        workflow = load_workflow(resolved)
+    except WorkflowError as exc:
+        raise problem("workflow", f"the workflow is invalid: {exc}") from None
+    inputs = raw.get("inputs", {})
+    if inputs is None:
+        inputs = {}
+    if not isinstance(inputs, dict):
+        raise problem("inputs", "must be a mapping of the workflow's input values")
+    try:
+        workflow.coerce_inputs(inputs)
+    except InputError as exc:
+        raise problem("inputs", exc.message) from None
+    return Schedule(name, cron.strip(), str(timezone), resolved, dict(inputs))
+
+
+def describe_schedules(entries: dict[str, Schedule], now: datetime | None = None,
+                       count: int = 3) -> list[dict[str, Any]]:
+    """What ``beat --check`` prints: each entry and its next fire times."""
+    now = now or datetime.now(UTC)
+    out = []
+    for entry in entries.values():
+        upcoming, moment = [], now
+        for _ in range(count):
+            moment = entry.next_tick(moment)
+            upcoming.append(moment.isoformat())
+        out.append({"name": entry.name, "cron": entry.cron, "timezone": entry.timezone,
+                    "workflow": str(entry.workflow), "inputs": entry.inputs, "next": upcoming})
+    return out
+
+
+# ---------------------------------------------------------------- beat's side
+
+
 class CronSchedule(BaseSchedule):  # type: ignore[misc]
-    """A Celery beat schedule driven by croniter in the entry's own timezone."""
+    """A Celery beat schedule that is due at each cron tick of the entry, in the entry's time zone."""
 
     def __init__(self, entry: Schedule, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.entry = entry
 
+    def _now(self) -> datetime:
+        return _aware(self.now())
+
     def remaining_estimate(self, last_run_at: datetime) -> timedelta:
-        now = datetime.now(UTC)
-        return max(self.entry.next_tick(last_run_at) - now, timedelta(0))
+        """Time until the first tick after the last run (zero when it is already due)."""
+        return max(self.entry.next_tick(last_run_at) - self._now(), timedelta(0))
 
     def is_due(self, last_run_at: datetime) -> schedstate:
-        now = datetime.now(UTC)
-        if last_run_at.tzinfo is None:
-            last_run_at = last_run_at.replace(tzinfo=UTC)
+        """Due when a tick has passed since the last run; says when to look again either way."""
+        now = self._now()
         due_tick = self.entry.next_tick(last_run_at)
         if due_tick <= now:
-            following = self.entry.next_tick(now)
-            return schedstate(True, max((following - now).total_seconds(), 0.05))
-        return schedstate(False, max((due_tick - now).total_seconds(), 0.05))
+            return schedstate(True, max((self.entry.next_tick(now) - now).total_seconds(), 0.01))
+        return schedstate(False, max((due_tick - now).total_seconds(), 0.01))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CronSchedule) and other.entry == self.entry
+
+    def __hash__(self) -> int:
+        return hash((self.entry.name, self.entry.cron, self.entry.timezone))
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (self.__class__, (self.entry,))
 
     def __repr__(self) -> str:
-        return f"<cron {self.entry.cron} {self.entry.timezone}>"
+        return f"<cron {self.entry.cron!r} {self.entry.timezone}>"
 
 
-@app.task(name=FIRE_TASK, acks_late=True)
-def fire_schedule(name: str, schedules_path: str, fired_at: str | None = None) -> dict[str, Any]:
-    """Start the run for the tick this fire belongs to (once per tick, however many beats fired it)."""
-    entry = load_schedules(schedules_path)[name]
-    moment = datetime.fromisoformat(fired_at) if fired_at else datetime.now(UTC)
-    tick = entry.tick_at_or_before(moment).isoformat()
-    workflow = load_workflow(entry.workflow)
-    run_id, created = engine().start_run(workflow, entry.inputs,
-                                         trigger={"type": "schedule", "schedule": name, "tick": tick},
-                                         idempotency_key=f"schedule:{name}:{tick}")
-    return {"run_id": run_id, "created": created, "tick": tick}
+def _fired_at() -> str:
+    """Evaluated by beat each time it sends (BeatLazyFunc): the moment the tick fired."""
+    return datetime.now(UTC).isoformat()
 
 
 def configure_beat(schedules_path: str | Path) -> dict[str, Schedule]:
-    entries = load_schedules(schedules_path)
+    """Validate the file and put its entries into ``app.conf.beat_schedule``."""
+    path = Path(schedules_path).resolve()
+    entries = load_schedules(path)
     app.conf.beat_schedule = {
-        f"openai-pack:{name}": {"task": FIRE_TASK, "schedule": CronSchedule(entry),
-                                "args": [name, str(Path(schedules_path).resolve())]}
+        f"openai-pack:{name}": {"task": FIRE_TASK, "schedule": CronSchedule(entry), "args": [name, str(path)],
+                                "kwargs": {"fired_at": BeatLazyFunc(_fired_at)}}
         for name, entry in entries.items()
     }
     return entries
 
 
-def run_beat(schedules_path: str | Path, *, loglevel: str = "INFO", schedule_db: str | None = None) -> None:
-    """Run Celery beat for the file's entries against the shared broker."""
+def run_beat(schedules_path: str | Path, *, loglevel: str = "INFO", schedule_db: str | Path | None = None) -> None:
+    """Run Celery beat for the file's entries; it sends to the shared broker the workers read."""
+    settings = pack_app.reconfigure()  # whatever the environment says now
     if settings.embedded:
-        raise WorkflowError("beat needs a shared broker: set OPENAI_PACK_BROKER_URL (e.g. redis://127.0.0.1:6379/0)",
-                            field="OPENAI_PACK_BROKER_URL")
-    configure_beat(schedules_path)
-    home = Path(os.environ.get("OPENAI_PACK_HOME") or Path.home() / ".openai-pack")
-    home.mkdir(parents=True, exist_ok=True)
-    db = schedule_db or str(home / "beat-schedule")
-    app.Beat(loglevel=loglevel, schedule=db, max_interval=1).run()
+        raise ConfigError("beat needs a shared broker that workers read: set OPENAI_PACK_BROKER_URL "
+                          "(e.g. redis://127.0.0.1:6379/0); the embedded memory:// broker lives in one process",
+                          field="OPENAI_PACK_BROKER_URL")
+    path = Path(schedules_path).resolve()
+    entries = configure_beat(path)
+    if schedule_db is None:
+        # One state file per schedules file: two beats for two files never share (or lock) one.
+        digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
+        home = Path(default_home())
+        home.mkdir(parents=True, exist_ok=True)
+        schedule_db = home / f"beat-{digest}.db"
+    log.info("beat: %d schedule(s) from %s, state in %s", len(entries), path, schedule_db)
+    app.Beat(loglevel=loglevel, schedule=str(schedule_db), max_interval=5).run()
+
+
+# ---------------------------------------------------------------- the worker's side
+
+
+@app.task(name=FIRE_TASK, bind=True, acks_late=True, max_retries=12)
+def fire_schedule(self: Task, name: str, schedules_path: str, fired_at: str | None = None) -> dict[str, Any]:
+    """Start the run of the tick this fire belongs to (once per tick, however many times it fires)."""
+    entries = load_schedules(schedules_path)
+    entry = entries.get(name)
+    if entry is None:
+        raise WorkflowError(f"no schedule named {name!r} (the file changed since beat read it?)",
+                            file=str(schedules_path), field="schedules")
+    moment = datetime.fromisoformat(fired_at) if fired_at else datetime.now(UTC)
+    tick = entry.tick_at_or_before(moment).isoformat()
+    workflow = load_workflow(entry.workflow)
+    try:
+        run_id, created = engine().start_run(workflow, entry.inputs,
+                                             trigger={"type": "schedule", "schedule": name, "tick": tick},
+                                             idempotency_key=f"schedule:{name}:{tick}")
+    except (OSError, ConnectionError, *StoreError) as exc:  # the store is away: the tick's key makes a retry safe
+        if self.request.called_directly:
+            raise
+        log.warning("schedule %s tick %s: store unavailable (%s); retrying", name, tick, type(exc).__name__)
+        raise self.retry(countdown=min(2 ** self.request.retries, 60)) from None
+    log.info("schedule %s tick %s: run %s (%s)", name, tick, run_id, "started" if created else "already started")
+    return {"run_id": run_id, "created": created, "tick": tick}

@@ -1,73 +1,133 @@
 """``openai-pack serve``: workflows triggered by webhooks (a Starlette app on uvicorn).
 
-``POST /hooks/<workflow>`` with the workflow's shared secret (``X-Pack-Secret`` or a bearer
-token, compared in constant time; optionally an HMAC signature with a timestamp and a replay
-window) starts a run whose inputs are the JSON body. ``Idempotency-Key`` makes a repeated
-delivery return the first run. The answer is 202 with the run id, or the run's output with
-``?wait=N``. The event is saved before the answer: when the run store is unreachable the caller
-gets 503 and retries, instead of a 202 for an event that was lost. Payloads are data: nothing
-here renders them.
+``POST /hooks/<workflow>`` starts a run whose inputs are the JSON body. The caller proves it
+knows the workflow's shared secret (``X-Pack-Secret`` or a bearer token, compared in constant
+time) and, when the workflow asks for it, signs the body (``X-Pack-Signature: t=<unix>,v1=<hex
+HMAC-SHA256 of "<t>." + body>``, accepted for five minutes either side of now, so a captured
+request cannot be replayed later). ``Idempotency-Key`` makes a redelivery return the first run.
+
+The event is saved before the answer: when the run store is unreachable the caller gets 503 and
+retries, never a 202 for an event that was lost. Payloads are data: nothing here renders them,
+they are stored as the run's inputs and templates only ever read them as values.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
 import logging
+import math
 import os
+import re
 import secrets
 import threading
 import time
 from collections import deque
 from pathlib import Path
+from typing import Any
 
+import anyio
+import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from integration.errors import InputError, PackError
-from integration.redact import install_log_redaction, register_secret
+from integration.errors import InputError
+from integration.redact import install_log_redaction, register_secret, scrub_data
 from workers.engine import Engine
+from workers.runs import FINISHED
 from workers.workflow import Workflow, load_workflow_dir
 
-__all__ = ["SIGNATURE_WINDOW", "create_app", "serve", "sign"]
+__all__ = ["MIN_SECRET_LENGTH", "SIGNATURE_WINDOW", "create_app", "serve", "sign"]
 
 log = logging.getLogger("openai_pack.webhooks")
+
+#: Seconds a signature timestamp may be away from the server's clock (either way).
 SIGNATURE_WINDOW = 300
+#: Shorter shared secrets are refused: they can be guessed, and would be too short to scrub from logs.
+MIN_SECRET_LENGTH = 16
+#: ``?wait=`` requests waiting at once; more get their 202 at once instead of holding a thread.
+MAX_WAITERS = 64
+_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,200}$")  # printable ASCII, no spaces
+_RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
-    """The ``X-Pack-Signature`` value a sender computes: ``t=<unix>,v1=<hex hmac-sha256 of "<t>.<body>">``."""
-    stamp = int(time.time()) if timestamp is None else timestamp
-    digest = hmac.new(secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={stamp},v1={digest}"
+    """The ``X-Pack-Signature`` value a sender computes for ``body`` (now, or at ``timestamp``)."""
+    stamp = int(time.time()) if timestamp is None else int(timestamp)
+    return f"t={stamp},v1={_digest(secret, stamp, body)}"
 
 
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+def _digest(secret: str, stamp: int, body: bytes) -> str:
+    return hmac.new(secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
 
 
-class _RateWindow:
-    """Per-hook sliding minute, in-process: a flood from one sender cannot starve the others."""
+class HookError(Exception):
+    """An answer other than success; always rendered as ``{"error": {"code", "message"}}``."""
 
-    def __init__(self, per_minute: int) -> None:
-        self.per_minute = per_minute
-        self.hits: dict[str, deque[float]] = {}
-        self.lock = threading.Lock()
+    def __init__(self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None,
+                 extra: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.headers = headers or {}
+        self.extra = extra or {}
 
-    def wait(self, key: str) -> float:
-        now = time.monotonic()
-        with self.lock:
-            window = self.hits.setdefault(key, deque())
-            while window and now - window[0] >= 60:
-                window.popleft()
-            if len(window) >= self.per_minute:
-                return 60 - (now - window[0])
-            window.append(now)
-        return 0.0
+    def response(self) -> JSONResponse:
+        body = {"error": {"code": self.code, "message": self.message, **self.extra}}
+        return JSONResponse(scrub_data(body), status_code=self.status, headers=self.headers)
+
+
+class SlidingWindow:
+    """At most ``per_minute`` hits per key in any 60 s, in this process: one flooding sender
+    slows its own hook down, not the others or the store."""
+
+    def __init__(self, per_minute: int, *, clock: Any = time.monotonic) -> None:
+        self.per_minute = max(1, int(per_minute))
+        self.clock = clock
+        self._hits: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def retry_after(self, key: str) -> float:
+        """0 when the hit is allowed (and counted), else the seconds until one would be."""
+        now = self.clock()
+        with self._lock:
+            hits = self._hits.setdefault(key, deque())
+            while hits and now - hits[0] >= 60:
+                hits.popleft()
+            if len(hits) >= self.per_minute:
+                return max(0.001, 60 - (now - hits[0]))
+            hits.append(now)
+            return 0.0
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def parse_payload(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or a 400 naming what is wrong with it."""
+    if not body.strip():
+        raise HookError(400, "invalid_json", "the body is empty; send a JSON object ({} when there are no inputs)")
+    try:
+        payload = json.loads(body, parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise HookError(400, "invalid_json", "the body is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise HookError(400, "invalid_json",
+                        f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except ValueError as exc:
+        raise HookError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise HookError(400, "invalid_json", "the body is nested too deeply") from None
+    if not isinstance(payload, dict):
+        raise HookError(400, "invalid_json",
+                        f"the body must be a JSON object (it becomes the run's inputs), got a {type(payload).__name__}")
+    return payload
 
 
 class Hooks:
@@ -77,86 +137,123 @@ class Hooks:
                  rate_per_minute: int) -> None:
         self.workflows = workflows
         self.engine = engine
-        self.max_wait = max_wait
-        self.rate = _RateWindow(rate_per_minute)
+        self.max_wait = max(0.0, float(max_wait))
+        self.rate = SlidingWindow(rate_per_minute)
+        self._waiters: anyio.CapacityLimiter | None = None  # made in the event loop, on first use
         for workflow in workflows.values():
-            if workflow.webhook:
-                register_secret(os.environ.get(workflow.webhook.secret_env))
+            if workflow.webhook is None:
+                continue
+            value = os.environ.get(workflow.webhook.secret_env)
+            register_secret(value)
+            if not value:
+                log.warning("hook %s: %s is not set; its requests get 503 until it is", workflow.name,
+                            workflow.webhook.secret_env)
+            elif len(value) < MIN_SECRET_LENGTH:
+                log.warning("hook %s: %s is shorter than %d characters; its requests get 503", workflow.name,
+                            workflow.webhook.secret_env, MIN_SECRET_LENGTH)
 
-    def _secret(self, workflow: Workflow) -> str | JSONResponse:
+    # authentication -----------------------------------------------------------------------------
+    @staticmethod
+    def _secret(workflow: Workflow) -> str:
         assert workflow.webhook is not None
-        secret = os.environ.get(workflow.webhook.secret_env)
-        if not secret:
-            return _error(503, "hook_not_configured",
-                          f"the secret variable {workflow.webhook.secret_env} is not set on this server")
-        register_secret(secret)
+        variable = workflow.webhook.secret_env
+        value = os.environ.get(variable) or ""
+        if not value:
+            raise HookError(503, "config_invalid", f"the webhook secret variable {variable} is not set on this server")
+        register_secret(value)
+        if len(value) < MIN_SECRET_LENGTH:
+            raise HookError(503, "config_invalid", f"the webhook secret in {variable} is shorter than "
+                            f"{MIN_SECRET_LENGTH} characters; set a longer one")
+        return value
+
+    def _check_secret(self, request: Request, workflow: Workflow) -> str:
+        """The secret when the caller sent it, else 401 (the same answer for missing and wrong)."""
+        secret = self._secret(workflow)
+        given = request.headers.get("x-pack-secret")
+        if given is None:
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            given = token.strip() if scheme.lower() == "bearer" else ""
+        if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), secret.encode()):
+            raise HookError(401, "unauthorized", "missing or wrong webhook secret (X-Pack-Secret or a bearer token)")
         return secret
 
-    def _authenticate(self, request: Request, workflow: Workflow, body: bytes | None) -> JSONResponse | None:
-        secret = self._secret(workflow)
-        if isinstance(secret, JSONResponse):
-            return secret
-        given = request.headers.get("x-pack-secret", "")
-        auth = request.headers.get("authorization", "")
-        if not given and auth.lower().startswith("bearer "):
-            given = auth[7:]
-        if not hmac.compare_digest(given.encode(), secret.encode()):
-            return _error(401, "unauthorized", "missing or wrong webhook secret")
-        if body is not None and workflow.webhook and workflow.webhook.signature == "hmac-sha256":
-            return self._check_signature(request.headers.get("x-pack-signature", ""), secret, body)
-        return None
-
     @staticmethod
-    def _check_signature(header: str, secret: str, body: bytes) -> JSONResponse | None:
-        fields = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
-        try:
-            stamp = int(fields.get("t", ""))
-        except ValueError:
-            return _error(401, "bad_signature", "X-Pack-Signature must be t=<unix seconds>,v1=<hex hmac>")
+    def _check_signature(header: str | None, secret: str, body: bytes) -> None:
+        if not header:
+            raise HookError(401, "bad_signature", "this hook requires X-Pack-Signature: t=<unix seconds>,v1=<hex>")
+        stamp: int | None = None
+        candidates: list[str] = []
+        for part in header.split(","):
+            key, _, value = part.strip().partition("=")
+            if key == "t" and value.isdigit():
+                stamp = int(value)
+            elif key == "v1":
+                candidates.append(value.strip())
+        if stamp is None or not candidates:
+            raise HookError(401, "bad_signature", "X-Pack-Signature must be t=<unix seconds>,v1=<hex HMAC-SHA256>")
         if abs(time.time() - stamp) > SIGNATURE_WINDOW:
-            return _error(401, "bad_signature", f"signature timestamp outside the {SIGNATURE_WINDOW}s window")
-        expected = sign(secret, body, stamp).split("v1=", 1)[1]
-        if not hmac.compare_digest(fields.get("v1", "").encode(), expected.encode()):
-            return _error(401, "bad_signature", "signature does not match the body")
-        return None
+            raise HookError(401, "bad_signature",
+                            f"signature timestamp outside the window ({SIGNATURE_WINDOW}s either side of now)")
+        expected = _digest(secret, stamp, body).encode()
+        # Every candidate is compared (no early exit), so timing says nothing about which one failed.
+        matched = False
+        for candidate in candidates:
+            matched |= hmac.compare_digest(candidate.encode("utf-8", "surrogateescape"), expected)
+        if not matched:
+            raise HookError(401, "bad_signature", "the signature does not match the body")
 
-    async def _read_body(self, request: Request, limit: int) -> bytes | JSONResponse:
+    # body --------------------------------------------------------------------------------------
+    @staticmethod
+    async def _read_body(request: Request, limit: int) -> bytes:
+        too_large = HookError(413, "payload_too_large", f"the body is over this hook's limit of {limit} bytes")
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            return _error(413, "payload_too_large", f"body is over the {limit}-byte limit of this hook")
-        chunks, size = [], 0
-        async for chunk in request.stream():
+        if declared is not None:
+            if not declared.strip().isdigit():
+                raise HookError(400, "bad_request", "Content-Length is not a number")
+            if int(declared) > limit:
+                raise too_large
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():  # counted too: a chunked body has no Content-Length
             size += len(chunk)
             if size > limit:
-                return _error(413, "payload_too_large", f"body is over the {limit}-byte limit of this hook")
+                raise too_large
             chunks.append(chunk)
         return b"".join(chunks)
 
+    # handlers -----------------------------------------------------------------------------------
     async def hook(self, request: Request) -> JSONResponse:
         name = request.path_params["workflow"]
+        run_id: str | None = None
+        response: JSONResponse | None = None
+        try:
+            run_id, response = await self._hook(request, name)
+        except HookError as exc:
+            response = exc.response()
+        finally:
+            status = response.status_code if response is not None else 500
+            log.log(logging.INFO if status < 400 else logging.WARNING, "POST /hooks/%s -> %d run=%s",
+                    name[:80], status, run_id or "-")
+        return response
+
+    async def _hook(self, request: Request, name: str) -> tuple[str | None, JSONResponse]:
         workflow = self.workflows.get(name)
         if workflow is None or workflow.webhook is None:
-            return _error(404, "no_such_hook", f"no webhook-enabled workflow named {name!r}")
-        retry = self.rate.wait(name)
+            raise HookError(404, "not_found", f"no webhook-enabled workflow named {name[:80]!r}")
+        retry = self.rate.retry_after(name)
         if retry:
-            return _error(429, "too_many_requests", "hook rate limit reached", {"Retry-After": str(int(retry) + 1)})
-        body = await self._read_body(request, workflow.webhook.max_body_bytes)
-        if isinstance(body, JSONResponse):
-            return body
-        denied = self._authenticate(request, workflow, body)
-        if denied is not None:
-            log.warning("hook %s: %s", name, json.loads(denied.body)["error"]["code"])
-            return denied
-        try:
-            payload = json.loads(body) if body.strip() else {}
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return _error(400, "invalid_json", f"body is not valid JSON: {exc}")
-        if not isinstance(payload, dict):
-            return _error(400, "invalid_json", "body must be a JSON object (it becomes the run's inputs)")
+            raise HookError(429, "rate_limited", f"more than {self.rate.per_minute} requests a minute to this hook",
+                            headers={"Retry-After": str(math.ceil(retry))})
+        secret = self._check_secret(request, workflow)  # before reading a byte of an unauthenticated body
+        wait = self._wait_seconds(request)
         key = request.headers.get("idempotency-key")
-        if key is not None and not (0 < len(key) <= 200):
-            return _error(400, "bad_idempotency_key", "Idempotency-Key must be 1 to 200 characters")
-        event_id = key or request.headers.get("x-request-id") or secrets.token_hex(8)
+        if key is not None and not _KEY_PATTERN.match(key):
+            raise HookError(400, "bad_idempotency_key", "Idempotency-Key must be 1 to 200 printable ASCII characters")
+        body = await self._read_body(request, workflow.webhook.max_body_bytes)
+        if workflow.webhook.signature == "hmac-sha256":
+            self._check_signature(request.headers.get("x-pack-signature"), secret, body)
+        payload = parse_payload(body)
+        event_id = key or (request.headers.get("x-request-id") or "")[:200] or secrets.token_hex(8)
         trigger = {"type": "webhook", "workflow": name, "event_id": event_id,
                    "remote": request.client.host if request.client else None}
         try:
@@ -164,74 +261,125 @@ class Hooks:
                 self.engine.start_run, workflow, payload, trigger=trigger,
                 idempotency_key=f"hook:{name}:{key}" if key else None)
         except InputError as exc:
-            return JSONResponse({"error": exc.to_dict()}, status_code=422)
-        except PackError as exc:
-            return JSONResponse({"error": exc.to_dict()}, status_code=400)
-        except Exception as exc:  # the store or broker is unreachable: the event was not saved
+            raise HookError(422, "invalid_input", exc.message, extra={"problems": exc.problems}) from None
+        except Exception as exc:  # the store (or the broker) is unreachable: the event may not be saved
             log.error("hook %s: could not save the event: %s", name, type(exc).__name__)
-            return _error(503, "store_unavailable", "the run store is unavailable; retry later",
-                          {"Retry-After": "5"})
-        log.info("hook %s: run %s (%s)", name, run_id, "new" if created else "duplicate delivery")
-        wait = self._wait_seconds(request)
+            raise HookError(503, "store_unavailable", "the run store is unavailable; retry later",
+                            headers={"Retry-After": "5"}) from None
         headers = {"Location": f"/runs/{run_id}"}
-        if wait > 0:
-            header = await run_in_threadpool(self.engine.wait, run_id, wait)
-            if header and header.get("status") in ("succeeded", "failed", "cancelled"):
-                return JSONResponse({"run_id": run_id, "status": header["status"], "created": created,
-                                     "output": header.get("output"), "error": header.get("error")},
-                                    headers=headers)
-        status = self.engine.store.status(run_id)
-        return JSONResponse({"run_id": run_id, "status": status, "created": created},
-                            status_code=202 if created else 200, headers=headers)
+        header: dict[str, Any] | None = None
+        if self._waiters is None:
+            self._waiters = anyio.CapacityLimiter(MAX_WAITERS)
+        # Waits hold a thread each: they get their own limiter so they never starve the threads
+        # start_run needs, and past MAX_WAITERS the caller gets its 202 at once and polls instead.
+        if wait > 0 and self._waiters.available_tokens > 0:
+            try:
+                header = await anyio.to_thread.run_sync(functools.partial(self.engine.wait, run_id, wait),
+                                                        limiter=self._waiters)
+            except Exception:
+                header = None  # the run is saved; the caller polls GET /runs/<id>
+            if header is not None and header.get("status") in FINISHED:
+                body_out = {"run_id": run_id, "status": header["status"], "created": created,
+                            "output": header.get("output"), "error": header.get("error")}
+                return run_id, JSONResponse(scrub_data(body_out), headers=headers)
+        status = header.get("status") if header else "running" if created else await self._status(run_id)
+        return run_id, JSONResponse({"run_id": run_id, "status": status, "created": created},
+                                    status_code=202 if created else 200, headers=headers)
+
+    async def _status(self, run_id: str) -> str | None:
+        try:
+            return await run_in_threadpool(self.engine.store.status, run_id)
+        except Exception:
+            return None
 
     def _wait_seconds(self, request: Request) -> float:
         raw = request.query_params.get("wait")
-        try:
-            return max(0.0, min(float(raw), self.max_wait)) if raw else 0.0
-        except ValueError:
+        if raw is None or raw == "":
             return 0.0
+        try:
+            seconds = float(raw)
+        except ValueError:
+            seconds = math.nan
+        if not math.isfinite(seconds) or seconds < 0:
+            raise HookError(400, "bad_request", "wait must be a number of seconds")
+        return min(seconds, self.max_wait)
 
     async def run(self, request: Request) -> JSONResponse:
         run_id = request.path_params["run_id"]
+        response: JSONResponse | None = None
+        try:
+            response = await self._run(request, run_id)
+        except HookError as exc:
+            response = exc.response()
+        finally:
+            status = response.status_code if response is not None else 500
+            log.log(logging.INFO if status < 400 else logging.WARNING, "GET /runs/%s -> %d", run_id[:80], status)
+        return response
+
+    async def _run(self, request: Request, run_id: str) -> JSONResponse:
+        not_found = HookError(404, "not_found", "no such run of a webhook-enabled workflow")
+        if not _RUN_ID_PATTERN.match(run_id):
+            raise not_found
         try:
             record = await run_in_threadpool(self.engine.store.record, run_id)
         except Exception:
-            return _error(503, "store_unavailable", "the run store is unavailable; retry later")
+            raise HookError(503, "store_unavailable", "the run store is unavailable; retry later",
+                            headers={"Retry-After": "5"}) from None
         workflow = self.workflows.get(record["workflow"]) if record else None
         if record is None or workflow is None or workflow.webhook is None:
-            return _error(404, "no_such_run", f"no run {run_id!r} of a webhook-enabled workflow")
-        denied = self._authenticate(request, workflow, None)
-        if denied is not None:
-            return denied
-        return JSONResponse(record)
+            raise not_found
+        self._check_secret(request, workflow)
+        return JSONResponse(scrub_data(record))
 
     async def health(self, _: Request) -> JSONResponse:
         try:
             await run_in_threadpool(self.engine.store.kv.ping)
         except Exception:
-            return _error(503, "store_unavailable", "the run store is unavailable")
-        return JSONResponse({"ok": True, "workflows": sorted(self.workflows)})
+            return HookError(503, "store_unavailable", "the run store is unavailable").response()
+        return JSONResponse({"ok": True, "hooks": sorted(n for n, w in self.workflows.items() if w.webhook)})
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own answers (unknown path, wrong method) in the same JSON shape as ours."""
+    status = getattr(exc, "status_code", 500)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(status, "http_error")
+    return HookError(status, code, str(getattr(exc, "detail", "")) or "error",
+                     headers=getattr(exc, "headers", None)).response()
+
+
+async def _internal_error(_: Request, exc: Exception) -> JSONResponse:
+    log.error("internal error: %s", type(exc).__name__)
+    return HookError(500, "internal_error", "internal error; the event may not have been saved").response()
 
 
 def create_app(workflows_dir: str | Path, *, engine: Engine | None = None, max_wait: float = 300,
                rate_per_minute: int = 600) -> Starlette:
-    """The ASGI app; ``engine`` defaults to the process's (from the environment)."""
+    """The ASGI app over the workflows of ``workflows_dir``; ``engine`` defaults to the process's."""
     install_log_redaction()
+    workflows = load_workflow_dir(workflows_dir)
     if engine is None:
         from workers.app import engine as default_engine
 
         engine = default_engine()
-    hooks = Hooks(load_workflow_dir(workflows_dir), engine, max_wait=max_wait, rate_per_minute=rate_per_minute)
-    return Starlette(routes=[
+    hooks = Hooks(workflows, engine, max_wait=max_wait, rate_per_minute=rate_per_minute)
+    app = Starlette(exception_handlers={HTTPException: _http_error, Exception: _internal_error}, routes=[
         Route("/hooks/{workflow}", hooks.hook, methods=["POST"]),
         Route("/runs/{run_id}", hooks.run, methods=["GET"]),
         Route("/healthz", hooks.health, methods=["GET"]),
     ])
+    app.state.hooks = hooks
+    return app
 
 
-def serve(workflows_dir: str | Path, host: str = "127.0.0.1", port: int = 8080, *, max_wait: float = 300) -> None:
+def serve(workflows_dir: str | Path, host: str = "127.0.0.1", port: int = 8080, *, max_wait: float = 300,
+          rate_per_minute: int = 600, log_level: str = "info") -> None:
+    """Serve the hooks with uvicorn until interrupted."""
     import uvicorn
 
-    app = create_app(workflows_dir, max_wait=max_wait)
-    # uvicorn's access log would print query strings; our own one-line log says what matters.
-    uvicorn.run(app, host=host, port=port, access_log=False, log_level="info")
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(workflows_dir, max_wait=max_wait, rate_per_minute=rate_per_minute)
+    hooks = sorted(name for name, w in app.state.hooks.workflows.items() if w.webhook)
+    log.info("serving %d hook(s) on http://%s:%d/hooks/: %s", len(hooks), host, port, ", ".join(hooks) or "none")
+    # uvicorn's access log is off: it would print query strings; the line per request above says what matters.
+    uvicorn.run(app, host=host, port=port, access_log=False, log_level=log_level, server_header=False)

@@ -1,0 +1,109 @@
+"""``openai-pack serve | beat``: the commands that trigger workflows from outside (webhooks, cron).
+
+``register(app)`` attaches them to the main CLI; ``python -m workers.cli_serve`` runs them alone.
+Starlette, uvicorn and Celery beat are imported inside the commands, so the rest of the CLI never
+pays for them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from integration.errors import PackError
+from integration.redact import install_log_redaction, scrub
+
+__all__ = ["beat", "register", "serve"]
+
+
+def _fail(error: Exception) -> NoReturn:
+    """The CLI's error contract: a JSON error on stderr, exit 2 for bad input or configuration."""
+    from workers.cli import fail
+
+    fail(error)
+
+
+def _emit(value: Any) -> None:
+    sys.stdout.write(scrub(json.dumps(value, indent=2, ensure_ascii=False, default=str)) + "\n")
+
+
+def serve(
+    workflows: Annotated[Path, typer.Option("--workflows", help="Directory of workflow files; those with "
+                                            "`webhook:` get POST /hooks/<name>.")],
+    host: Annotated[str, typer.Option(help="Interface to listen on (put a TLS proxy in front for others).")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8080,
+    max_wait: Annotated[float, typer.Option("--max-wait", help="Longest ?wait= a caller may ask for, seconds.")]
+    = 300,
+    rate_per_minute: Annotated[int, typer.Option("--rate-per-minute", help="Requests a minute each hook accepts.")]
+    = 600,
+    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning, error.")] = "info",
+) -> None:
+    """Serve POST /hooks/<workflow>, GET /runs/<id> and GET /healthz.
+
+    With OPENAI_PACK_BROKER_URL set, runs go to the shared broker and separate workers run them;
+    without it, a worker inside this process runs them (a laptop setup).
+    """
+    install_log_redaction()
+    from workers.app import settings
+    from workers.embedded import in_process_worker
+    from workers.webhooks import serve as run_server
+
+    if rate_per_minute < 1 or max_wait < 0:
+        _fail(PackError("--rate-per-minute must be at least 1 and --max-wait at least 0"))
+    if settings.embedded:
+        logging.getLogger("openai_pack.webhooks").warning(
+            "OPENAI_PACK_BROKER_URL is not set: this process runs the steps itself")
+    try:
+        with in_process_worker() if settings.embedded else nullcontext():
+            run_server(workflows, host, port, max_wait=max_wait, rate_per_minute=rate_per_minute,
+                       log_level=log_level.lower())
+    except PackError as exc:
+        _fail(exc)
+
+
+def beat(
+    schedules: Annotated[Path, typer.Option("--schedules", help="The schedules file (YAML).")],
+    check: Annotated[bool, typer.Option("--check", help="Only validate the file and print the next fires.")]
+    = False,
+    loglevel: Annotated[str, typer.Option("--loglevel", "-l", help="DEBUG, INFO, WARNING, ERROR.")] = "INFO",
+    schedule_db: Annotated[Path | None, typer.Option("--schedule", help="Beat's state file "
+                                                     "(default: under $OPENAI_PACK_HOME, one per schedules file).")]
+    = None,
+) -> None:
+    """Run the schedules with Celery beat: each cron tick starts one run (needs OPENAI_PACK_BROKER_URL)."""
+    install_log_redaction()
+    from workers.beat import describe_schedules, run_beat, validate_schedules
+
+    try:
+        if check:
+            _emit({"ok": True, "file": str(schedules.resolve()),
+                   "schedules": describe_schedules(validate_schedules(schedules))})
+            return
+        run_beat(schedules, loglevel=loglevel.upper(), schedule_db=schedule_db)
+    except PackError as exc:
+        _fail(exc)
+
+
+def register(app: typer.Typer) -> None:
+    """Attach ``serve`` and ``beat`` to the main CLI."""
+    app.command("serve")(serve)
+    app.command("beat")(beat)
+
+
+def main() -> None:
+    """``python -m workers.cli_serve serve|beat ...``: these two commands without the rest of the CLI."""
+    standalone = typer.Typer(help="Webhooks and schedules.", no_args_is_help=True, add_completion=False,
+                             pretty_exceptions_enable=False)
+    register(standalone)
+    standalone()
+
+
+if __name__ == "__main__":
+    main()
