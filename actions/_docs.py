@@ -14,7 +14,7 @@ __all__ = ["field_rows", "render_action", "render_reference"]
 def _type_text(schema: dict[str, Any], root: dict[str, Any]) -> str:
     schema = resolve_ref(schema, root)
     if "enum" in schema:
-        return " \\| ".join(f"`{v}`" for v in schema["enum"] if v is not None) or "enum"
+        return " | ".join(f"`{v}`" for v in schema["enum"] if v is not None) or "enum"
     branches = schema.get("anyOf") or schema.get("oneOf")
     if branches:
         return " or ".join(dict.fromkeys(_type_text(b, root) for b in branches))
