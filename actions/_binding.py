@@ -64,6 +64,12 @@ def prepare_inputs(manifest: ActionManifest, raw: Any) -> dict[str, Any]:
         raw = {}
     if not isinstance(raw, dict):
         raise InputError([{"field": "", "reason": "must be an object of field values"}], action=manifest.name)
+    for old, name in manifest.aliases.items():  # the seed's names keep working
+        if old in raw:
+            if name in raw:
+                raise InputError([{"field": old, "reason": f"is the old name of {name!r}: give one of them, not both"}],
+                                 action=manifest.name)
+            raw = {(name if k == old else k): v for k, v in raw.items()}
     inputs = coerce_inputs(raw, manifest.input)
     problems = problems_for(inputs, manifest.input)
     if problems:

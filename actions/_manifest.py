@@ -27,6 +27,7 @@ _PATH_PARAM = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 PACK_KEYWORDS = {
     "x-options-from": "the field's choices come from this action's output (e.g. list_models)",
     "x-pack-only": "a pack option, never sent to the API",
+    "x-aliases": "older names the field is still accepted under (e.g. the seed's model_id for model)",
 }
 
 
@@ -95,6 +96,11 @@ class ActionManifest(BaseModel):
     @property
     def properties(self) -> dict[str, Any]:
         return self.input.get("properties", {})
+
+    @cached_property
+    def aliases(self) -> dict[str, str]:
+        """Old field name -> field, from ``x-aliases``."""
+        return {old: name for name, schema in self.properties.items() for old in schema.get("x-aliases", [])}
 
     @cached_property
     def pack_only_fields(self) -> frozenset[str]:

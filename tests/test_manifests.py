@@ -269,16 +269,11 @@ SEED_INPUTS: dict[str, dict[str, Any]] = {
     "retrieve_model": {"model_id": "gpt-4o-mini"},
     "create_moderation": {"input": "I want to kill them.", "model": "text-moderation-latest"},
 }
-_MODEL_ID_GAP = pytest.mark.xfail(
-    reason="the seed's Get Model field is model_id; the spec (and the manifest) call it model, and accepting the "
-           "old name needs an alias the binding does not have yet")
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_MODEL_ID_GAP) if n == "retrieve_model" else n
-                                  for n in EXPECTED])
+@pytest.mark.parametrize("name", EXPECTED)
 def test_seed_fields_are_still_accepted_as_text(name: str) -> None:
     prepared = actions.prepare(name, SEED_INPUTS[name])
-    assert set(prepared) <= set(SEED_INPUTS[name])
+    renamed = {actions.get(name).aliases.get(k, k) for k in SEED_INPUTS[name]}  # e.g. the seed's model_id
+    assert set(prepared) <= renamed
     assert all(not isinstance(v, str) for k, v in prepared.items()
                if actions.get(name).properties[k].get("type") in ("integer", "number", "boolean", "object"))
 
@@ -298,6 +293,12 @@ def test_every_field_rejects_a_wrong_value_naming_it(name: str) -> None:
         with pytest.raises(InputError) as caught:
             actions.prepare(name, base | {field: wrong})
         assert any(p["field"].split("[")[0].split(".")[0] == field for p in caught.value.problems), (field, caught.value)
+
+
+def test_an_old_name_and_its_new_name_together_are_refused() -> None:
+    with pytest.raises(InputError, match="model_id"):
+        actions.prepare("retrieve_model", {"model_id": "gpt-4o", "model": "gpt-4o-mini"})
+    assert actions.prepare("retrieve_model", {"model_id": "gpt-4o"}) == {"model": "gpt-4o"}
 
 
 def test_a_broken_manifest_is_reported_with_its_location() -> None:

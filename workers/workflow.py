@@ -608,7 +608,9 @@ def _check_literal_inputs(step_input: dict[str, Any], action: str, source: str, 
     The whole input is validated against the action, and problems at, inside or above a templated
     value are ignored: ``messages[0].role: robot`` is found even when ``messages[1].content`` is a template.
     """
-    schema = actions.get(action).input
+    manifest = actions.get(action)
+    schema = manifest.input
+    step_input = {manifest.aliases.get(k, k): v for k, v in step_input.items()}  # the seed's old names
     problems = problems_for(coerce_inputs(step_input, schema), schema)
     templated = [path for path, _ in _template_strings(step_input, "")]
     problems = [p for p in problems if not _touches(p["field"], templated)]
