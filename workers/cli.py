@@ -22,6 +22,7 @@ from integration.errors import ConfigError, InputError, ManifestError, PackError
 from integration.model import Integration
 from integration.redact import install_log_redaction, scrub
 from integration.store import IntegrationStore, open_store
+from workers.cli_serve import register as register_serve_commands
 from workers.cli_workflows import register as register_workflow_commands
 
 app = typer.Typer(help="OpenAI actions for workflow automation.", no_args_is_help=True,
@@ -316,6 +317,7 @@ def docs(
 
 
 register_workflow_commands(app)
+register_serve_commands(app)
 
 
 def main() -> None:

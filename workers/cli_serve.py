@@ -53,10 +53,12 @@ def serve(
     install_log_redaction()
     from workers.app import settings
     from workers.embedded import in_process_worker
+    from workers.webhooks import configure_logging
     from workers.webhooks import serve as run_server
 
     if rate_per_minute < 1 or max_wait < 0:
         _fail(PackError("--rate-per-minute must be at least 1 and --max-wait at least 0"))
+    configure_logging(log_level)
     if settings.embedded:
         logging.getLogger("openai_pack.webhooks").warning(
             "OPENAI_PACK_BROKER_URL is not set: this process runs the steps itself")

@@ -1,4 +1,4 @@
-"""``openai-pack worker | workflow | runs | serve | beat``: the commands that need the Celery side.
+"""``openai-pack worker | workflow | runs``: the commands that need the Celery side.
 
 Celery and the run store are imported inside the commands, so ``openai-pack run`` and
 ``actions list`` never pay for importing them.
@@ -220,53 +220,8 @@ def runs_cancel(run_id: str) -> None:
     _emit({"run_id": run_id, "cancelled": cancelled, "status": engine().store.status(run_id)})
 
 
-# ---------------------------------------------------------------- serve and beat
-
-
-def serve(
-    workflows: Annotated[Path, typer.Option(help="Directory of workflow files (those with `webhook:` get a hook).")],
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port.")] = 8080,
-    max_wait: Annotated[float, typer.Option(help="Longest ?wait= a caller may ask for, seconds.")] = 300,
-) -> None:
-    """Serve POST /hooks/<workflow> and GET /runs/<id> (needs OPENAI_PACK_BROKER_URL for separate workers)."""
-    install_log_redaction()
-    from workers.webhooks import serve as run_server
-
-    try:
-        run_server(workflows, host, port, max_wait=max_wait)
-    except PackError as exc:
-        _fail(exc)
-
-
-def beat(
-    schedules: Annotated[Path, typer.Option(help="The schedules file (YAML).")],
-    check: Annotated[bool, typer.Option("--check", help="Only validate the file and print the next fires.")] = False,
-    loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "INFO",
-) -> None:
-    """Run the schedules with Celery beat: each cron tick starts one run."""
-    install_log_redaction()
-    from datetime import UTC, datetime
-
-    from workers.beat import load_schedules, run_beat
-
-    try:
-        entries = load_schedules(schedules)
-        if check:
-            now = datetime.now(UTC)
-            for name, entry in entries.items():
-                console.print(f"[green]ok[/green] {name}: {entry.cron} ({entry.timezone}) → {entry.workflow.name}, "
-                              f"next {entry.next_tick(now).isoformat()}")
-            return
-        run_beat(schedules, loglevel=loglevel)
-    except PackError as exc:
-        _fail(exc)
-
-
 def register(app: typer.Typer) -> None:
     """Attach the worker-side commands to the main CLI."""
     app.command("worker")(worker)
-    app.command("serve")(serve)
-    app.command("beat")(beat)
     app.add_typer(workflow_app, name="workflow")
     app.add_typer(runs_app, name="runs")

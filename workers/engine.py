@@ -88,6 +88,8 @@ class Engine:
             try:
                 self._activate(run_id, [workflow.start])
             except Exception as exc:
+                if idempotency_key:  # let the sender's retry start the run afresh
+                    self.store.kv.delete(f"opk:idem:{idempotency_key}")
                 self.store.update(run_id, status="failed", finished=now_iso(),
                                   error={"code": "dispatch_failed",
                                          "message": f"could not queue the first step: {exc}"})

@@ -70,8 +70,13 @@ class RunStore:
             "created": now_iso(), "started": now_iso(), "finished": None, "output": None, "error": None,
             "inputs": inputs, "definition": workflow, "idempotency_key": idempotency_key,
         }
-        self.kv.batch([("hset", (self._run(run_id), {k: _dump(v) for k, v in header.items()}), {}),
-                       ("zadd", (f"{PREFIX}runs", run_id, time.time()), {})])
+        try:
+            self.kv.batch([("hset", (self._run(run_id), {k: _dump(v) for k, v in header.items()}), {}),
+                           ("zadd", (f"{PREFIX}runs", run_id, time.time()), {})])
+        except Exception:
+            if idempotency_key:  # never leave the key pointing at a run that was not saved
+                self.kv.delete(f"{PREFIX}idem:{idempotency_key}")
+            raise
         return run_id, True
 
     # header -----------------------------------------------------------------------------

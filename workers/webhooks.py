@@ -43,7 +43,7 @@ from workers.engine import Engine
 from workers.runs import FINISHED
 from workers.workflow import Workflow, load_workflow_dir
 
-__all__ = ["MIN_SECRET_LENGTH", "SIGNATURE_WINDOW", "create_app", "serve", "sign"]
+__all__ = ["MIN_SECRET_LENGTH", "SIGNATURE_WINDOW", "configure_logging", "create_app", "serve", "sign"]
 
 log = logging.getLogger("openai_pack.webhooks")
 
@@ -225,16 +225,18 @@ class Hooks:
     async def hook(self, request: Request) -> JSONResponse:
         name = request.path_params["workflow"]
         run_id: str | None = None
-        response: JSONResponse | None = None
+        status = 500  # unless an answer is made below
         try:
-            run_id, response = await self._hook(request, name)
-        except HookError as exc:
-            response = exc.response()
-        finally:
-            status = response.status_code if response is not None else 500
+            try:
+                run_id, response = await self._hook(request, name)
+            except HookError as exc:
+                response = exc.response()
+            status = response.status_code
+            return response
+        finally:  # one line per request, whatever happened; never headers, never the body
+            shown = name if name in self.workflows else "<unknown>"  # a path is caller text: no log injection
             log.log(logging.INFO if status < 400 else logging.WARNING, "POST /hooks/%s -> %d run=%s",
-                    name[:80], status, run_id or "-")
-        return response
+                    shown, status, run_id or "-")
 
     async def _hook(self, request: Request, name: str) -> tuple[str | None, JSONResponse]:
         workflow = self.workflows.get(name)
@@ -306,15 +308,17 @@ class Hooks:
 
     async def run(self, request: Request) -> JSONResponse:
         run_id = request.path_params["run_id"]
-        response: JSONResponse | None = None
+        status = 500
         try:
-            response = await self._run(request, run_id)
-        except HookError as exc:
-            response = exc.response()
+            try:
+                response = await self._run(request, run_id)
+            except HookError as exc:
+                response = exc.response()
+            status = response.status_code
+            return response
         finally:
-            status = response.status_code if response is not None else 500
-            log.log(logging.INFO if status < 400 else logging.WARNING, "GET /runs/%s -> %d", run_id[:80], status)
-        return response
+            shown = run_id if _RUN_ID_PATTERN.match(run_id) else "<invalid>"
+            log.log(logging.INFO if status < 400 else logging.WARNING, "GET /runs/%s -> %d", shown, status)
 
     async def _run(self, request: Request, run_id: str) -> JSONResponse:
         not_found = HookError(404, "not_found", "no such run of a webhook-enabled workflow")
@@ -371,13 +375,19 @@ def create_app(workflows_dir: str | Path, *, engine: Engine | None = None, max_w
     return app
 
 
+def configure_logging(level: str = "info") -> None:
+    """Our one line per request on stderr (uvicorn only sets up its own loggers); HTTP client chatter off."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
 def serve(workflows_dir: str | Path, host: str = "127.0.0.1", port: int = 8080, *, max_wait: float = 300,
           rate_per_minute: int = 600, log_level: str = "info") -> None:
     """Serve the hooks with uvicorn until interrupted."""
     import uvicorn
 
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(log_level)
     app = create_app(workflows_dir, max_wait=max_wait, rate_per_minute=rate_per_minute)
     hooks = sorted(name for name, w in app.state.hooks.workflows.items() if w.webhook)
     log.info("serving %d hook(s) on http://%s:%d/hooks/: %s", len(hooks), host, port, ", ".join(hooks) or "none")
