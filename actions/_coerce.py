@@ -64,9 +64,9 @@ def _types_uncached(schema: dict[str, Any]) -> set[str]:
     if declared is None:
         kinds: set[str] = set()
         if "enum" in schema:
-            kinds |= {_json_type(v) for v in schema["enum"]}
+            kinds |= {json_type(v) for v in schema["enum"]}
         if "const" in schema:
-            kinds.add(_json_type(schema["const"]))
+            kinds.add(json_type(schema["const"]))
         if "properties" in schema:
             kinds.add("object")
         if "items" in schema or "prefixItems" in schema:
@@ -75,7 +75,8 @@ def _types_uncached(schema: dict[str, Any]) -> set[str]:
     return {declared} if isinstance(declared, str) else set(declared)
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """The JSON Schema type name of a decoded JSON value (the simulator uses it for its messages too)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -137,7 +138,7 @@ def _from_text(text: str, kinds: set[str]) -> Any:
             parsed = json.loads(stripped)
         except json.JSONDecodeError:
             return _MISSING
-        if _json_type(parsed) in kinds:
+        if json_type(parsed) in kinds:
             return parsed
     return _MISSING
 
@@ -187,7 +188,7 @@ def _coerce_union(value: Any, branches: list[dict[str, Any]], root: dict[str, An
         if candidate is not value and _fits(candidate, branch, root):
             return candidate
     for branch in branches:
-        if _json_type(value) in _types(branch) or (isinstance(value, int) and "number" in _types(branch)):
+        if json_type(value) in _types(branch) or (isinstance(value, int) and "number" in _types(branch)):
             return coerce_value(value, branch, root)
     return value
 

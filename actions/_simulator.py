@@ -45,6 +45,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from jsonschema import Draft202012Validator, ValidationError
 
+from actions._coerce import json_type
+
 __all__ = ["FAULT_KINDS", "FLAG_WORDS", "MODELS", "ROUTES", "Simulator", "extract_spec", "main", "validate_request"]
 
 BANNER = "OpenAI API SIMULATOR — not the real API"
@@ -233,16 +235,6 @@ _TYPE_WORDS = {"string": "a string", "integer": "an integer", "number": "a numbe
                "object": "an object", "array": "an array", "null": "null"}
 
 
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    return {str: "string", list: "array", dict: "object"}.get(type(value), "value")
 
 
 def _show(value: Any, limit: int = 60) -> str:
@@ -299,7 +291,7 @@ def _explain(error: ValidationError) -> tuple[str, str | None]:
                     types += sub.validator_value if isinstance(sub.validator_value, list) else [sub.validator_value]
         if types:
             return (f"Invalid type for {where}: expected {_expected(types)}, but got "
-                    f"{_TYPE_WORDS.get(_json_type(error.instance), 'a value')} instead.", param)
+                    f"{_TYPE_WORDS.get(json_type(error.instance), 'a value')} instead.", param)
         return f"Invalid value for {where}: it matches none of the accepted shapes.", param
     if error.validator == "required":
         missing = next((name for name in error.validator_value
@@ -309,7 +301,7 @@ def _explain(error: ValidationError) -> tuple[str, str | None]:
     if error.validator == "type":
         types = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
         return (f"Invalid type for {where}: expected {_expected(types)}, but got "
-                f"{_TYPE_WORDS.get(_json_type(error.instance), 'a value')} instead.", param)
+                f"{_TYPE_WORDS.get(json_type(error.instance), 'a value')} instead.", param)
     if error.validator in ("enum", "const"):
         values = error.validator_value if error.validator == "enum" else [error.validator_value]
         return (f"Invalid value for {where}: {_show(error.instance)}. Supported values are: "
@@ -340,7 +332,7 @@ def validate_request(operation_id: str, body: Any) -> tuple[str, str | None, str
         return None
     if not isinstance(body, dict):
         return ("Invalid type for the request body: expected an object, but got "
-                f"{_TYPE_WORDS.get(_json_type(body), 'a value')} instead.", None, None)
+                f"{_TYPE_WORDS.get(json_type(body), 'a value')} instead.", None, None)
     unknown = next((name for name in body if name not in operation.known), None)
     if unknown is not None:
         return f"Unknown parameter: '{unknown}'.", unknown, "unknown_parameter"
