@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -10,71 +11,27 @@ from typing import Any
 import pytest
 
 from integration.errors import InputError, error_from_dict
+from tests.conftest import run_cli
+from tests.fixtures import workflow_path, workflow_text
 from workers.workflow import (
+    MAX_DEPTH,
+    MAX_FILE_BYTES,
+    MAX_STEPS,
+    MAX_VALUES,
     TemplateError,
     Transition,
     Workflow,
     WorkflowError,
+    YAMLLimitError,
     evaluate,
     load_workflow,
     load_workflow_dir,
+    load_yaml,
     parse_workflow,
     render,
 )
 
-TRIAGE = """
-name: ticket-triage
-description: Moderate, summarise and classify an incoming ticket.
-inputs:
-  ticket: {type: string, description: The ticket text, required: true}
-  priority: {type: string, enum: [low, normal, high], default: normal}
-  count: {type: integer, default: 2}
-  comments: {type: array, items: {type: string}, default: []}
-steps:
-  - id: moderate
-    action: create_moderation
-    integration: acme
-    input:
-      input: "{{ inputs.ticket }}"
-    retries: 2
-    timeout: 30
-    redact: [results]
-    on:
-      - if: "{{ steps.moderate.output.results[0].flagged }}"
-        publish: {verdict: rejected}
-        do: reject
-      - when: success
-        if: "{{ not steps.moderate.output.results[0].flagged }}"
-        publish: {verdict: clean, flagged_at: "{{ run.id }}", again: "{{ vars.verdict }}"}
-        do: [summarise, summarise]
-      - when: failure
-        do: [reject]
-      - when: always
-        publish: {seen: true}
-  - id: summarise
-    action: create_chat_completion
-    input:
-      model: gpt-4o-mini
-      temperature: 0.2
-      messages:
-        - {role: system, content: Summarise the ticket.}
-        - {role: user, content: "{{ inputs.ticket }}"}
-  - id: comments
-    action: create_moderation
-    with_items: "{{ inputs.comments }}"
-    concurrency: 10
-    input: {input: "comment {{ index }}: {{ item }}"}
-  - id: reject
-    action: list_models
-    input: {}
-    on: []
-output:
-  summary: "{{ steps.summarise.output.choices[0].message.content }}"
-  verdict: "{{ vars.verdict }}"
-webhook:
-  secret_env: TRIAGE_HOOK_SECRET
-  signature: hmac-sha256
-"""
+TRIAGE = workflow_text("triage.yaml")
 
 
 def _error(text: str, source: str = "wf.yaml") -> WorkflowError:
@@ -219,6 +176,89 @@ def test_load_workflow_dir_skips_other_yaml_and_rejects_duplicate_names(tmp_path
     (tmp_path / "triage2.yml").write_text("name: [")
     with pytest.raises(WorkflowError, match="line"):
         load_workflow_dir(tmp_path)
+
+
+# ---------------------------------------------------------------- loading limits (docs/workflows.md, "Limits")
+
+
+def _one_step(extra: str = "") -> str:
+    return f"name: x\n{extra}steps:\n  - {{id: a, action: list_models}}\n"
+
+
+def test_a_yaml_bomb_is_refused_while_parsing() -> None:
+    error = _error(workflow_text("billion-laughs.yaml"), "lol.yaml")
+    assert error.file == "lol.yaml" and error.line is not None
+    assert f"expands to more than {MAX_VALUES} values" in str(error) and "docs/workflows.md" in str(error)
+    with pytest.raises(YAMLLimitError):  # the schedules file is read by the same bounded reader
+        load_yaml(workflow_text("billion-laughs.yaml"))
+
+
+def test_anchors_and_merge_keys_within_the_limits_still_work() -> None:
+    workflow = load_workflow(workflow_path("anchors.yaml"))
+    assert workflow.step("second").input == {"model": "gpt-4o-mini", "temperature": 0.2,
+                                             "messages": [{"role": "user", "content": "second"}]}
+    assert workflow.step("third").input == workflow.step("first").input
+
+
+@pytest.mark.parametrize(("source", "text"), [
+    ("deep.yaml", "name: deep\nsteps: " + "[" * 50_000 + "]" * 50_000 + "\n"),
+    ("deep-block.yaml", "name: deep\nsteps:\n" + "".join(" " * i + "- \n" for i in range(2, 200))),
+    ("deep.json", '{"name": "deep", "steps": ' + "[" * 50_000 + "]" * 50_000 + "}"),
+    ("deep-below-recursion.json", '{"name": "deep", "steps": ' + "[" * 500 + "]" * 500 + "}"),
+])
+def test_deep_nesting_is_refused_without_a_recursion_error(source: str, text: str) -> None:
+    error = _error(text, source)
+    assert error.file == source and f"nests deeper than {MAX_DEPTH} levels" in str(error)
+
+
+def test_nesting_up_to_the_limit_is_accepted() -> None:
+    def nested(levels: int) -> str:  # the document and `output` are two levels, the lists the rest
+        return _one_step() + "output: {a: " + "[" * (levels - 2) + "]" * (levels - 2) + "}\n"
+
+    for source in ("at-limit.yaml", "at-limit.json"):
+        text = nested(MAX_DEPTH)
+        if source.endswith(".json"):
+            text = json.dumps(load_yaml(text))
+        assert parse_workflow(text, source).output is not None
+        assert f"nests deeper than {MAX_DEPTH}" in str(_error(nested(MAX_DEPTH + 1), "over.yaml"))
+
+
+def test_a_large_json_document_is_refused_by_its_number_of_values() -> None:
+    text = json.dumps({"name": "x", "steps": [{"id": "a", "action": "list_models"}],
+                       "output": {"n": [0] * MAX_VALUES}}, separators=(",", ":"))
+    assert len(text) < MAX_FILE_BYTES
+    error = _error(text, "big.json")
+    assert error.file == "big.json" and f"holds more than {MAX_VALUES} values" in str(error)
+
+
+def test_files_over_the_size_limit_are_refused_before_reading(tmp_path: Path) -> None:
+    path = tmp_path / "big.yaml"
+    path.write_text(_one_step("description: " + "x" * MAX_FILE_BYTES + "\n"))
+    with pytest.raises(WorkflowError) as caught:
+        load_workflow(path)
+    assert caught.value.file == str(path) and f"larger than {MAX_FILE_BYTES}" in str(caught.value)
+    assert f"larger than {MAX_FILE_BYTES} characters" in str(_error(path.read_text(), "text.yaml"))
+    with pytest.raises(WorkflowError, match="larger than"):
+        load_workflow_dir(tmp_path)
+
+
+def test_the_number_of_steps_is_capped() -> None:
+    steps = "".join(f"  - {{id: s{i}, action: list_models}}\n" for i in range(MAX_STEPS + 1))
+    error = _error(f"name: many\nsteps:\n{steps}", "many.yaml")
+    assert error.field == "steps" and f"has {MAX_STEPS + 1} steps, more than {MAX_STEPS}" in str(error)
+
+
+def test_cli_validate_answers_a_huge_or_hostile_file_with_the_error(tmp_path: Path) -> None:
+    """D13: a 10 MB, 100k-step file and a YAML bomb get their error and exit code 2, no traceback."""
+    big = tmp_path / "big.yaml"
+    big.write_text("name: big\nsteps:\n" + "".join(
+        f"  - {{id: s{i}, action: list_models, description: padded to ten megabytes {'x' * 50}}}\n"
+        for i in range(100_000)))
+    assert big.stat().st_size > 10_000_000
+    for path, words in ((big, f"larger than {MAX_FILE_BYTES}"), (workflow_path("billion-laughs.yaml"), "expands")):
+        result = run_cli(dict(os.environ), "workflow", "validate", str(path))
+        assert result.returncode == 2, result.stderr
+        assert words in result.stdout + result.stderr and "Traceback" not in result.stdout + result.stderr
 
 
 # ---------------------------------------------------------------- errors as data

@@ -2,10 +2,11 @@
 
 Loading is bounded so that no file, however written, costs more than a small, known amount of
 memory and time (see ``docs/workflows.md``, "Limits"): a file over ``MAX_FILE_BYTES`` is refused
-before it is read, YAML nesting deeper than ``MAX_DEPTH`` is refused while it is parsed (Python
-would otherwise hit its recursion limit), YAML aliases may not expand the document beyond
-``MAX_VALUES`` values (a 513-byte "billion laughs" file expands to gigabytes), and a workflow may
-hold at most ``MAX_STEPS`` steps. Each limit is a ``WorkflowError`` naming the file.
+before it is read; YAML nesting deeper than ``MAX_DEPTH`` and aliases that expand the document
+beyond ``MAX_VALUES`` values (a 513-byte "billion laughs" file expands to gigabytes) are refused
+from the parser's events, before anything is built (Python would otherwise also hit its recursion
+limit); JSON gets the same depth and size bounds; a workflow holds at most ``MAX_STEPS`` steps.
+Each limit is a ``WorkflowError`` naming the file and the limit.
 """
 
 from __future__ import annotations
@@ -38,11 +39,11 @@ __all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "MAX_STEPS", "MAX_VALUES", "YAMLLimitE
            "load_workflow_dir", "load_yaml", "parse_workflow"]
 
 #: The largest workflow file read (bytes; for text, characters).
-MAX_FILE_BYTES = 1_000_000
+MAX_FILE_BYTES = 512 * 1024
 #: The deepest nesting of mappings and lists.
 MAX_DEPTH = 64
 #: Values (scalars, lists, mappings) in a document once YAML aliases are expanded.
-MAX_VALUES = 200_000
+MAX_VALUES = 100_000
 #: Steps in one workflow.
 MAX_STEPS = 2_000
 
@@ -57,42 +58,13 @@ class YAMLLimitError(yaml.MarkedYAMLError):
     """A YAML document is too deep or expands too far; ``problem`` says which, the mark says where."""
 
 
-class _Loader(yaml.SafeLoader):
+_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~3x faster
+
+
+class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
     """YAML for workflows: only true/false are booleans (YAML 1.1 reads the key ``on:`` as True and
     ``no`` as False), dates stay text, and a key given twice in one mapping is an error, not a silent override.
-
-    Composing is bounded: nesting deeper than ``MAX_DEPTH`` and documents whose aliases expand to
-    more than ``MAX_VALUES`` values are refused while the nodes are built, before any data is.
     """
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._depth = 0
-        self._expanded: dict[int, int] = {}  # id(node) -> values it stands for, aliases expanded
-
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
-        if self.check_event(yaml.AliasEvent):
-            return super().compose_node(parent, index)  # an anchored node: already composed and counted
-        self._depth += 1
-        try:
-            if self._depth > MAX_DEPTH:
-                raise YAMLLimitError(problem=f"nests deeper than {MAX_DEPTH} levels",
-                                     problem_mark=self.peek_event().start_mark)
-            node = super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-        if isinstance(node, yaml.SequenceNode):
-            children = node.value
-        elif isinstance(node, yaml.MappingNode):
-            children = [part for pair in node.value for part in pair]
-        else:
-            children = []
-        size = 1 + sum(self._expanded.get(id(child), 1) for child in children)
-        if size > MAX_VALUES:
-            raise YAMLLimitError(problem=f"expands to more than {MAX_VALUES} values (each use of a YAML alias "
-                                         f"counts what it names)", problem_mark=node.start_mark)
-        self._expanded[id(node)] = size
-        return node
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
@@ -120,8 +92,54 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|Tr
                               list("tTfF"))
 
 
+def _check_yaml_bounds(text: str) -> None:
+    """Walk the parser's events once (no nodes, no data) and refuse a document past the bounds.
+
+    Depth is checked before the composer recurses into it; each alias counts the values of what it
+    names, so a "billion laughs" file is refused at its first oversized alias, having built nothing.
+    """
+    open_sizes: list[int] = []  # values counted so far in each open mapping or list
+    open_anchors: list[str | None] = []
+    anchored: dict[str, int] = {}
+
+    def add(count: int, mark: Any) -> None:
+        if open_sizes:
+            open_sizes[-1] += count
+            if open_sizes[-1] > MAX_VALUES:
+                raise YAMLLimitError(problem=f"expands to more than {MAX_VALUES} values (each use of a YAML "
+                                             f"alias counts what it names)", problem_mark=mark)
+
+    try:
+        for event in yaml.parse(text, Loader=_BaseLoader):
+            if isinstance(event, yaml.CollectionStartEvent):
+                if len(open_sizes) >= MAX_DEPTH:
+                    raise YAMLLimitError(problem=f"nests deeper than {MAX_DEPTH} levels",
+                                         problem_mark=event.start_mark)
+                open_sizes.append(1)
+                open_anchors.append(event.anchor)
+            elif isinstance(event, yaml.CollectionEndEvent):
+                size, anchor = open_sizes.pop(), open_anchors.pop()
+                if anchor is not None:
+                    anchored[anchor] = size
+                add(size, event.start_mark)
+            elif isinstance(event, yaml.ScalarEvent):
+                if event.anchor is not None:
+                    anchored[event.anchor] = 1
+                add(1, event.start_mark)
+            elif isinstance(event, yaml.AliasEvent):
+                add(anchored.get(event.anchor, 1), event.start_mark)
+    except YAMLLimitError:
+        raise
+    except yaml.MarkedYAMLError as exc:  # libyaml stops at 1000 levels by itself, while scanning ahead
+        if "nesting depth" in str(exc.problem):
+            raise YAMLLimitError(problem=f"nests deeper than {MAX_DEPTH} levels",
+                                 problem_mark=exc.problem_mark) from None
+        raise
+
+
 def load_yaml(text: str) -> Any:
     """The one YAML reader of the pack (workflows and schedules); YAMLLimitError past the bounds."""
+    _check_yaml_bounds(text)
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
@@ -146,7 +164,7 @@ def _shape_problem(data: Any) -> str | None:
 def _read(text: str, source: str) -> Any:
     """Parse JSON or YAML into plain JSON data within the bounds; syntax errors name the line and column."""
     if len(text) > MAX_FILE_BYTES:
-        raise WorkflowError(f"is larger than {MAX_FILE_BYTES} characters ({_LIMITS_DOC})", file=source)
+        raise WorkflowError(f"is larger than {MAX_FILE_BYTES} characters; {_LIMITS_DOC}", file=source)
     if source.endswith(".json"):
         try:
             data = json.loads(text)
@@ -154,15 +172,15 @@ def _read(text: str, source: str) -> Any:
             raise WorkflowError(f"not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", file=source,
                                 line=exc.lineno) from None
         except RecursionError:
-            raise WorkflowError(f"nests deeper than {MAX_DEPTH} levels ({_LIMITS_DOC})", file=source) from None
+            raise WorkflowError(f"nests deeper than {MAX_DEPTH} levels; {_LIMITS_DOC}", file=source) from None
     else:
         try:
             data = load_yaml(text)
         except YAMLLimitError as exc:
             mark = exc.problem_mark
             line = mark.line + 1 if mark else None
-            where = f" (from line {line})" if line else ""
-            raise WorkflowError(f"{exc.problem}{where} ({_LIMITS_DOC})", file=source, line=line) from None
+            where = f" at line {line}" if line else ""
+            raise WorkflowError(f"{exc.problem}{where}; {_LIMITS_DOC}", file=source, line=line) from None
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -172,7 +190,7 @@ def _read(text: str, source: str) -> Any:
         except yaml.YAMLError as exc:
             raise WorkflowError(f"not valid YAML: {exc}", file=source) from None
     if problem := _shape_problem(data):
-        raise WorkflowError(f"{problem} ({_LIMITS_DOC})", file=source)
+        raise WorkflowError(f"{problem}; {_LIMITS_DOC}", file=source)
     try:  # YAML allows int keys ({50256: -100}) and binary values; the run record is JSON
         return json.loads(json.dumps(data))
     except (TypeError, ValueError) as exc:
@@ -185,7 +203,7 @@ def _read_file(path: Path) -> str:
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
-            raise WorkflowError(f"is larger than {MAX_FILE_BYTES} bytes ({size} bytes; {_LIMITS_DOC})", file=source)
+            raise WorkflowError(f"is {size} bytes, larger than {MAX_FILE_BYTES}; {_LIMITS_DOC}", file=source)
         return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise WorkflowError(f"cannot read the file: {exc.strerror or exc}", file=source) from None
@@ -277,7 +295,7 @@ def build(data: Any, source: str, *, trusted: bool = False) -> Workflow:
         raise WorkflowError("must be a mapping with `name` and `steps`", file=source)
     steps_given = data.get("steps")
     if isinstance(steps_given, list) and len(steps_given) > MAX_STEPS:
-        raise WorkflowError(f"has {len(steps_given)} steps; a workflow may have at most {MAX_STEPS} ({_LIMITS_DOC})",
+        raise WorkflowError(f"has {len(steps_given)} steps, more than {MAX_STEPS}; {_LIMITS_DOC}",
                             file=source, field="steps")
     check_integrations(data, source)
     if problem := _schema_error(data, source):
