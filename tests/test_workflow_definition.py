@@ -355,6 +355,95 @@ def test_template_errors_name_the_step_and_expression(template: str, reason: str
     assert CONTEXT["inputs"]["tags"] == ["b", "a"]
 
 
+_BIG = "{% set s = 'x' * 1000000 %}"
+
+
+@pytest.mark.parametrize("template", [
+    "{{ 'a' | center(50000000) }}",
+    "text {{ 'a' | center(50000000) }}",
+    "{{ 'a'.center(50000000) }}",
+    "{{ 'a'.ljust(50000000) }}",
+    "{{ 'a'.zfill(50000000) }}",
+    "{{ ('\t' * 1000).expandtabs(100000) }}",
+    "{{ '%50000000s' | format('a') }}",
+    "{{ '%*s' | format(50000000, 'a') }}",
+    "{{ '%50000000s' % 'a' }}",
+    "{{ '{:>50000000}'.format('a') }}",
+    "{{ '{:>{w}}'.format('a', w=50000000) }}",
+    "{{ ('{:>50000000}' | tojson).format(1) }}",
+    "{{ ('x' * 1000000) | replace('x', 'yyyyyyyyyy') }}",
+    "{{ ('x' * 3000000).replace('', 'ab') }}",
+    "{{ 'aaaa'.translate({97: 'x' * 2000000}) }}",
+    "{{ 'a\nb' | indent(50000000) }}",
+    "{{ 'a b' | wordwrap(1, wrapstring='x' * 1000000) }}",
+    "{{ [1] | batch(100000000, 0) | list }}",
+    "{{ [('x' * 1000000)] * 10 }}",
+    _BIG + "{{ [s, s, s, s, s] | join }}",
+    _BIG + "{{ '-'.join([s, s, s, s, s]) }}",
+    _BIG + "{{ [s, s, s, s, s] | tojson }}",
+    _BIG + "{{ [s, s, s, s, s] | string }}",
+    _BIG + "{{ [s, s, s, s, s] }}",
+    _BIG + "{{ [s, s, s, s, s] }} as text",
+    _BIG + "{{ s ~ s ~ s ~ s ~ s }}",
+    _BIG + "{{ s + s + s + s + s }}",
+    _BIG + "{% for i in range(5) %}{{ s }}{% endfor %}",
+    "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+    "{% set ns = namespace(l=['x']) %}{% for i in range(40) %}{% set ns.l = ns.l + ns.l %}{% endfor %}",
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    "{% for i in inputs.tags %}{% for j in range(1000) %}{% for k in range(1000) %}{% endfor %}{% endfor %}"
+    "{% endfor %}",
+])
+def test_templates_cannot_build_huge_values_or_loop_without_end(template: str) -> None:
+    """D14: every operation that can multiply its input is capped before it runs; loops are counted."""
+    with pytest.raises(TemplateError) as caught:
+        render({"field": template}, CONTEXT, step="summarise")
+    error = caught.value
+    assert error.step == "summarise" and error.expression == template and error.reason == "limit"
+    assert str(error).startswith(f"step 'summarise': template {template[:150]}")
+    assert "exceeds a limit of the sandbox" in str(error)
+
+
+def test_rendering_time_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A recursive macro doubles its work at each level without a loop: the clock stops it."""
+    from workers.workflow import templates
+
+    monkeypatch.setattr(templates, "MAX_RENDER_SECONDS", 0.05)
+    template = "{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(60) }}"
+    with pytest.raises(TemplateError) as caught:
+        render(template, CONTEXT, step="slow")
+    assert caught.value.reason == "limit" and caught.value.step == "slow"
+    assert "rendering took longer than 0.05 s" in str(caught.value)
+
+
+def test_templates_within_the_caps_still_work() -> None:
+    assert render("{{ 'a' | center(5) }}|{{ '%3s' % 'b' }}|{{ '{:>3}'.format('c') }}", CONTEXT) == "  a  |  b|  c"
+    assert len(render("{{ 'x' * 1000000 }}", CONTEXT)) == 1_000_000
+    assert render("{{ inputs.tags | join('-') }}{% for i in range(3) %}{{ i }}{% endfor %}", CONTEXT) == "b-a012"
+    assert render("{{ [inputs.tags] * 2 }}", CONTEXT) == [["b", "a"], ["b", "a"]]
+    assert render("{% for t in [1, 2] %}{% for u in [3, 4] %}{{ t * u }}{% endfor %}{% endfor %}", CONTEXT) == "3468"
+
+
+def test_dicts_and_lists_in_text_render_as_json() -> None:
+    assert render("steps: {{ steps }}", CONTEXT) == 'steps: {"list": {"output": {"data": ["x", "y"]}, ' \
+                                                   '"status": "succeeded"}}'
+    assert render("{{ inputs.tags }} and {{ inputs.obj }}", CONTEXT) == '["b", "a"] and {"a": true}'
+    assert render("{{ 'tags: ' ~ inputs.tags }}", CONTEXT) == 'tags: ["b", "a"]'
+    assert json.loads(render("[{{ steps }}, {{ steps.list.output.data }}]", CONTEXT)) == [CONTEXT["steps"], ["x", "y"]]
+    assert render("{{ steps }}", CONTEXT) == CONTEXT["steps"]  # one expression keeps its native value
+
+
+def test_if_truthiness_of_text_and_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As documented in docs/workflows.md: ``if`` reads the rendered text; ``not`` is Jinja's own truthiness."""
+    context = {**CONTEXT, "inputs": {"flag": "false", "real": False}}
+    for text in ("false", "False", " 0 ", "no", "None", "null", ""):
+        assert evaluate("{{ inputs.flag }}", {**context, "inputs": {"flag": text}}) is False, text
+    assert evaluate("{{ inputs.flag }}", context) is False
+    assert evaluate("{{ not inputs.flag }}", context) is False  # "false" is a non-empty string inside Jinja
+    assert evaluate("{{ not inputs.real }}", context) is True  # a declared boolean behaves as expected
+    workflow = parse_workflow("name: x\ninputs:\n  flag: {type: boolean}\nsteps:\n  - {id: a, action: list_models}\n")
+    assert workflow.coerce_inputs({"flag": "false"}) == {"flag": False}
+
+
 def test_templates_are_compiled_once() -> None:
     from workers.workflow import templates as module
 
