@@ -27,6 +27,7 @@ __all__ = ["Scope", "check_action", "check_defaults", "check_integrations", "che
 
 
 def step_label(data: dict[str, Any], index: int) -> str:
+    """A step as errors name it: its id, or ``#3`` when the id itself is missing or wrong."""
     steps = data.get("steps")
     raw = steps[index] if isinstance(steps, list) and index < len(steps) else None
     sid = raw.get("id") if isinstance(raw, dict) else None
@@ -34,6 +35,7 @@ def step_label(data: dict[str, Any], index: int) -> str:
 
 
 def suggest(word: str, choices: Any) -> str:
+    """A " (did you mean ...?)" for a typo, or nothing."""
     hint = difflib.get_close_matches(word, list(choices), n=1)
     return f" (did you mean {hint[0]!r}?)" if hint else ""
 
@@ -93,6 +95,7 @@ def template_problem(text: str, scope: Scope) -> str | None:
 
 
 def check_templates(value: Any, where: str, scope: Scope, source: str, step: str | None) -> None:
+    """Every template inside ``value`` compiles and names only what ``scope`` offers."""
     for path, text in template_strings(value, where):
         problem = template_problem(text, scope)
         if problem:
