@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from integration.model import Integration
 
 __all__ = ["ApiKeyAuth", "api_key_from_text", "api_key_problem", "checked_api_key", "key_fingerprint", "open_secret",
-           "register_sealed_key", "seal_secret"]
+           "register_key_fingerprint", "register_sealed_key", "seal_secret"]
 
 _NAMED_CHARACTERS = {"\r": "a carriage return (CR)", "\n": "a line break (LF)", "\t": "a tab",
                      " ": "a space", "\x7f": "a control character (DEL)"}
@@ -118,6 +118,11 @@ def open_secret(token: str, fernet: MultiFernet) -> SecretStr:
     value = fernet.decrypt(token.encode()).decode()
     register_secret(value)
     return SecretStr(value)
+
+
+def register_key_fingerprint(secret: SecretStr) -> None:
+    """Teach the redactor a key by fingerprint only (for a key this process holds but never sends)."""
+    register_fingerprint(secret.get_secret_value())
 
 
 def register_sealed_key(token: str, fernet: MultiFernet) -> None:
