@@ -96,7 +96,7 @@ class PackError(Exception):
         self.details = {k: v for k, v in details.items() if v is not None}
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self).__name__, self.message, self.details))
+        return (_rebuild, (type(self).__name__, self.message, {**self.details, "retryable": self.retryable}))
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape used on stderr, in run records and in Celery results."""
@@ -337,6 +337,6 @@ def error_from_dict(data: dict[str, Any]) -> PackError:
     PackError.__init__(err, str(data.get("message", "")), **details)
     for key, value in details.items():
         setattr(err, key, value)
-    if "retryable" in data and cls is NoAnswerError:
+    if "retryable" in data and bool(data["retryable"]) != cls.retryable:  # set per instance (NoAnswerError)
         err.retryable = bool(data["retryable"])
     return err
