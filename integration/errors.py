@@ -314,12 +314,15 @@ def __getattr__(name: str) -> Any:
 
 
 def _all_error_classes() -> dict[str, type[PackError]]:
-    """Every class by name; a subclass that reuses its base's name (workers' WorkflowError) wins."""
+    """Every class by name. When two share a name, the one that extends this tree from another module
+    wins: workers' ``WorkflowError`` (a subclass of this one, or still a sibling) is what its records mean."""
     found: dict[str, type[PackError]] = {}
     pending: list[type[PackError]] = [PackError]
     while pending:
         cls = pending.pop()
-        found[cls.__name__] = cls
+        known = found.get(cls.__name__)
+        if known is None or issubclass(cls, known) or (known.__module__ == __name__ and cls.__module__ != __name__):
+            found[cls.__name__] = cls
         pending.extend(cls.__subclasses__())
     return found
 

@@ -83,25 +83,13 @@ def test_records_written_under_the_old_name_come_back_as_no_answer() -> None:
 
 @pytest.mark.parametrize("error", [
     NoAnswerError("sent, no answer", idempotent=True), StoreUnavailableError("redis away", store="runs"),
-    HookError("refused"), WorkflowError("bad", file="f.yaml"), errors.KeyRingError("wrong key", field="K"),
+    HookError("refused"), errors.KeyRingError("wrong key", field="K"),
 ], ids=lambda e: type(e).__name__)
 def test_round_trips_through_pickle_and_dict(error: PackError) -> None:
+    """(WorkflowError and TemplateError are rebuilt as workers' own: tests/test_workflow_definition.py.)"""
     for again in (pickle.loads(pickle.dumps(error)), error_from_dict(error.to_dict())):
         assert type(again) is type(error)
         assert again.to_dict() == error.to_dict()
-
-
-def test_a_workers_subclass_reusing_the_name_is_what_records_rebuild() -> None:
-    """workers/ re-bases its WorkflowError on this one under the same name; records rebuild the subclass."""
-
-    class WorkflowError(errors.WorkflowError):  # the shape workers/workflow.py gives it
-        def __init__(self, reason: str, *, file: str | None = None) -> None:
-            super().__init__(f"{file}: {reason}" if file else reason, file=file, reason=reason)
-
-    stored = WorkflowError("unknown action", file="flow.yaml").to_dict()
-    again = error_from_dict(stored)
-    assert type(again) is WorkflowError and again.exit_code == 2
-    assert isinstance(again, errors.WorkflowError) and again.to_dict() == stored
 
 
 def test_store_errors_are_one_class_to_catch() -> None:
