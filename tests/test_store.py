@@ -691,3 +691,54 @@ def test_features_replace_legacy_edits_and_old_entries_still_load(home: Path, fe
         "old": {"base_url": "http://127.0.0.1:1/v1", "auth": {"placement": "none"}, "legacy_edits": True}}}))
     old = IntegrationStore().get("old")
     assert old.feature("legacy_edits") and not old.feature("anything_else")
+
+
+# ---- the CLI shares the same checks ------------------------------------------------------------
+
+
+def _cli_env(home: Path) -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    env["OPENAI_PACK_HOME"] = str(home)
+    return env
+
+
+@pytest.mark.parametrize(("args", "stdin", "env_key", "field"), [
+    (["--key-stdin"], "sk-proj-CANARY123\rEXTRA\n", None, "--key-stdin"),
+    (["--key-stdin"], "sk-proj-CANARY123\nsk-proj-CANARY456\n", None, "--key-stdin"),
+    (["--key-env", "CUSTOMER_KEY"], None, "sk-proj-CANARY123\rEXTRA", "CUSTOMER_KEY"),
+    (["--key-env", "CUSTOMER_KEY"], None, "sk-proj-CANARY123\x07", "CUSTOMER_KEY"),
+])
+def test_cli_add_refuses_a_key_with_control_characters(home: Path, args: list[str], stdin: str | None,
+                                                        env_key: str | None, field: str) -> None:
+    """D5: `printf 'sk-proj-CANARY123\\rEXTRA\\n' | openai-pack integrations add cr --key-stdin` was accepted."""
+    from tests.conftest import run_cli
+
+    env = _cli_env(home)
+    if env_key is not None:
+        env["CUSTOMER_KEY"] = env_key
+    done = run_cli(env, "integrations", "add", "cr", *args, input_text=stdin)
+    assert done.returncode == 2, done.stderr
+    error = json.loads(done.stderr)["error"]
+    assert error["field"] == field and error["type"] == "ConfigError"
+    assert "CANARY" not in done.stdout + done.stderr and "EXTRA" not in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (home / "integrations.json").exists(), "nothing was stored"
+
+
+def test_cli_add_after_the_key_file_is_gone_exits_2_and_keeps_the_store(home: Path) -> None:
+    """D6: `add` used to exit 0, create a new key file and strand the stored entries."""
+    from tests.conftest import run_cli
+
+    env = _cli_env(home)
+    first = run_cli(env, "integrations", "add", "acme", "--key-stdin", input_text=CANARY + "\n")
+    assert first.returncode == 0, first.stderr
+    (home / "fernet.key").unlink()
+    before = _snapshot(home)
+    again = run_cli(env, "integrations", "add", "beta", "--key-stdin", input_text=OTHER_KEY + "\n")
+    assert again.returncode == 2, again.stderr
+    error = json.loads(again.stderr)["error"]
+    assert error["type"] == "KeyRingError" and error["field"] == "OPENAI_PACK_FERNET_KEYS"
+    assert _snapshot(home) == before and not (home / "fernet.key").exists()
+    assert CANARY not in again.stderr + again.stdout and OTHER_KEY not in again.stderr + again.stdout
