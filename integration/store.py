@@ -205,13 +205,13 @@ class RedisBackend:
 
     def version(self) -> Hashable:
         with self._reachable():
-            raw = self.redis.get(self.version_key)
-        return int(raw) if raw else 0
+            raw: Hashable = self.redis.get(self.version_key)
+        return raw or 0
 
     def read(self) -> tuple[Hashable, bytes | None]:
         with self._reachable():
             raw_version, body = self.redis.mget([self.version_key, self.key])
-        return (int(raw_version) if raw_version else 0), body
+        return raw_version or 0, body
 
     def write(self, body: bytes) -> None:
         with self._reachable():
