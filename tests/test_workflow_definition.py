@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from integration import errors
 from integration.errors import InputError, error_from_dict
 from tests.conftest import run_cli
 from tests.fixtures import workflow_path, workflow_text
@@ -270,6 +271,8 @@ def test_workflow_error_shape_survives_pickle_and_dicts() -> None:
     assert str(WorkflowError("bad", file="t.yaml")) == "t.yaml: bad"
     data = error.to_dict()
     assert data["code"] == "workflow_invalid" and data["retryable"] is False
+    assert isinstance(error, errors.WorkflowError) and error.exit_code == 2  # one error tree
+    assert issubclass(TemplateError, errors.TemplateError) and TemplateError("x").exit_code == 2
     assert (data["file"], data["step"], data["field"]) == ("t.yaml", "summarise", "input.temperature")
     for rebuilt in (pickle.loads(pickle.dumps(error)), error_from_dict(json.loads(json.dumps(data)))):
         assert type(rebuilt) is WorkflowError and str(rebuilt) == str(error)

@@ -1,13 +1,17 @@
-"""The workflow language's two errors: a file that is wrong (load time) and a template that failed (run time)."""
+"""The workflow language's two errors: a file that is wrong (load time) and a template that failed (run time).
+
+Both extend the pack's error tree (``integration.errors``), which gives them their code, category
+and CLI exit code (2); here they gain the file, step, field and expression they name.
+"""
 
 from __future__ import annotations
 
-from integration.errors import PackError
+from integration import errors
 
 __all__ = ["TemplateError", "WorkflowError"]
 
 
-class WorkflowError(PackError):
+class WorkflowError(errors.WorkflowError):
     """A workflow file is wrong; the message says which file, which step and which field.
 
     ``str()``: ``"<file>: step 'summarise': input.messages: <reason>"`` (unknown parts left out).
@@ -15,8 +19,6 @@ class WorkflowError(PackError):
     only restore the details that were set.
     """
 
-    code = "workflow_invalid"
-    retryable = False
     file: str | None = None
     step: str | None = None
     field: str | None = None
@@ -30,11 +32,9 @@ class WorkflowError(PackError):
         self.file, self.step, self.field, self.reason, self.line = file, step, field, reason, line
 
 
-class TemplateError(PackError):
+class TemplateError(errors.TemplateError):
     """A template failed to render (at run time); names the step and the expression."""
 
-    code = "template_error"
-    retryable = False
     step: str | None = None
     expression: str | None = None
     reason: str | None = None
