@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -22,7 +23,17 @@ from jsonschema import Draft202012Validator
 
 import actions
 from actions import simulator as simulator_package
-from actions.simulator import FLAG_WORDS, MODERATION_CATEGORIES, Simulator, sample_for, validate_request
+from actions.simulator import (
+    FLAG_WORDS,
+    MODERATION_CATEGORIES,
+    Simulator,
+    behaviours,
+    options,
+    sample_for,
+    server,
+    spec,
+    validate_request,
+)
 from actions.simulator import extract as spec_extract
 from tests.conftest import CANARY_KEY, REPO_ROOT, SHARED_OPENAPI
 
@@ -592,7 +603,7 @@ def test_max_in_flight_sees_concurrency(simulator: Simulator, client: httpx.Clie
         thread.start()
     for thread in threads:
         thread.join(5)
-    assert simulator.calls == 6 and simulator.in_flight == 0
+    assert simulator.calls == 6 and simulator.in_flight == 0 and simulator.stats()["in_flight"] == 0
     assert 1 < simulator.max_in_flight <= 6
 
 
@@ -780,7 +791,7 @@ def test_every_manifest_route_answers_its_examples_in_the_output_shape(simulator
 @pytest.mark.parametrize("manifest", MANIFESTS, ids=[m.name for m in MANIFESTS])
 def test_every_manifest_default_answer_has_the_output_shape(manifest: actions.ActionManifest) -> None:
     """What an operation answers when no behaviour is registered: its example output (else synthesized)."""
-    answer = simulator_package.behaviours.default_answer(manifest)
+    answer = behaviours.default_answer(manifest)
     assert not list(Draft202012Validator(manifest.output).iter_errors(answer))
 
 
@@ -809,7 +820,7 @@ def test_a_new_manifest_is_served_with_no_other_file(client: httpx.Client) -> No
 
 
 def test_every_spec_operation_synthesizes_an_answer_that_fits_its_response_schema() -> None:
-    operations = simulator_package.spec.operations()
+    operations = spec.operations()
     misfits = []
     for operation_id, operation in operations.items():
         if operation.response_schema is None:
@@ -824,10 +835,10 @@ def test_every_spec_operation_synthesizes_an_answer_that_fits_its_response_schem
 
 def test_multipart_bodies_are_read_as_the_spec_types(simulator: Simulator) -> None:
     """An operation whose spec takes multipart/form-data: text fields get the spec's types, files their name."""
-    operation = simulator_package.spec.operation("createImageEdit")
+    operation = spec.operation("createImageEdit")
     assert operation is not None and "multipart/form-data" in operation.content_types
     types = operation.field_types("multipart/form-data")
-    form = simulator_package.server._parse_multipart(
+    form = server._parse_multipart(
         b'--B\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nadd a hat\r\n'
         b'--B\r\nContent-Disposition: form-data; name="n"\r\n\r\n2\r\n'
         b'--B\r\nContent-Disposition: form-data; name="image[]"; filename="a.png"\r\n'
@@ -874,3 +885,30 @@ def test_in_flight_is_settled_when_the_client_has_its_answer(simulator: Simulato
         client.get(f"{simulator.url}/models")
     stale += [simulator.in_flight] if simulator.in_flight else []
     assert not stale
+
+
+# ---------------------------------------------------------------- the public surface, documented
+
+
+def test_simulate_help_and_docs_name_every_option_and_control_route() -> None:
+    helped = subprocess.run([sys.executable, "-m", "workers.cli", "simulate", "--help"], cwd=REPO_ROOT, text=True,
+                            capture_output=True, timeout=60, env={**os.environ, "COLUMNS": "200"}, check=True).stdout
+    docs = (REPO_ROOT / "docs" / "simulator.md").read_text(encoding="utf-8")
+    flags = ["--" + name.replace("_", "-") for name in options.HELP]
+    assert len(flags) == 8
+    for option in flags:
+        assert option in helped and f"`{option}" in docs, option
+    for route, _ in options.CONTROL_ROUTE_HELP:
+        method, path = route.split()
+        assert route in helped and f"`{method} {path}`" in docs, route
+    assert "not redacted" in helped and "nothing redacted" in docs
+
+
+@pytest.mark.parametrize(("args", "field"), [(["--latency", "nan"], "latency"), (["--port", "70000"], "port"),
+                                             (["--rate-limit-rpm", "0"], "rate_limit_rpm"),
+                                             (["--api-key-env", "SIMULATOR_TEST_UNSET_VARIABLE"], "api_key_env")])
+def test_simulate_refuses_bad_options_with_a_field_named_error(args: list[str], field: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "workers.cli", "simulate", *args], cwd=REPO_ROOT, text=True,
+                          capture_output=True, timeout=60, check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert json.loads(done.stderr)["error"]["field"] == field
