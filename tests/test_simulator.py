@@ -912,3 +912,14 @@ def test_simulate_refuses_bad_options_with_a_field_named_error(args: list[str], 
                           capture_output=True, timeout=60, check=False)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert json.loads(done.stderr)["error"]["field"] == field
+
+
+@pytest.mark.parametrize("raw", [b'{"model": "gpt-4o-mini", "temperature": NaN}', b'{"n": Infinity}',
+                                 b"[" * 100_000 + b"]" * 100_000, b"[" * 200 + b"]" * 200, b'{"a": "\xff"}'],
+                         ids=["nan", "infinity", "100k-deep", "200-deep", "not-utf8"])
+def test_bodies_the_api_cannot_read_get_a_400_not_a_500(simulator: Simulator, client: httpx.Client,
+                                                        raw: bytes) -> None:
+    response = client.post(f"{simulator.url}/chat/completions", content=raw,
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request_error"
+    assert simulator.calls == 1 and simulator.in_flight == 0

@@ -36,6 +36,7 @@ from actions.simulator.state import Faults, RateLimit, Traffic, error_body, faul
 __all__ = ["Simulator"]
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
+MAX_JSON_DEPTH = 128
 HANG_SECONDS = 30.0
 CURRENT_SPEC = next(iter(SPECS))
 SERVER_HEADER = "openai-simulator (NOT the real OpenAI API)"
@@ -326,6 +327,23 @@ def _form_value(text: str, types: set[str]) -> Any:
     return text
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # NaN and Infinity: Python reads them, the API does not
+
+
+def _depth(value: Any) -> int:
+    """How deeply a parsed JSON value nests (iteratively: the value may be deeper than the recursion limit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        deepest = max(deepest, level)
+        if isinstance(node, dict):
+            stack += [(child, level + 1) for child in node.values()]
+        elif isinstance(node, list):
+            stack += [(child, level + 1) for child in node]
+    return deepest
+
+
 # ---------------------------------------------------------------- the app
 
 
@@ -395,10 +413,13 @@ class _Api:
             except (ValueError, UnicodeDecodeError):
                 return None, "We could not parse the multipart body of your request."
         try:
-            return json.loads(raw), None
-        except (ValueError, UnicodeDecodeError):
+            body = json.loads(raw, parse_constant=_refuse_constant)
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return None, ("We could not parse the JSON body of your request. (HINT: This likely means you aren't "
                           "using your HTTP library correctly.)")
+        if _depth(body) > MAX_JSON_DEPTH:
+            return None, f"The JSON body of your request is nested more than {MAX_JSON_DEPTH} levels deep."
+        return body, None
 
     async def _answer(self, request: Request, method: str, path: str, match: Any, body: Any, problem: str | None,
                       size: int, request_id: str, started: float) -> Response | _Drop:
