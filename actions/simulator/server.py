@@ -366,14 +366,13 @@ class _Api:
         content_type = request.headers.get("content-type", "")
         match = sim.routes.match(method, path)
         body, problem = self._parse(raw, content_type, match.route.operation_id if match and match.route else None)
-        query = dict(request.query_params)
+        kept_body = json.loads(sim.mask(json.dumps(body))) if problem is None else sim.mask(raw.decode("utf-8",
+                                                                                                          "replace"))
         request_id = sim._traffic.begin(match.label if match else f"{method} {path}", {
             "method": method, "path": "/v1" + path,
-            "query": {k: sim.mask(v) for k, v in query.items()},
+            "query": {k: sim.mask(v) for k, v in request.query_params.items()},
             "headers": {k: sim.mask(v) for k, v in request.headers.items()},
-            "body": json.loads(sim.mask(json.dumps(body))) if problem is None else sim.mask(raw.decode("utf-8",
-                                                                                                       "replace")),
-            "at": time.time(),
+            "body": kept_body, "at": time.time(),
         })
         ended = False
 

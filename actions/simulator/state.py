@@ -97,8 +97,8 @@ class Traffic:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             self.requests.append(record)
-            if len(self.requests) > 2 * MAX_REQUESTS_KEPT:
-                del self.requests[:-MAX_REQUESTS_KEPT]
+            if len(self.requests) > MAX_REQUESTS_KEPT:
+                del self.requests[:len(self.requests) - MAX_REQUESTS_KEPT]
             self._request_ids += 1
             return f"req_sim_{self._request_ids}"
 
