@@ -906,12 +906,15 @@ def test_simulate_help_and_docs_name_every_option_and_control_route() -> None:
 
 @pytest.mark.parametrize(("args", "field"), [(["--latency", "nan"], "latency"), (["--port", "70000"], "port"),
                                              (["--rate-limit-rpm", "0"], "rate_limit_rpm"),
-                                             (["--api-key-env", "SIMULATOR_TEST_UNSET_VARIABLE"], "api_key_env")])
+                                             (["--api-key-env", "SIMULATOR_TEST_UNSET_VARIABLE"], "api_key_env"),
+                                             (["--api-key-env", "SIMULATOR_TEST_CR_KEY"], "api_key_env")])
 def test_simulate_refuses_bad_options_with_a_field_named_error(args: list[str], field: str) -> None:
+    env = {**os.environ, "SIMULATOR_TEST_CR_KEY": CANARY_KEY + "\rEXTRA"}
     done = subprocess.run([sys.executable, "-m", "workers.cli", "simulate", *args], cwd=REPO_ROOT, text=True,
-                          capture_output=True, timeout=60, check=False)
+                          capture_output=True, timeout=60, check=False, env=env)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert json.loads(done.stderr)["error"]["field"] == field
+    assert CANARY_KEY not in done.stderr
 
 
 @pytest.mark.parametrize("raw", [b'{"model": "gpt-4o-mini", "temperature": NaN}', b'{"n": Infinity}',

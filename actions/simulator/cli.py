@@ -14,6 +14,7 @@ from pathlib import Path
 from actions.simulator.extract import DATA_FILE, DEFAULT_DIRECTORY, extract, write
 from actions.simulator.options import BANNER, CONTROL_ROUTES, DEFAULT_PORT, HELP, Placement
 from actions.simulator.server import Simulator
+from integration.auth import api_key_problem
 from integration.errors import ConfigError
 
 __all__ = ["main", "serve"]
@@ -32,9 +33,12 @@ def serve(port: int = DEFAULT_PORT, *, latency: float = 0.0, api_key_env: str | 
         raise ConfigError(f"rate_limit_rpm must be at least 1, not {rate_limit_rpm}", field="rate_limit_rpm")
     key = None
     if api_key_env:
-        key = os.environ.get(api_key_env, "").strip()
-        if not key:
+        key = os.environ.get(api_key_env, "")
+        if not key.strip():
             raise ConfigError(f"environment variable {api_key_env} is not set or empty", field="api_key_env")
+        problem = api_key_problem(key)  # a CR in a key would make every header check fail in confusing ways
+        if problem is not None:
+            raise ConfigError(f"environment variable {api_key_env}: the API key {problem}", field="api_key_env")
     placement: dict[str, str] = {"placement": auth}
     if auth in ("header", "query"):
         placement |= {"name": auth_name or ("X-Api-Key" if auth == "header" else "api_key"), "prefix": auth_prefix}
