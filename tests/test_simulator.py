@@ -28,9 +28,9 @@ from actions.simulator import (
     MODERATION_CATEGORIES,
     Simulator,
     behaviours,
+    bodies,
     options,
     sample_for,
-    server,
     spec,
     validate_request,
 )
@@ -838,7 +838,7 @@ def test_multipart_bodies_are_read_as_the_spec_types(simulator: Simulator) -> No
     operation = spec.operation("createImageEdit")
     assert operation is not None and "multipart/form-data" in operation.content_types
     types = operation.field_types("multipart/form-data")
-    form = server._parse_multipart(
+    form = bodies.parse_multipart(
         b'--B\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nadd a hat\r\n'
         b'--B\r\nContent-Disposition: form-data; name="n"\r\n\r\n2\r\n'
         b'--B\r\nContent-Disposition: form-data; name="image[]"; filename="a.png"\r\n'

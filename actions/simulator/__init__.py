@@ -10,7 +10,8 @@ example output. Faults, counters, kept requests and an optional rate limit are s
 over the control routes under ``/v1/_sim/``. docs/simulator.md has the whole surface.
 
 Modules: ``server`` (Starlette app, uvicorn lifecycle, the request pipeline), ``routes`` (routes from
-manifests), ``spec`` (validation and synthesized answers from the spec), ``extract`` (makes the spec
+manifests), ``bodies`` (reading JSON and multipart bodies), ``spec`` (validation and synthesized answers
+from the spec), ``extract`` (makes the spec
 data file), ``behaviours`` (answers per operationId), ``state`` (faults, counters, rate limit), ``cli``
 (``serve``, ``main``), ``options`` (the options in words).
 
