@@ -953,3 +953,17 @@ def test_kept_requests_are_bounded(simulator: Simulator, client: httpx.Client,
         client.post(f"{simulator.url}/moderations", json={"input": f"text {n}"})
     assert simulator.calls == 7
     assert [r["body"]["input"] for r in simulator.requests] == ["text 4", "text 5", "text 6"]
+
+
+def test_an_operation_outside_the_spec_is_served_unvalidated(client: httpx.Client) -> None:
+    extra = actions.ActionManifest.model_validate({
+        "name": "create_widget", "title": "Create Widget", "category": "Extras",
+        "description": "An OpenAI-compatible server's extra.", "openapi": {"operationId": "createWidget"},
+        "http": {"method": "POST", "path": "/widgets"},
+        "input": {"type": "object", "additionalProperties": False, "properties": {"size": {"type": "integer"}}},
+        "output": {"type": "object"},
+        "examples": [{"title": "One", "input": {"size": 1}, "output": {"id": "widget_1"}}],
+    })
+    with Simulator(manifests={"create_widget": extra}) as sim:
+        answer = client.post(f"{sim.url}/widgets", json={"anything": ["goes"]})
+        assert answer.status_code == 200 and answer.json() == {"id": "widget_1"}
