@@ -1,0 +1,629 @@
+"""Generate ``manifests/*.json`` from OpenAI's spec plus the hand-written overrides in ``manifests/overrides``.
+
+    python -m actions.spec generate [--spec FILE] [--check]
+
+Every operation of the spec ends up in exactly one row of ``docs/coverage.md``: covered (a manifest),
+folded into another action (the ``?beta=true`` duplicates), or excluded with the reason (what the binder
+cannot do yet). Only operations the generic binder runs honestly today get a manifest.
+
+An override file ``manifests/overrides/<name>.json`` names an operation and says what to change:
+
+- ``"operationId"`` (required): the operation; the file name is the action's name (this is how a badly
+  broken operationId such as ``Getorganizationspendlimit`` gets a readable name);
+- ``"manifest"``: the whole curated manifest, written as is (the seven seed actions);
+- ``"set"``: top-level manifest keys that replace the generated ones (title, description, idempotent, …);
+- ``"fields"``: per input field, keys merged into its schema (``null`` as a value removes that key);
+- ``"exclude"``: a reason; the operation is listed as excluded instead of generated.
+
+The output is deterministic: the same spec and overrides give the same bytes, so a second run changes
+nothing (a test checks it with ``--check``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from actions.simulator.spec import sample_for
+from actions.spec.source import REPO, SpecOperation, converted, load_spec, operations, resolve, spec_label
+
+__all__ = ["COVERAGE_FILE", "MANIFEST_DIR", "OVERRIDE_DIR", "Entry", "Plan", "action_name", "build", "write"]
+
+MANIFEST_DIR = REPO / "manifests"
+OVERRIDE_DIR = MANIFEST_DIR / "overrides"
+COVERAGE_FILE = REPO / "docs" / "coverage.md"
+COMMAND = "make generate  (python -m actions.spec generate)"
+
+_FIELD_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+_BETA_SUFFIX = "?beta=true"
+#: Operations whose streamed answer the binder reassembles (the only ones that may keep a ``stream`` field).
+_ASSEMBLED_STREAMS = {"createChatCompletion": "chat_completion", "createCompletion": "completion"}
+#: Categories for untagged operations, by path prefix (longest first).
+_UNTAGGED = (("/organization", "Administration"), ("/chatkit", "ChatKit"), ("/containers", "Containers"),
+             ("/responses", "Responses"), ("/content_provenance", "Content provenance"))
+_SMALL_WORDS = frozenset({"a", "an", "and", "as", "at", "by", "for", "from", "in", "of", "on", "or", "the", "to",
+                          "with"})
+_ASSISTANTS_SHUTDOWN = ("OpenAI shut the Assistants API down on 2026-08-26 (threads, messages and runs with it); "
+                        "use the Responses and Conversations APIs instead.")
+#: What replaces each operation of the shut-down Assistants group (by operationId).
+_ASSISTANTS_REPLACED_BY = {
+    "listAssistants": "create_response", "createAssistant": "create_response", "getAssistant": "create_response",
+    "modifyAssistant": "create_response", "deleteAssistant": "create_response",
+    "createThread": "create_conversation", "getThread": "get_conversation", "modifyThread": "update_conversation",
+    "deleteThread": "delete_conversation", "listMessages": "list_conversation_items",
+    "createMessage": "create_conversation_items", "getMessage": "get_conversation_item",
+    "modifyMessage": "get_conversation_item", "deleteMessage": "delete_conversation_item",
+    "createThreadAndRun": "create_response", "listRuns": "get_response", "createRun": "create_response",
+    "getRun": "get_response", "modifyRun": "get_response", "cancelRun": "cancel_response",
+    "listRunSteps": "list_input_items", "getRunStep": "list_input_items",
+    "submitToolOuputsToRun": "create_response",
+}
+_PLAIN_EXAMPLE_VALUES = {"model": "gpt-4o-mini"}
+
+
+def action_name(operation_id: str) -> str:
+    """snake_case of an operationId (camelCase, PascalCase or kebab-case); overrides fix the mashed ones."""
+    spaced = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", operation_id.replace("-", "_"))
+    spaced = re.sub(r"(?<=[A-Z])(?=[A-Z][a-z])", "_", spaced)
+    return re.sub(r"_+", "_", spaced).strip("_").lower()
+
+
+@dataclass
+class Entry:
+    """One operation's fate: the action it became, the one it was folded into, or why it was left out."""
+
+    operation: SpecOperation
+    status: str  # covered | folded | excluded
+    name: str
+    reason: str = ""
+    manifest: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    """Everything one generator run produces: manifests by file name and the coverage page."""
+
+    entries: list[Entry]
+    files: dict[str, str]  # file name in manifests/ -> text
+    coverage: str
+
+
+# ---------------------------------------------------------------- overrides
+
+
+def load_overrides(directory: Path = OVERRIDE_DIR) -> dict[str, tuple[str, dict[str, Any]]]:
+    """operationId -> (action name, override), from ``manifests/overrides/<name>.json``."""
+    found: dict[str, tuple[str, dict[str, Any]]] = {}
+    for path in sorted(directory.glob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        unknown = set(data) - {"operationId", "manifest", "set", "fields", "exclude", "why"}
+        if unknown or not isinstance(data.get("operationId"), str):
+            raise ValueError(f"{path}: an override needs operationId and only manifest/set/fields/exclude/why "
+                             f"(unknown: {sorted(unknown)})")
+        if data["operationId"] in found:
+            raise ValueError(f"{path}: operationId {data['operationId']!r} is overridden twice")
+        found[data["operationId"]] = (path.stem, data)
+    return found
+
+
+# ---------------------------------------------------------------- text
+
+
+def _clean(text: Any, limit: int = 400) -> str:
+    """Spec prose as one plain paragraph: markdown links and emphasis dropped, cut at a sentence end."""
+    if not isinstance(text, str):
+        return ""
+    paragraph = text.strip().split("\n\n")[0]
+    paragraph = re.sub(r"\[([^\]]+)\]\([^)]*\)", r"\1", paragraph)
+    paragraph = re.sub(r"[*`]+", "", paragraph)
+    paragraph = re.sub(r"<[^>]+>", "", paragraph)
+    paragraph = " ".join(paragraph.split())
+    if len(paragraph) <= limit:
+        return paragraph
+    cut = paragraph[:limit]
+    end = cut.rfind(". ")
+    return cut[: end + 1] if end > limit // 3 else cut.rstrip() + "…"
+
+
+def _title(operation: SpecOperation) -> str:
+    summary = _clean(operation.raw.get("summary"), 80).rstrip(".") or operation.operation_id
+    words = summary.split()
+    return " ".join(w if (i and w in _SMALL_WORDS) or any(c.isupper() for c in w[1:]) else w[:1].upper() + w[1:]
+                    for i, w in enumerate(words))
+
+
+def _category(operation: SpecOperation) -> str:
+    if operation.tag:
+        return operation.tag
+    for prefix, category in _UNTAGGED:
+        if operation.path.startswith(prefix):
+            return category
+    return operation.path.strip("/").split("/")[0].replace("_", " ").capitalize()
+
+
+def _description(operation: SpecOperation) -> str:
+    summary = _clean(operation.raw.get("summary"), 120).rstrip(".")
+    detail = _clean(operation.raw.get("description"), 500)
+    if detail and not detail.lower().startswith(summary.lower()):
+        return f"{summary}. {detail}" if summary else detail
+    return detail or (summary + ".")
+
+
+# ---------------------------------------------------------------- schemas
+
+
+def _refs(node: Any) -> set[str]:
+    if isinstance(node, list):
+        return set().union(*(_refs(item) for item in node)) if node else set()
+    if not isinstance(node, dict):
+        return set()
+    found = {node["$ref"].removeprefix("#/$defs/")} if isinstance(node.get("$ref"), str) else set()
+    for key, value in node.items():
+        if key not in ("enum", "const", "examples", "default"):
+            found |= _refs(value)
+    return found
+
+
+def _defs_for(roots: Any, spec: dict[str, Any], cache: dict[str, Any]) -> dict[str, Any]:
+    """The ``$defs`` a schema reaches (components converted once per run), sorted by name."""
+    components = spec.get("components", {}).get("schemas", {})
+    defs: dict[str, Any] = {}
+    pending = sorted(_refs(roots))
+    while pending:
+        name = pending.pop()
+        if name in defs or name not in components:
+            continue
+        if name not in cache:
+            cache[name] = converted_component(components[name], name)
+        defs[name] = cache[name]
+        pending.extend(sorted(_refs(defs[name]) - set(defs)))
+    return dict(sorted(defs.items()))
+
+
+def converted_component(schema: Any, name: str) -> Any:
+    from actions.simulator.extract import to_json_schema
+
+    return to_json_schema(schema, name)
+
+
+def _flatten_object(schema: Any, spec: dict[str, Any], depth: int = 0) -> tuple[dict[str, Any], list[str]] | None:
+    """A request body's top-level (properties, required), through $ref and allOf; None for a union body."""
+    schema = resolve(schema, spec)
+    if not isinstance(schema, dict) or depth > 8:
+        return None
+    if schema.get("anyOf") or schema.get("oneOf"):
+        return None
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    for part in schema.get("allOf") or []:
+        flat = _flatten_object(part, spec, depth + 1)
+        if flat is None:
+            return None
+        for key, value in flat[0].items():
+            properties.setdefault(key, value)
+        required += [r for r in flat[1] if r not in required]
+    for key, value in (schema.get("properties") or {}).items():
+        properties[key] = value
+    required += [r for r in schema.get("required") or [] if r not in required]
+    return properties, required
+
+
+def _field_description(raw: Any, spec: dict[str, Any], name: str) -> str:
+    text = _clean(raw.get("description") if isinstance(raw, dict) else None, 300)
+    if not text:
+        text = _clean((resolve(raw, spec) or {}).get("description"), 300)
+    return text or f"The {name.replace('_', ' ')} (see OpenAI's API reference)."
+
+
+def _field_schema(raw: Any, spec: dict[str, Any], name: str) -> dict[str, Any]:
+    schema = converted(raw if raw is not None else {})
+    schema = dict(schema) if isinstance(schema, dict) else {}
+    schema["description"] = _field_description(raw, spec, name)
+    default = raw.get("default") if isinstance(raw, dict) else None
+    if isinstance(default, str | int | float | bool):
+        schema["default"] = default
+    return schema
+
+
+def _is_object_schema(schema: Any, spec: dict[str, Any], depth: int = 0) -> bool:
+    """Whether every answer the schema allows is a JSON object (what the binder returns as output)."""
+    schema = resolve(schema, spec)
+    if not isinstance(schema, dict) or depth > 8:
+        return False
+    if schema.get("type") == "object" or "properties" in schema:
+        return True
+    if any(_is_object_schema(part, spec, depth + 1) for part in schema.get("allOf") or []):
+        return True
+    branches = schema.get("anyOf") or schema.get("oneOf") or []
+    return bool(branches) and all(_is_object_schema(part, spec, depth + 1) for part in branches)
+
+
+#: How many ``$ref`` hops an output schema keeps; deeper shapes are left open (``{}``). Outputs are read,
+#: not validated before a paid call, and the full shapes would make every manifest 100-200 KB.
+OUTPUT_REF_DEPTH = 2
+
+
+def _shallow(node: Any, defs: dict[str, Any], hops: int = 0) -> Any:
+    """A converted schema with its refs inlined up to ``OUTPUT_REF_DEPTH`` hops, open beyond."""
+    if isinstance(node, list):
+        return [_shallow(item, defs, hops) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if isinstance(node.get("$ref"), str):
+        siblings = {k: _shallow(v, defs, hops) for k, v in node.items() if k != "$ref"}
+        target = defs.get(node["$ref"].removeprefix("#/$defs/"))
+        if hops >= OUTPUT_REF_DEPTH or target is None:
+            return siblings
+        inlined = _shallow(target, defs, hops + 1)
+        return {"allOf": [inlined, siblings]} if siblings else inlined
+    return {key: value if key in ("enum", "const") else _shallow(value, defs, hops) for key, value in node.items()}
+
+
+# ---------------------------------------------------------------- one operation
+
+
+class _Excluded(Exception):
+    """The operation cannot be an honest action yet; the message says what it needs."""
+
+
+def _inputs(operation: SpecOperation, spec: dict[str, Any], notes: list[str]) -> tuple[dict[str, Any], list[str],
+                                                                                    str, list[str]]:
+    """(properties, required, encoding, query fields) for the generic binder."""
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    query: list[str] = []
+    for param in operation.parameters:
+        name, where = str(param.get("name")), param.get("in")
+        is_required = bool(param.get("required")) or where == "path"
+        usable = _FIELD_NAME.match(name) and param.get("style") in (None, "form", "simple")
+        if where == "header" or not usable:
+            if is_required:
+                raise _Excluded(f"needs the {where} parameter {name!r}")
+            notes.append(f"optional {where} parameter `{name}` not offered yet (needs "
+                         f"{'header parameters' if where == 'header' else 'bracketed or deepObject query names'})")
+            continue
+        if where not in ("path", "query"):
+            raise _Excluded(f"needs {where} parameters")
+        schema = _field_schema(param.get("schema") or {"type": "string"}, spec, name)
+        if not schema.get("description") or schema["description"].startswith("The "):
+            schema["description"] = _clean(param.get("description"), 300) or schema["description"]
+        if where == "path":
+            if schema.get("type") == "string":
+                schema.setdefault("minLength", 1)
+        else:
+            query.append(name)
+        if "example" in param and isinstance(param["example"], str | int):
+            schema["examples"] = [param["example"]]
+        properties[name] = schema
+        if is_required:
+            required.append(name)
+    request_types = operation.request_types
+    if not request_types:
+        return properties, required, "none", query
+    if "application/json" not in request_types:
+        raise _Excluded(f"needs a {' or '.join(request_types)} request body (file inputs)")
+    flat = _flatten_object(operation.request_schema("application/json"), spec)
+    if flat is None:
+        raise _Excluded("needs a request body that is a union of object shapes")
+    body, body_required = flat
+    stream_kind = _ASSEMBLED_STREAMS.get(operation.operation_id)
+    for name, raw in body.items():
+        if name in properties:
+            raise _Excluded(f"body field {name!r} clashes with a parameter of the same name")
+        if name in ("stream", "stream_options") and stream_kind is None:
+            if name in body_required:
+                raise _Excluded("needs streamed answers assembled for this operation")
+            notes.append(f"`{name}` not offered yet (needs stream assembly for this operation)")
+            continue
+        properties[name] = _field_schema(raw, spec, name)
+    required += [r for r in body_required if r in properties and r not in required]
+    return properties, required, "json", query
+
+
+def _output(operation: SpecOperation, spec: dict[str, Any]) -> Any:
+    status, content = operation.success
+    if not content:
+        raise _Excluded("needs empty answers turned into a small result (the spec declares no response body)")
+    if "application/json" not in content:
+        raise _Excluded(f"needs binary outputs ({', '.join(sorted(content))})")
+    schema = operation.response_schema()
+    if not _is_object_schema(schema, spec):
+        raise _Excluded("needs binary outputs (declared as a JSON string, answered as bytes)")
+    return converted(schema)
+
+
+def _example_output(operation: SpecOperation, output: dict[str, Any]) -> dict[str, Any]:
+    """The spec's example answer when it is JSON and fits the schema, else one synthesized from the schema."""
+    examples = (operation.raw.get("x-oaiMeta") or {}).get("examples")
+    candidates = examples if isinstance(examples, list) else [examples]
+    validator = Draft202012Validator(output)
+    for candidate in candidates:
+        text = candidate.get("response") if isinstance(candidate, dict) else None
+        if not isinstance(text, str):
+            continue
+        try:
+            value = json.loads(re.sub(r",(\s*[}\]])", r"\1", text))  # the spec's examples keep trailing commas
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict) and validator.is_valid(value):
+            return value
+    value = sample_for(output, output, required_only_below=2)
+    if not isinstance(value, dict) or not validator.is_valid(value):
+        raise _Excluded("no example answer fits the response schema")
+    return value
+
+
+def _example_input(properties: dict[str, Any], required: list[str], schema: dict[str, Any]) -> dict[str, Any]:
+    example: dict[str, Any] = {}
+    for name in required:
+        prop = properties[name]
+        if name in _PLAIN_EXAMPLE_VALUES:
+            example[name] = _PLAIN_EXAMPLE_VALUES[name]
+        elif prop.get("examples"):
+            example[name] = prop["examples"][0]
+        elif prop.get("type") == "string" and "enum" not in prop and "pattern" not in prop:
+            example[name] = f"{name.removesuffix('_id')}_abc123" if name.endswith("_id") else f"example {name}"
+        else:
+            example[name] = sample_for(prop, schema, required_only_below=0)
+    if not Draft202012Validator(schema).is_valid(example):
+        raise _Excluded("no example input could be synthesized that fits the input schema")
+    return example
+
+
+def _manifest(operation: SpecOperation, name: str, spec: dict[str, Any], label: str, notes: list[str],
+              defs_cache: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    properties, required, encoding, query = _inputs(operation, spec, notes)
+    output = _output(operation, spec)
+    input_schema: dict[str, Any] = {"type": "object", "additionalProperties": False}
+    if required:
+        input_schema["required"] = required
+    input_schema["properties"] = properties
+    input_defs = _defs_for(properties, spec, defs_cache)
+    if input_defs:
+        input_schema["$defs"] = input_defs
+    output_schema = _shallow(output, _defs_for(output, spec, defs_cache))
+    if not isinstance(output_schema, dict):
+        output_schema = {}
+    http: dict[str, Any] = {"method": operation.method, "path": operation.path}
+    if query:
+        http["query"] = query
+    http["encoding"] = encoding
+    if operation.operation_id in _ASSEMBLED_STREAMS and "stream" in properties:
+        http["stream"] = {"flag": "stream", "assemble": _ASSEMBLED_STREAMS[operation.operation_id]}
+    manifest: dict[str, Any] = {
+        "name": name,
+        "title": _title(operation),
+        "category": _category(operation),
+        "description": _description(operation),
+        "version": "1.0.0",
+        "openapi": {"operationId": operation.operation_id, "spec": label},
+        "http": http,
+        "idempotent": operation.method in ("GET", "DELETE"),
+    }
+    deprecated, replaced_by = _deprecation(operation)
+    if deprecated:
+        manifest["deprecated"] = deprecated
+        if replaced_by:
+            manifest["replaced_by"] = replaced_by
+    manifest["input"] = input_schema
+    manifest["output"] = output_schema
+    if "examples" not in (override.get("set") or {}):
+        example_input = _example_input(properties, required, input_schema)
+        manifest["examples"] = [{"title": "Minimal call", "input": example_input,
+                                 "output": _example_output(operation, output_schema)}]
+    return manifest
+
+
+def _check_examples(manifest: dict[str, Any]) -> None:
+    """Every example (generated or hand-written) fits the schemas, or the action is not shipped."""
+    inputs, outputs = Draft202012Validator(manifest["input"]), Draft202012Validator(manifest["output"])
+    for example in manifest.get("examples") or []:
+        if not inputs.is_valid(example["input"]) or not outputs.is_valid(example["output"]):
+            raise _Excluded(f"example {example['title']!r} does not fit the schemas")
+
+
+def _deprecation(operation: SpecOperation) -> tuple[str | None, str | None]:
+    if operation.operation_id in _ASSISTANTS_REPLACED_BY:
+        return _ASSISTANTS_SHUTDOWN, _ASSISTANTS_REPLACED_BY[operation.operation_id]
+    if operation.raw.get("deprecated"):
+        return "OpenAI marks this operation deprecated in the API reference.", None
+    return None, None
+
+
+def _apply(manifest: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """An override's ``set`` and ``fields`` over a generated manifest (see the module docstring)."""
+    result = dict(manifest)
+    for key, value in (override.get("set") or {}).items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = value
+    properties = result["input"]["properties"]
+    for field_name, changes in (override.get("fields") or {}).items():
+        if field_name not in properties:
+            raise ValueError(f"override of {manifest['name']}: no input field {field_name!r}")
+        merged = dict(properties[field_name])
+        for key, value in changes.items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        properties[field_name] = merged
+    return result
+
+
+# ---------------------------------------------------------------- options-from links
+
+
+def _list_actions(entries: list[Entry]) -> dict[str, str]:
+    """Collection path -> its list action, for covered GETs whose answer is a list and need no input."""
+    found: dict[str, str] = {}
+    for entry in entries:
+        manifest = entry.manifest
+        if entry.status != "covered" or manifest is None or manifest["http"]["method"] != "GET":
+            continue
+        if manifest["input"].get("required") or "{" in manifest["http"]["path"]:
+            continue
+        if "data" in (manifest["output"].get("properties") or {}):
+            found[manifest["http"]["path"]] = manifest["name"]
+    return found
+
+
+def _link_options(entries: list[Entry]) -> None:
+    """``x-options-from``: a path id comes from the list at its collection; a body/query id from the one list
+    whose collection names it (ambiguous names get no link)."""
+    lists = _list_actions(entries)
+    by_field: dict[str, set[str]] = {"model": {"list_models"}}
+    for entry in entries:
+        if entry.status != "covered" or entry.manifest is None:
+            continue
+        path = entry.manifest["http"]["path"]
+        for found in re.finditer(r"\{([a-z_0-9]+)\}", path):
+            collection = path[: found.start()].rstrip("/")
+            if collection in lists:
+                by_field.setdefault(found.group(1), set()).add(lists[collection])
+    names = {entry.name for entry in entries if entry.status == "covered"}
+    for entry in entries:
+        manifest = entry.manifest
+        if entry.status != "covered" or manifest is None or entry.reason == "curated":
+            continue
+        path = manifest["http"]["path"]
+        for field_name, schema in manifest["input"]["properties"].items():
+            if "x-options-from" in schema:
+                continue
+            marker = "{" + field_name + "}"
+            if marker in path:
+                collection = path[: path.index(marker)].rstrip("/")
+                target = lists.get(collection)
+            else:
+                choices = by_field.get(field_name, set())
+                target = next(iter(choices)) if len(choices) == 1 else None
+            if target and target in names and target != manifest["name"]:
+                schema["x-options-from"] = target
+
+
+# ---------------------------------------------------------------- the whole run
+
+
+def build(spec_path: Path, override_dir: Path = OVERRIDE_DIR) -> Plan:
+    """Plan every manifest and the coverage page from the spec and overrides (nothing written)."""
+    spec = load_spec(spec_path)
+    label = spec_label(spec_path)
+    overrides = load_overrides(override_dir)
+    defs_cache: dict[str, Any] = {}
+    entries: list[Entry] = []
+    all_ops = operations(spec)
+    plain = {(op.method, op.path) for op in all_ops if _BETA_SUFFIX not in op.path}
+    for operation in all_ops:
+        name, override = overrides.get(operation.operation_id, (action_name(operation.operation_id), {}))
+        if _BETA_SUFFIX in operation.path and (operation.method, operation.path.replace(_BETA_SUFFIX, "")) in plain:
+            entries.append(Entry(operation, "folded", name, "the `?beta=true` duplicate of the operation at "
+                                 f"`{operation.method} {operation.path.replace(_BETA_SUFFIX, '')}`"))
+            continue
+        if "exclude" in override:
+            entries.append(Entry(operation, "excluded", name, str(override["exclude"])))
+            continue
+        if "manifest" in override:
+            entries.append(Entry(operation, "covered", name, "curated", dict(override["manifest"])))
+            continue
+        notes: list[str] = []
+        try:
+            manifest = _apply(_manifest(operation, name, spec, label, notes, defs_cache, override), override)
+            _check_examples(manifest)
+        except _Excluded as exc:
+            entries.append(Entry(operation, "excluded", name, f"not yet: {exc}"))
+            continue
+        entries.append(Entry(operation, "covered", name, "generated", manifest, notes))
+    _check_names(entries)
+    _link_options(entries)
+    files: dict[str, str] = {}
+    for entry in entries:
+        if entry.status == "covered" and entry.manifest is not None:
+            files[f"{entry.name}.json"] = _dump(entry.manifest)
+    spec_ids = {op.operation_id for op in all_ops}
+    for operation_id, (name, override) in sorted(overrides.items()):
+        if operation_id not in spec_ids and "manifest" in override:  # e.g. create_edit, from the 2023 spec
+            files[f"{name}.json"] = _dump(override["manifest"])
+    return Plan(entries, dict(sorted(files.items())), coverage_page(entries, spec_path, files))
+
+
+def _check_names(entries: list[Entry]) -> None:
+    seen: dict[str, str] = {}
+    for entry in entries:
+        if entry.status != "covered":
+            continue
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", entry.name):
+            raise ValueError(f"{entry.operation.operation_id}: name {entry.name!r} is not snake_case "
+                             "(add manifests/overrides/<name>.json naming the operation)")
+        if entry.name in seen:
+            raise ValueError(f"{entry.operation.operation_id} and {seen[entry.name]} both become {entry.name!r}")
+        seen[entry.name] = entry.operation.operation_id
+
+
+def _dump(manifest: dict[str, Any]) -> str:
+    return json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
+
+
+def coverage_page(entries: list[Entry], spec_path: Path, files: dict[str, str]) -> str:
+    """docs/coverage.md: every operation of the spec in one table, with totals."""
+    counts = {status: sum(e.status == status for e in entries) for status in ("covered", "folded", "excluded")}
+    legacy = sorted(set(files) - {f"{e.name}.json" for e in entries if e.status == "covered"})
+    lines = [
+        "# Coverage of OpenAI's API",
+        "",
+        f"Generated by `{COMMAND}` from `{spec_path.name}`; do not edit by hand.",
+        "",
+        f"{len(entries)} operations: **{counts['covered']} covered** by an action, {counts['folded']} folded into "
+        f"another action, {counts['excluded']} not covered yet (the reason names what the pack still needs).",
+        "",
+        "| method | path | operationId | status | action or reason |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for entry in entries:
+        op = entry.operation
+        what = f"`{entry.name}`" if entry.status == "covered" else entry.reason
+        if entry.status == "folded":
+            what = f"{entry.reason}"
+        if entry.notes:
+            what += " (" + "; ".join(entry.notes) + ")"
+        path = op.path.replace("|", "\\|")
+        lines.append(f"| {op.method} | `{path}` | `{op.operation_id}` | {entry.status} | {what} |")
+    if legacy:
+        lines += ["", "Actions kept from older specs (curated, not in this spec): "
+                  + ", ".join(f"`{name.removesuffix('.json')}`" for name in legacy) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def write(plan: Plan, manifest_dir: Path = MANIFEST_DIR, coverage_file: Path = COVERAGE_FILE) -> list[str]:
+    """Write the plan; manifests no longer produced are removed. Returns the files that changed."""
+    changed: list[str] = []
+    for file_name, text in plan.files.items():
+        target = manifest_dir / file_name
+        if not target.is_file() or target.read_text(encoding="utf-8") != text:
+            target.write_text(text, encoding="utf-8")
+            changed.append(str(target.relative_to(manifest_dir.parent)))
+    for stale in sorted(manifest_dir.glob("*.json")):
+        if stale.name not in plan.files and not stale.name.startswith("_"):
+            stale.unlink()
+            changed.append(str(stale.relative_to(manifest_dir.parent)) + " (removed)")
+    if not coverage_file.is_file() or coverage_file.read_text(encoding="utf-8") != plan.coverage:
+        coverage_file.write_text(plan.coverage, encoding="utf-8")
+        changed.append(str(coverage_file.relative_to(coverage_file.parents[1])))
+    return changed
+
+
+def differences(plan: Plan, manifest_dir: Path = MANIFEST_DIR, coverage_file: Path = COVERAGE_FILE) -> list[str]:
+    """What ``write`` would change, without writing (``--check``)."""
+    found = [name for name, text in plan.files.items()
+             if not (manifest_dir / name).is_file() or (manifest_dir / name).read_text(encoding="utf-8") != text]
+    found += [p.name + " (would be removed)" for p in sorted(manifest_dir.glob("*.json"))
+              if p.name not in plan.files and not p.name.startswith("_")]
+    if not coverage_file.is_file() or coverage_file.read_text(encoding="utf-8") != plan.coverage:
+        found.append(coverage_file.name)
+    return found
