@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint bench redis-server clean
+.PHONY: setup demo test lint bench generate redis-server clean
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,10 @@ test: setup redis-server
 
 lint: setup
 	$(VENV)/bin/ruff check .
+
+# Manifests and docs/coverage.md from OpenAI's spec (../shared/openapi, or SPEC=path) plus manifests/overrides.
+generate: setup
+	$(PY) -m actions.spec generate $(if $(SPEC),--spec $(SPEC))
 
 bench: setup redis-server
 	$(PY) -m bench

@@ -26,15 +26,21 @@ def parser(prog: str = "python -m actions.spec") -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str = "python -m actions.spec") -> int:
     """Exit codes: 0 nothing to do or no drift, 1 files out of date or drift found, 2 bad input."""
     args = parser(prog).parse_args(argv)
+    import yaml
+
     from actions.spec.source import default_spec_path
 
     try:
         if args.command == "generate":
             return _generate(args.spec or default_spec_path(), args.check)
         return _diff(args.new_spec, args.json)
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # a bad spec file is reported, not a traceback
+        sys.stderr.write(f"error: {exc}\n")
         return 2
+
+
+def _say(line: str) -> None:
+    sys.stdout.write(line + "\n")
 
 
 def _generate(spec_path: Path, check: bool) -> int:
@@ -45,14 +51,14 @@ def _generate(spec_path: Path, check: bool) -> int:
     if check:
         stale = differences(plan)
         for name in stale:
-            print(f"out of date: {name}")
-        print(f"{covered} of {len(plan.entries)} operations covered; "
-              f"{'up to date' if not stale else f'{len(stale)} file(s) out of date (run make generate)'}")
+            _say(f"out of date: {name}")
+        _say(f"{covered} of {len(plan.entries)} operations covered; "
+             f"{'up to date' if not stale else f'{len(stale)} file(s) out of date (run make generate)'}")
         return 1 if stale else 0
     changed = write(plan)
     for name in changed:
-        print(f"wrote {name}")
-    print(f"{covered} of {len(plan.entries)} operations covered; {len(changed)} file(s) changed")
+        _say(f"wrote {name}")
+    _say(f"{covered} of {len(plan.entries)} operations covered; {len(changed)} file(s) changed")
     return 0
 
 
@@ -62,5 +68,5 @@ def _diff(new_spec: Path, as_json: bool) -> int:
     from actions.spec.diff import diff_spec
 
     result = diff_spec(new_spec)
-    print(json.dumps(result.as_dict(), indent=2) if as_json else result.text())
+    sys.stdout.write(json.dumps(result.as_dict(), indent=2) + "\n" if as_json else result.text())
     return 1 if result.differs else 0

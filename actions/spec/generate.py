@@ -170,7 +170,7 @@ def _refs(node: Any) -> set[str]:
     return found
 
 
-def _defs_for(roots: Any, spec: dict[str, Any], cache: dict[str, Any]) -> dict[str, Any]:
+def defs_for(roots: Any, spec: dict[str, Any], cache: dict[str, Any]) -> dict[str, Any]:
     """The ``$defs`` a schema reaches (components converted once per run), sorted by name."""
     components = spec.get("components", {}).get("schemas", {})
     defs: dict[str, Any] = {}
@@ -192,7 +192,7 @@ def converted_component(schema: Any, name: str) -> Any:
     return to_json_schema(schema, name)
 
 
-def _flatten_object(schema: Any, spec: dict[str, Any], depth: int = 0) -> tuple[dict[str, Any], list[str]] | None:
+def flatten_object(schema: Any, spec: dict[str, Any], depth: int = 0) -> tuple[dict[str, Any], list[str]] | None:
     """A request body's top-level (properties, required), through $ref and allOf; None for a union body."""
     schema = resolve(schema, spec)
     if not isinstance(schema, dict) or depth > 8:
@@ -202,7 +202,7 @@ def _flatten_object(schema: Any, spec: dict[str, Any], depth: int = 0) -> tuple[
     properties: dict[str, Any] = {}
     required: list[str] = []
     for part in schema.get("allOf") or []:
-        flat = _flatten_object(part, spec, depth + 1)
+        flat = flatten_object(part, spec, depth + 1)
         if flat is None:
             return None
         for key, value in flat[0].items():
@@ -308,7 +308,7 @@ def _inputs(operation: SpecOperation, spec: dict[str, Any], notes: list[str]) ->
         return properties, required, "none", query
     if "application/json" not in request_types:
         raise _Excluded(f"needs a {' or '.join(request_types)} request body (file inputs)")
-    flat = _flatten_object(operation.request_schema("application/json"), spec)
+    flat = flatten_object(operation.request_schema("application/json"), spec)
     if flat is None:
         raise _Excluded("needs a request body that is a union of object shapes")
     body, body_required = flat
@@ -384,10 +384,10 @@ def _manifest(operation: SpecOperation, name: str, spec: dict[str, Any], label: 
     if required:
         input_schema["required"] = required
     input_schema["properties"] = properties
-    input_defs = _defs_for(properties, spec, defs_cache)
+    input_defs = defs_for(properties, spec, defs_cache)
     if input_defs:
         input_schema["$defs"] = input_defs
-    output_schema = _shallow(output, _defs_for(output, spec, defs_cache))
+    output_schema = _shallow(output, defs_for(output, spec, defs_cache))
     if not isinstance(output_schema, dict):
         output_schema = {}
     http: dict[str, Any] = {"method": operation.method, "path": operation.path}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,14 @@ def spec_label(path: Path) -> str:
 
 
 def load_spec(path: Path) -> dict[str, Any]:
-    spec = load_yaml(path)
+    """The parsed spec (cached per file and modification time: callers only read it)."""
+    stat = path.stat()
+    return _load_spec(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@cache
+def _load_spec(path: str, _mtime: int, _size: int) -> dict[str, Any]:
+    spec = load_yaml(Path(path))
     if not isinstance(spec, dict) or not isinstance(spec.get("paths"), dict):
         raise ValueError(f"{path}: not an OpenAPI document (no paths)")
     return spec
@@ -75,7 +83,7 @@ class SpecOperation:
 
     @property
     def request_types(self) -> tuple[str, ...]:
-        return tuple(sorted(((self.raw.get("requestBody") or {}).get("content") or {})))
+        return tuple(sorted((self.raw.get("requestBody") or {}).get("content") or {}))
 
     def request_schema(self, content_type: str) -> Any:
         return (((self.raw.get("requestBody") or {}).get("content") or {}).get(content_type) or {}).get("schema")
