@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from actions.spec.cli import main
 from actions.spec.diff import SpecDiff, diff_spec
-from actions.spec.generate import Plan, action_name, build, differences, write
+from actions.spec.generate import Plan, action_name, build, differences, expected_name, write
 from actions.spec.source import default_spec_path
 
-__all__ = ["Plan", "SpecDiff", "action_name", "build", "default_spec_path", "diff_spec", "differences", "main",
-           "write"]
+__all__ = ["Plan", "SpecDiff", "action_name", "build", "default_spec_path", "diff_spec", "differences",
+           "expected_name", "main", "write"]

@@ -32,7 +32,8 @@ from jsonschema import Draft202012Validator
 from actions.simulator.spec import sample_for
 from actions.spec.source import REPO, SpecOperation, converted, load_spec, operations, resolve, spec_label
 
-__all__ = ["COVERAGE_FILE", "MANIFEST_DIR", "OVERRIDE_DIR", "Entry", "Plan", "action_name", "build", "write"]
+__all__ = ["COVERAGE_FILE", "MANIFEST_DIR", "OVERRIDE_DIR", "Entry", "Plan", "action_name", "build", "differences",
+           "expected_name", "load_overrides", "write"]
 
 MANIFEST_DIR = REPO / "manifests"
 OVERRIDE_DIR = MANIFEST_DIR / "overrides"
@@ -63,6 +64,7 @@ _ASSISTANTS_REPLACED_BY = {
     "listRunSteps": "list_input_items", "getRunStep": "list_input_items",
     "submitToolOuputsToRun": "create_response",
 }
+_STREAM_FIELDS = ("stream", "stream_options")
 _PLAIN_EXAMPLE_VALUES = {"model": "gpt-4o-mini"}
 
 
@@ -71,6 +73,12 @@ def action_name(operation_id: str) -> str:
     spaced = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", operation_id.replace("-", "_"))
     spaced = re.sub(r"(?<=[A-Z])(?=[A-Z][a-z])", "_", spaced)
     return re.sub(r"_+", "_", spaced).strip("_").lower()
+
+
+def expected_name(operation_id: str, override_dir: Path = OVERRIDE_DIR) -> str:
+    """The action name the generator gives an operation: its override file's name, else ``action_name``."""
+    overrides = load_overrides(override_dir)
+    return overrides[operation_id][0] if operation_id in overrides else action_name(operation_id)
 
 
 @dataclass
@@ -189,7 +197,40 @@ def defs_for(roots: Any, spec: dict[str, Any], cache: dict[str, Any]) -> dict[st
 def converted_component(schema: Any, name: str) -> Any:
     from actions.simulator.extract import to_json_schema
 
-    return to_json_schema(schema, name)
+    return without_foreign_keywords(to_json_schema(schema, name))
+
+
+#: JSON Schema 2020-12's keywords; anything else in the spec (``min_items``, a typo for ``minItems``) is dropped
+#: rather than shipped, because every validator would ignore it and the manifest loader refuses it.
+SCHEMA_KEYWORDS = frozenset({
+    "type", "enum", "const", "properties", "required", "additionalProperties", "patternProperties",
+    "propertyNames", "minProperties", "maxProperties", "items", "prefixItems", "minItems", "maxItems", "uniqueItems",
+    "contains", "minContains", "maxContains", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+    "multipleOf", "minLength", "maxLength", "pattern", "allOf", "anyOf", "oneOf", "not", "if", "then", "else",
+    "$ref", "$defs", "dependentRequired", "dependentSchemas", "unevaluatedProperties", "unevaluatedItems",
+    "title", "description", "default", "examples", "deprecated", "readOnly", "writeOnly", "$comment", "format",
+    "contentMediaType", "contentEncoding",
+})
+_SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "dependentSchemas")
+
+
+def without_foreign_keywords(node: Any) -> Any:
+    """A converted schema with every non-2020-12 keyword removed (property names are data, not keywords)."""
+    if isinstance(node, list):
+        return [without_foreign_keywords(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key not in SCHEMA_KEYWORDS and not key.startswith("x-"):
+            continue
+        if key in _SUBSCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {name: without_foreign_keywords(sub) for name, sub in value.items()}
+        elif key in ("enum", "const", "examples", "default", "required", "type"):
+            out[key] = value
+        else:
+            out[key] = without_foreign_keywords(value)
+    return out
 
 
 def flatten_object(schema: Any, spec: dict[str, Any], depth: int = 0) -> tuple[dict[str, Any], list[str]] | None:
@@ -221,8 +262,27 @@ def _field_description(raw: Any, spec: dict[str, Any], name: str) -> str:
     return text or f"The {name.replace('_', ' ')} (see OpenAI's API reference)."
 
 
+def _inline_scalar_refs(schema: Any, spec: dict[str, Any]) -> Any:
+    """A field that refers to a small scalar shape (``PartialImages``: an integer 0-3) gets it inline, at the
+    top and in its anyOf branches, so its type, enum and bounds show in the docs and the checks."""
+    if not isinstance(schema, dict):
+        return schema
+    if isinstance(schema.get("$ref"), str):
+        components = spec.get("components", {}).get("schemas", {})
+        target = components.get(schema["$ref"].removeprefix("#/$defs/"))
+        if isinstance(target, dict):
+            small = without_foreign_keywords(converted(target))
+            if isinstance(small, dict) and not _refs(small) and "properties" not in small and "items" not in small:
+                siblings = {k: v for k, v in schema.items() if k != "$ref"}
+                return {**{k: v for k, v in small.items() if k not in ("description", "title")}, **siblings}
+        return schema
+    if isinstance(schema.get("anyOf"), list):
+        return {**schema, "anyOf": [_inline_scalar_refs(branch, spec) for branch in schema["anyOf"]]}
+    return schema
+
+
 def _field_schema(raw: Any, spec: dict[str, Any], name: str) -> dict[str, Any]:
-    schema = converted(raw if raw is not None else {})
+    schema = _inline_scalar_refs(without_foreign_keywords(converted(raw if raw is not None else {})), spec)
     schema = dict(schema) if isinstance(schema, dict) else {}
     schema["description"] = _field_description(raw, spec, name)
     default = raw.get("default") if isinstance(raw, dict) else None
@@ -280,6 +340,9 @@ def _inputs(operation: SpecOperation, spec: dict[str, Any], notes: list[str]) ->
     query: list[str] = []
     for param in operation.parameters:
         name, where = str(param.get("name")), param.get("in")
+        if name in _STREAM_FIELDS and where == "query" and not param.get("required"):
+            notes.append(f"`{name}` not offered yet (needs stream assembly for this operation)")
+            continue
         is_required = bool(param.get("required")) or where == "path"
         usable = _FIELD_NAME.match(name) and param.get("style") in (None, "form", "simple")
         if where == "header" or not usable:
@@ -316,7 +379,7 @@ def _inputs(operation: SpecOperation, spec: dict[str, Any], notes: list[str]) ->
     for name, raw in body.items():
         if name in properties:
             raise _Excluded(f"body field {name!r} clashes with a parameter of the same name")
-        if name in ("stream", "stream_options") and stream_kind is None:
+        if name in _STREAM_FIELDS and stream_kind is None:
             if name in body_required:
                 raise _Excluded("needs streamed answers assembled for this operation")
             notes.append(f"`{name}` not offered yet (needs stream assembly for this operation)")
@@ -335,7 +398,7 @@ def _output(operation: SpecOperation, spec: dict[str, Any]) -> Any:
     schema = operation.response_schema()
     if not _is_object_schema(schema, spec):
         raise _Excluded("needs binary outputs (declared as a JSON string, answered as bytes)")
-    return converted(schema)
+    return without_foreign_keywords(converted(schema))
 
 
 def _example_output(operation: SpecOperation, output: dict[str, Any]) -> dict[str, Any]:
@@ -359,6 +422,13 @@ def _example_output(operation: SpecOperation, output: dict[str, Any]) -> dict[st
     return value
 
 
+def _minimal_value(prop: dict[str, Any], root: dict[str, Any]) -> Any:
+    """The synthesized sample when it fits, else the first plain value of the right kind that does."""
+    validator = Draft202012Validator({**prop, "$defs": root.get("$defs", {})})
+    candidates = [sample_for(prop, root, required_only_below=0), {}, [], "example", 1, True]
+    return next((value for value in candidates if validator.is_valid(value)), candidates[0])
+
+
 def _example_input(properties: dict[str, Any], required: list[str], schema: dict[str, Any]) -> dict[str, Any]:
     example: dict[str, Any] = {}
     for name in required:
@@ -370,7 +440,7 @@ def _example_input(properties: dict[str, Any], required: list[str], schema: dict
         elif prop.get("type") == "string" and "enum" not in prop and "pattern" not in prop:
             example[name] = f"{name.removesuffix('_id')}_abc123" if name.endswith("_id") else f"example {name}"
         else:
-            example[name] = sample_for(prop, schema, required_only_below=0)
+            example[name] = _minimal_value(prop, schema)
     if not Draft202012Validator(schema).is_valid(example):
         raise _Excluded("no example input could be synthesized that fits the input schema")
     return example
