@@ -146,9 +146,13 @@ def _title(operation: SpecOperation) -> str:
                     for i, w in enumerate(words))
 
 
+#: Tags renamed so generated actions share the seed actions' categories.
+_CATEGORY_NAMES = {"Chat": "Chat Completions"}
+
+
 def _category(operation: SpecOperation) -> str:
     if operation.tag:
-        return operation.tag
+        return _CATEGORY_NAMES.get(operation.tag, operation.tag)
     for prefix, category in _UNTAGGED:
         if operation.path.startswith(prefix):
             return category
@@ -369,9 +373,10 @@ def _inputs(operation: SpecOperation, spec: dict[str, Any], notes: list[str]) ->
     request_types = operation.request_types
     if not request_types:
         return properties, required, "none", query
-    if "application/json" not in request_types:
-        raise _Excluded(f"needs a {' or '.join(request_types)} request body (file inputs)")
-    flat = flatten_object(operation.request_schema("application/json"), spec)
+    content_type = "application/json" if "application/json" in request_types else "multipart/form-data"
+    if content_type not in request_types:
+        raise _Excluded(f"needs a {' or '.join(request_types)} request body")
+    flat = flatten_object(operation.request_schema(content_type), spec)
     if flat is None:
         raise _Excluded("needs a request body that is a union of object shapes")
     body, body_required = flat
@@ -384,9 +389,28 @@ def _inputs(operation: SpecOperation, spec: dict[str, Any], notes: list[str]) ->
                 raise _Excluded("needs streamed answers assembled for this operation")
             notes.append(f"`{name}` not offered yet (needs stream assembly for this operation)")
             continue
-        properties[name] = _field_schema(raw, spec, name)
+        file_schema = _file_schema(raw, spec, name) if content_type == "multipart/form-data" else None
+        properties[name] = file_schema or _field_schema(raw, spec, name)
     required += [r for r in body_required if r in properties and r not in required]
-    return properties, required, "json", query
+    return properties, required, "json" if content_type == "application/json" else "multipart", query
+
+
+def _file_schema(raw: Any, spec: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """A multipart file part (``format: binary``, or a list of them) as the pack's file field, else None."""
+    resolved = resolve(raw, spec)
+    if not isinstance(resolved, dict):
+        return None
+    description = _field_description(raw, spec, name)
+    if resolved.get("type") == "string" and resolved.get("format") == "binary":
+        return {"type": "string", "format": "binary", "description": description}
+    items = resolve(resolved.get("items"), spec)
+    if resolved.get("type") == "array" and isinstance(items, dict) and items.get("format") == "binary":
+        schema: dict[str, Any] = {"type": "array", "items": {"type": "string", "format": "binary"}}
+        for bound in ("minItems", "maxItems"):
+            if bound in resolved:
+                schema[bound] = resolved[bound]
+        return {**schema, "description": description}
+    return None
 
 
 def _output(operation: SpecOperation, spec: dict[str, Any]) -> Any:
@@ -429,7 +453,22 @@ def _minimal_value(prop: dict[str, Any], root: dict[str, Any]) -> Any:
     return next((value for value in candidates if validator.is_valid(value)), candidates[0])
 
 
-def _example_input(properties: dict[str, Any], required: list[str], schema: dict[str, Any]) -> dict[str, Any]:
+#: Tiny valid files for examples of file fields, as data: URLs (a workflow's own form of file content).
+_EXAMPLE_FILES = {
+    "/audio": "data:audio/wav;base64,UklGRiQAAABXQVZFZm10IBAAAAABAAEAQB8AAIA+AAACABAAZGF0YQAAAAA=",
+    "/images": "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8/5+hHgAHggJ/"
+               "PchI7wAAAABJRU5ErkJggg==",
+    "/videos": "data:video/mp4;base64,AAAAGGZ0eXBtcDQyAAAAAG1wNDJpc29t",
+    "": "data:text/plain;base64,SGVsbG8gZnJvbSB0aGUgcGFjaw==",
+}
+
+
+def _example_file(path: str) -> str:
+    return next(url for prefix, url in _EXAMPLE_FILES.items() if path.startswith(prefix))
+
+
+def _example_input(properties: dict[str, Any], required: list[str], schema: dict[str, Any],
+                   path: str = "") -> dict[str, Any]:
     example: dict[str, Any] = {}
     for name in required:
         prop = properties[name]
@@ -437,6 +476,10 @@ def _example_input(properties: dict[str, Any], required: list[str], schema: dict
             example[name] = _PLAIN_EXAMPLE_VALUES[name]
         elif prop.get("examples"):
             example[name] = prop["examples"][0]
+        elif prop.get("format") == "binary":
+            example[name] = _example_file(path)
+        elif prop.get("type") == "array" and (prop.get("items") or {}).get("format") == "binary":
+            example[name] = [_example_file(path)]
         elif prop.get("type") == "string" and "enum" not in prop and "pattern" not in prop:
             example[name] = f"{name.removesuffix('_id')}_abc123" if name.endswith("_id") else f"example {name}"
         else:
@@ -484,7 +527,7 @@ def _manifest(operation: SpecOperation, name: str, spec: dict[str, Any], label: 
     manifest["input"] = input_schema
     manifest["output"] = output_schema
     if "examples" not in (override.get("set") or {}):
-        example_input = _example_input(properties, required, input_schema)
+        example_input = _example_input(properties, required, input_schema, operation.path)
         manifest["examples"] = [{"title": "Minimal call", "input": example_input,
                                  "output": _example_output(operation, output_schema)}]
     return manifest
