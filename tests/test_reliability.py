@@ -95,7 +95,7 @@ def test_2_non_retryable_errors_cost_exactly_one_call(pack: Any, simulator: Simu
     if status == 401:
         health = pack.engine().integration_health("sim")
         assert health is not None and health["ok"] is False
-        pack.engine().store.kv.delete("opk:health:sim")
+        pack.engine().store.clear_integration_health("sim")
 
 
 # 3 ---------------------------------------------------------------- 5xx

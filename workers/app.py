@@ -20,7 +20,7 @@ from celery.exceptions import Reject
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init
 
 import actions
-from integration.errors import PackError, RateLimitedError
+from integration.errors import PackError
 from integration.redact import install_log_redaction, scrub, scrub_data
 from workers.engine import Engine
 from workers.requeue import Requeue
@@ -43,8 +43,11 @@ def _configure(app: Celery, settings: Settings) -> None:
         transport_options = {
             # A crashed worker's unacknowledged step is handed to another worker after this long.
             "visibility_timeout": settings.visibility_timeout,
-            # ... and the check for such messages runs this often (kombu's default is 60 s).
-            "unacked_restore_interval": min(10.0, settings.visibility_timeout / 4),
+            # ... and the check for such messages runs this often. kombu scans only on every
+            # `unacked_restore_throttle`-th check (default 10): 1 makes every check scan, so a
+            # crashed worker's message is back within visibility_timeout + this interval.
+            "unacked_restore_interval": settings.restore_interval,
+            "unacked_restore_throttle": 1,
             "health_check_interval": 10,
         }
     app.conf.update(
@@ -160,35 +163,35 @@ def ping(counter: str | None = None) -> str:
 
 
 def _action_task(name: str) -> Task:
-    """``openai.<name>``: run the action with (inputs, integration name); returns the output."""
+    """``openai.<name>``: run the action with (inputs, integration name); returns the output.
 
-    @app.task(name=f"openai.{name}", bind=True, acks_late=True)
+    The same ledgered call as a workflow step (``workers.calls``): a redelivered message returns the
+    stored output or, for a paid call whose answer never came, ``outcome_unknown``; waits are
+    re-queued. The task's lease (kept alive while it runs) makes a redelivery of a slow call wait
+    instead of calling again.
+    """
+
+    @app.task(name=f"openai.{name}", bind=True, acks_late=True, max_retries=None)
     def run_action(self: Task, inputs: dict[str, Any] | str | None = None,
-                   integration: str | None = None) -> dict[str, Any]:
-        manifest = actions.get(name)
-        ledger = engine().ledger
+                   integration: str | None = None) -> Any:
         key = f"task:{self.request.id}"
-        stored = ledger.begin(key, idempotent=manifest.is_idempotent, what=f"task openai.{name}")
-        if stored is not None:
-            return stored  # type: ignore[no-any-return]
+        owner = f"{self.request.id}:{self.request.hostname}:{os.getpid()}:{threading.get_ident()}"
+        leases = engine().store.leases
         try:
-            output = actions.execute(name, inputs, integration, options=engine().call_options()).output
+            if not leases.acquire(key, owner, settings.lease_ttl):
+                raise Requeue(min(2.0, settings.max_countdown), "another delivery of this task is running")
+            try:
+                result = engine().calls.call(name, inputs, integration, key=key, what=f"task openai.{name}",
+                                             requeues=lambda: self.request.retries + 1)
+                if result.done_op is not None:
+                    engine().ledger.write(result.done_op)
+            finally:
+                leases.release(key, owner)
         except Requeue as wait:
-            ledger.release(key)
             raise self.retry(countdown=min(wait.countdown, settings.max_countdown), max_retries=None) from None
-        except RateLimitedError as exc:
-            ledger.release(key)
-            if exc.retryable and exc.retry_after is not None and self.request.retries < settings.max_requeues:
-                raise self.retry(countdown=min(exc.retry_after, settings.max_countdown), exc=None) from None
-            raise _plain(exc) from None
         except PackError as exc:
-            from integration.errors import TimeoutError as NoAnswer
-
-            if not isinstance(exc, NoAnswer):
-                ledger.release(key)
             raise _plain(exc) from None
-        ledger.done(key, output)
-        return output
+        return result.output
 
     run_action.__doc__ = f"Run the {name} action (manifests/{name}.json)."
     return run_action

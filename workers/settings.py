@@ -49,6 +49,21 @@ class Settings:
     max_requeues: int
 
     @property
+    def lease_ttl(self) -> float:
+        """How long a running step's lease lives between heartbeats (they come every third of it).
+
+        Short on purpose and independent of how long a call may take: the heartbeat keeps a slow
+        call's lease alive, and after a crash the lease lapses this soon, so the redelivered step
+        is not held back (the visibility timeout still decides when it is redelivered).
+        """
+        return max(2.0, min(10.0, self.visibility_timeout / 2))
+
+    @property
+    def restore_interval(self) -> float:
+        """Seconds between the broker's sweeps for unacknowledged messages of crashed workers."""
+        return min(10.0, self.visibility_timeout / 4)
+
+    @property
     def embedded(self) -> bool:
         return self.broker_url.startswith("memory://")
 

@@ -269,7 +269,7 @@ def fire_schedule(self: Task, name: str, schedules_path: str, fired_at: str | No
         run_id, created = engine().start_run(workflow, entry.inputs,
                                              trigger={"type": "schedule", "schedule": name, "tick": tick},
                                              idempotency_key=f"schedule:{name}:{tick}")
-    except (OSError, ConnectionError, *StoreError) as exc:  # the store is away: the tick's key makes a retry safe
+    except (OSError, ConnectionError, StoreError) as exc:  # the store is away: the tick's key makes a retry safe
         if self.request.called_directly:
             raise
         log.warning("schedule %s tick %s: store unavailable (%s); retrying", name, tick, type(exc).__name__)
