@@ -54,8 +54,9 @@ def _configure(app: Celery, settings: Settings) -> None:
         broker_url=settings.broker_url,
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
-        result_backend=None,
-        task_ignore_result=True,
+        result_backend=settings.result_backend,
+        task_ignore_result=settings.result_backend is None,
+        result_expires=24 * 3600,
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
@@ -110,7 +111,7 @@ def engine() -> Engine:
     return Engine(RunStore(store), Ledger(store), settings, _dispatch, Budget(settings.store_url, store))
 
 
-@app.task(name=STEP_TASK, bind=True, acks_late=True, max_retries=None)
+@app.task(name=STEP_TASK, bind=True, acks_late=True, max_retries=None, ignore_result=True)
 def step_task(self: Task, run_id: str, step_id: str, item: int | None = None) -> None:
     """One workflow step (or fan-out item); re-queued, not slept, when it must wait."""
     owner = f"{self.request.id}:{self.request.hostname}:{os.getpid()}:{threading.get_ident()}"
