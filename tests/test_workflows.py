@@ -315,3 +315,19 @@ def test_redacted_field_is_absent_from_every_redis_key_after_the_run(pack: Any, 
     haystack = "\n".join(dump)
     assert f"ledger:{record['id']}:single:" in haystack and f"ledger:{record['id']}:items:2" in haystack
     assert "ZQXJ-42" not in haystack, haystack[max(0, haystack.find("ZQXJ-42") - 300):haystack.find("ZQXJ-42") + 50]
+
+
+def test_embedded_worker_honours_the_workflows_concurrency(worker_env: dict[str, str], simulator: Any,
+                                                           tmp_path: Path) -> None:
+    """issue 10: the embedded default ran at most 8 calls at once whatever `concurrency:` said."""
+    env = {k: v for k, v in worker_env.items() if k not in ("OPENAI_PACK_BROKER_URL", "OPENAI_PACK_STORE_URL")}
+    env["OPENAI_PACK_HOME"] = worker_env["OPENAI_PACK_HOME"]  # the integrations; runs go to its SQLite file
+    simulator.add_fault({"path": "/chat/completions", "kind": "latency", "latency": 0.6, "times": -1})
+    path = tmp_path / "wide.yaml"
+    path.write_text(FANOUT.replace("concurrency: 5", "concurrency: 20"))
+    records = json.dumps({"records": [str(i) for i in range(40)]})
+    done = run_cli(env, "workflow", "run", str(path), "--input", records, "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status"] == "succeeded"
+    assert simulator.calls == 40
+    assert 8 < simulator.max_in_flight <= 20, simulator.max_in_flight
