@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from workers.state.kv import KV, RedisKV, SqliteKV, StoreError, open_kv
+from integration.errors import PackError, StoreError, StoreUnavailableError
+from workers.state.kv import KV, RedisKV, SqliteKV, open_kv
 from workers.state.leases import Leases
 from workers.state.runs import RunStore
 
@@ -83,6 +84,7 @@ def test_an_unreachable_store_raises_store_error_not_the_drivers_error() -> None
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # closed again below: nothing listens there
     store = open_kv(f"redis://127.0.0.1:{port}/0")
-    with pytest.raises(StoreError, match="run store: ConnectionError"):
+    with pytest.raises(StoreUnavailableError, match="run store: ConnectionError") as caught:
         store.get("anything")
-    assert StoreError.retryable is True
+    assert isinstance(caught.value, StoreError) and isinstance(caught.value, PackError)
+    assert caught.value.retryable and caught.value.to_dict()["category"] == "store"

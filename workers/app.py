@@ -20,13 +20,13 @@ from celery.exceptions import Reject
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init
 
 import actions
-from integration.errors import PackError
+from integration.errors import PackError, StoreError
 from integration.redact import install_log_redaction, scrub, scrub_data
 from workers.engine import Engine
 from workers.requeue import Requeue
 from workers.settings import Settings
 from workers.state.budget import Budget
-from workers.state.kv import KV, StoreError, open_kv
+from workers.state.kv import KV, open_kv
 from workers.state.ledger import Ledger
 from workers.state.runs import RunStore
 
@@ -90,6 +90,8 @@ def reconfigure(new: Settings | None = None) -> Settings:
     _configure(app, settings)
     app._pool = None  # the next send opens a connection to the new broker
     app.amqp._producer_pool = None
+    app._backend_cache = None  # ... and the result backend (Celery caches it per app, or per thread)
+    app._local.__dict__.pop("backend", None)
     kv.cache_clear()
     engine.cache_clear()
     return settings

@@ -27,8 +27,14 @@ from typing import TYPE_CHECKING, Any
 
 import actions
 from actions import CallOptions
-from integration.errors import AuthenticationError, OutcomeUnknownError, PackError, RateLimitedError
-from integration.errors import TimeoutError as NoAnswer
+from integration.errors import (
+    AuthenticationError,
+    NoAnswerError,
+    OutcomeUnknownError,
+    PackError,
+    RateLimitedError,
+    StoreError,
+)
 from integration.model import Integration
 from workers.requeue import Requeue
 from workers.settings import Settings
@@ -111,7 +117,7 @@ class LedgeredCalls:
                                      already_prepared=True)
         except OutcomeUnknownError:
             raise
-        except NoAnswer as exc:
+        except NoAnswerError as exc:
             if manifest.is_idempotent:
                 self.ledger.release(key)
                 raise
@@ -121,6 +127,8 @@ class LedgeredCalls:
         except Requeue:
             self.ledger.release(key)
             raise
+        except StoreError:
+            raise  # the claim stays: the call may have gone out; the task retries when the store is back
         except RateLimitedError as exc:
             self.ledger.release(key)
             if exc.retryable and exc.retry_after is not None and requeues() <= self.settings.max_requeues:

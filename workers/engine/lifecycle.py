@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from integration.errors import PackError
+from integration.errors import PackError, StoreError
 from integration.model import Integration
 from integration.redact import scrub_data
 from integration.store import resolve
@@ -22,7 +22,7 @@ from workers.engine.context import TemplateContext
 from workers.engine.fanout import FanOut
 from workers.requeue import Requeue
 from workers.settings import Settings
-from workers.state.kv import Op, StoreError
+from workers.state.kv import Op
 from workers.state.ledger import Ledger
 from workers.state.runs import FINISHED, RunStore, now_iso
 from workers.workflow import Workflow, render
@@ -166,12 +166,10 @@ class Engine:
                 step.action, inputs, self._integration(step.integration, step.timeout), key=ledger_key,
                 what=f"step {step_id!r}", max_retries=step.retries, redact_paths=tuple(step.redact),
                 requeues=lambda: self.store.count(run_id, f"requeues:{ledger_key}"))
-        except Requeue:
-            raise
+        except (Requeue, StoreError, OSError, ConnectionError):
+            raise  # waits go back to the queue; an unreachable store makes the task retry (the ledger guards the call)
         except PackError as exc:
             return self.failed(record, exc), None, []
-        except (OSError, ConnectionError, StoreError):
-            raise  # the store is unreachable: the task retries; the call itself is covered by the ledger
         except Exception as exc:  # a bug must still end the step, not wedge the run
             log.exception("step %s of run %s raised unexpectedly", step_id, run_id)
             return self.failed(record, PackError(f"internal error: {type(exc).__name__}: {exc}")), None, []

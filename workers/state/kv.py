@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 from redis.exceptions import RedisError
 
-from integration.errors import ConfigError
+from integration.errors import ConfigError, StoreError, StoreUnavailableError
 
 __all__ = ["KV", "Op", "RedisKV", "SqliteKV", "StoreError", "open_kv", "store_failures"]
 
@@ -30,35 +30,26 @@ C = TypeVar("C", bound=type)
 Op = tuple[str, tuple[Any, ...], dict[str, Any]]
 
 
-class StoreError(Exception):
-    """The run store itself failed (Redis away, SQLite locked), as opposed to the step it serves.
-
-    Every ``KV`` method raises this, never the driver's own exception, so callers tell "retry when
-    the store is back" from a step's failure with one ``except``.
-    """
-
-    code = "store_unavailable"
-    retryable = True
-
-
 @contextmanager
 def store_failures() -> Iterator[None]:
-    """Re-raise a driver's failure inside the block as ``StoreError`` (for code that talks to Redis itself)."""
+    """Re-raise a driver's failure inside the block as ``StoreUnavailableError`` (for code that talks to Redis
+    itself). Every ``KV`` method does the same, so callers tell "retry when the store is back" from a
+    step's failure with one ``except StoreError`` (``integration.errors``; re-exported here)."""
     try:
         yield
     except (RedisError, sqlite3.Error) as exc:
-        raise StoreError(f"run store: {type(exc).__name__}: {exc}") from exc
+        raise StoreUnavailableError(f"run store: {type(exc).__name__}: {exc}") from exc
 
 
 def _translated(method: Callable[..., T]) -> Callable[..., T]:
-    """Re-raise the driver's failures as ``StoreError`` (the cause stays chained for the log)."""
+    """Re-raise the driver's failures as ``StoreUnavailableError`` (the cause stays chained for the log)."""
 
     @functools.wraps(method)
     def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
             return method(*args, **kwargs)
         except (RedisError, sqlite3.Error) as exc:
-            raise StoreError(f"run store: {type(exc).__name__}: {exc}") from exc
+            raise StoreUnavailableError(f"run store: {type(exc).__name__}: {exc}") from exc
 
     return wrapper
 

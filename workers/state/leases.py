@@ -15,7 +15,7 @@ import os
 import threading
 from typing import TYPE_CHECKING
 
-from workers.state.kv import StoreError
+from integration.errors import StoreError
 
 if TYPE_CHECKING:
     from workers.state.kv import KV

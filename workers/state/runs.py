@@ -62,6 +62,10 @@ class RunStore:
     def _run(run_id: str, part: str = "") -> str:
         return f"{PREFIX}run:{run_id}{':' + part if part else ''}"
 
+    def ping(self) -> bool:
+        """The store answers (health checks)."""
+        return self.kv.ping()
+
     # creating ---------------------------------------------------------------------------
     def create(self, *, workflow: dict[str, Any], inputs: dict[str, Any], trigger: dict[str, Any],
                idempotency_key: str | None = None) -> tuple[str, bool]:
