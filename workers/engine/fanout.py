@@ -61,27 +61,19 @@ class FanOut:
         for index in range(min(step.concurrency, total)):
             engine.dispatch(run_id, step_id, index, None)
 
-    def run_item(self, run_id: str, workflow: Workflow, step_id: str, index: int, *, cancelled: bool,
-                 lease: tuple[str, str]) -> int | None:
+    def run_item(self, run_id: str, workflow: Workflow, step_id: str, index: int, *, cancelled: bool) -> int | None:
         """Run (or replay) one item; returns the index this slot should run next, if any."""
         total, record, item = self.store.item_state(run_id, step_id, index)
         record = record or {}
         replay = record.get("status") in FINISHED
         if not replay:
             if cancelled:
-                self.store.save_item_result(run_id, step_id, index, {"status": "cancelled", "finished": now_iso()})
-                record = {"status": "cancelled"}
+                record, full_output, done = {"status": "cancelled", "finished": now_iso()}, None, []
             else:
                 record, full_output, done = self.engine.execute(run_id, workflow, step_id, record, item, index)
-                if self.store.leases.lost(*lease):
-                    # Our lease lapsed mid-call and another delivery may have recorded the item meanwhile:
-                    # keep the paid result in the ledger, but the record that was written first stands.
-                    current = self.store.item(run_id, step_id, index) or {}
-                    if current.get("status") in FINISHED:
-                        self.store.save_item_result(run_id, step_id, index, current, before=done)
-                        record, replay = current, True
-                if not replay:
-                    self.store.save_item_result(run_id, step_id, index, record, full_output, before=done)
+            if not self.store.save_item_result(run_id, step_id, index, record, full_output, before=done):
+                # another delivery ended this item meanwhile: its record stands (this answer is in the ledger)
+                record, replay = self.store.item(run_id, step_id, index) or record, True
         done_count, following, first_claim = self.store.finish_item(run_id, step_id, index,
                                                                     failed=record["status"] != "succeeded")
         if done_count >= total:
@@ -112,8 +104,7 @@ class FanOut:
                 done_here += 1
                 if not cancelled and done_here % 20 == 0:
                     cancelled = self.store.status(run_id) == "cancelled"
-                index = self.run_item(run_id, workflow, step_id, index, cancelled=cancelled,
-                                      lease=(lease_key, owner))
+                index = self.run_item(run_id, workflow, step_id, index, cancelled=cancelled)
             except Requeue as wait:  # this item must wait (rate budget): it waits on the queue, alone
                 engine.dispatch(run_id, step_id, index, min(wait.countdown, engine.settings.max_countdown))
                 return

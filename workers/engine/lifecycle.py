@@ -77,10 +77,9 @@ class Engine:
                   "error": {"type": "PackError", "code": "internal_error", "retryable": False,
                             "message": f"gave up after repeated internal errors: {reason}"}}
         if item is None:
-            if (self.store.step(run_id, step_id) or {}).get("status") not in FINISHED:
-                self.store.save_step(run_id, step_id, record)
-        elif (self.store.item(run_id, step_id, item) or {}).get("status") not in FINISHED:
-            self.store.save_item(run_id, step_id, item, record)
+            self.store.save_step_result(run_id, step_id, record)  # unless the step ended meanwhile
+        else:
+            self.store.save_item_result(run_id, step_id, item, record)
         self.run_step(run_id, step_id, item, owner=f"abandon-{step_id}")  # replays the bookkeeping
 
     def cancel(self, run_id: str) -> bool:
@@ -120,36 +119,28 @@ class Engine:
             if step.with_items is not None and item is None:
                 self.fanout.start(run_id, workflow, step_id, cancelled=cancelled)
             elif item is None:
-                self._run_single(run_id, workflow, step_id, cancelled=cancelled, lease=(lease_key, owner))
+                self._run_single(run_id, workflow, step_id, cancelled=cancelled)
             else:
-                following = self.fanout.run_item(run_id, workflow, step_id, item, cancelled=cancelled,
-                                                 lease=(lease_key, owner))
+                following = self.fanout.run_item(run_id, workflow, step_id, item, cancelled=cancelled)
         finally:
             self.store.leases.release(lease_key, owner)
         if following is not None:
             self.fanout.continue_slot(run_id, workflow, step_id, following, owner, cancelled=cancelled)
 
     # single steps ----------------------------------------------------------------------------
-    def _run_single(self, run_id: str, workflow: Workflow, step_id: str, *, cancelled: bool,
-                    lease: tuple[str, str]) -> None:
+    def _run_single(self, run_id: str, workflow: Workflow, step_id: str, *, cancelled: bool) -> None:
         record = self.store.step(run_id, step_id) or {}
         replay = record.get("status") in FINISHED
         if not replay:
             if cancelled:
-                record = {"status": "cancelled", "finished": now_iso()}
-                self.store.save_step(run_id, step_id, record)
+                record, full_output, done = {"status": "cancelled", "finished": now_iso()}, None, []
             else:
                 record, full_output, done = self.execute(run_id, workflow, step_id, record, None, None)
-                if self.store.leases.lost(*lease):
-                    # Our lease lapsed mid-call and another delivery may have ended the step meanwhile: keep
-                    # the paid result in the ledger, but the record written first stands, so the run agrees.
-                    current = self.store.step(run_id, step_id) or {}
-                    if current.get("status") in FINISHED:
-                        self.store.save_step_result(run_id, step_id, current, before=done)
-                        record, replay = current, True
-                if not replay:
-                    # ledger "done", full output, record: in this order, one round trip
-                    self.store.save_step_result(run_id, step_id, record, full_output, before=done)
+            # ledger "done", full output, record: in this order, one round trip; the first final record wins
+            if not self.store.save_step_result(run_id, step_id, record, full_output, before=done):
+                log.warning("step %s of run %s was ended by another delivery meanwhile; its record stands "
+                            "(this answer is kept in the ledger)", step_id, run_id)
+                record, replay = self.store.step(run_id, step_id) or record, True
         self.complete(run_id, workflow, step_id, record["status"], replay=replay)
 
     def execute(self, run_id: str, workflow: Workflow, step_id: str, record: dict[str, Any],

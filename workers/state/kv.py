@@ -69,6 +69,7 @@ class KV(Protocol):
     def set(self, key: str, value: str, *, nx: bool = False, ttl: float | None = None) -> bool: ...
     def delete(self, *keys: str) -> None: ...
     def delete_if(self, key: str, value: str) -> None: ...
+    def hset_if_first(self, flags: str, flag: str, writes: list[tuple[str, str, str]]) -> bool: ...
     def extend_if(self, key: str, value: str, ttl: float) -> bool: ...
     def incr(self, key: str, amount: int = 1) -> int: ...
     def hget(self, key: str, field: str) -> str | None: ...
@@ -103,6 +104,14 @@ return {done, following, 1}
 """
 
 
+#: KV.hset_if_first on Redis: set the flag and make the writes only when the flag was not set yet.
+_HSET_IF_FIRST = """
+if redis.call('hsetnx', KEYS[1], ARGV[1], '1') == 0 then return 0 end
+for i = 2, #KEYS do redis.call('hset', KEYS[i], ARGV[2 * i - 2], ARGV[2 * i - 1]) end
+return 1
+"""
+
+
 @_store_failures
 class RedisKV:
     """Redis: shared by every worker, beat and webhook process on every machine."""
@@ -120,6 +129,7 @@ class RedisKV:
         self._finish_item = self.redis.register_script(_FINISH_ITEM)
         self._delete_if = self.redis.register_script(
             "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0")
+        self._hset_if_first = self.redis.register_script(_HSET_IF_FIRST)
         self._extend_if = self.redis.register_script(
             "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end"
             " return 0")
@@ -138,6 +148,14 @@ class RedisKV:
     def delete_if(self, key: str, value: str) -> None:
         """Compare-and-delete in one round trip (a lease is released only by its owner)."""
         self._delete_if(keys=[key], args=[value])
+
+    def hset_if_first(self, flags: str, flag: str, writes: list[tuple[str, str, str]], client: Any = None) -> bool:
+        """Set-once ``flag`` in ``flags``; only the first caller's hash ``writes`` (key, field, value) happen."""
+        keys, args = [flags], [flag]
+        for key, field, value in writes:
+            keys.append(key)
+            args += [field, value]
+        return bool(self._hset_if_first(keys=keys, args=args, client=client))
 
     def extend_if(self, key: str, value: str, ttl: float) -> bool:
         """Compare-and-expire in one round trip (a lease is kept alive only by its owner)."""
@@ -196,6 +214,8 @@ class RedisKV:
                 pipe.delete(*args)
             elif method == "zadd":
                 pipe.zadd(args[0], {args[1]: args[2]})
+            elif method == "hset_if_first":
+                self.hset_if_first(*args, client=pipe)
             else:
                 getattr(pipe, method)(*args, **kwargs)
         return list(pipe.execute())
@@ -263,6 +283,13 @@ class SqliteKV:
     def delete_if(self, key: str, value: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM kv WHERE k = ? AND v = ?", (key, value))
+
+    def hset_if_first(self, flags: str, flag: str, writes: list[tuple[str, str, str]]) -> bool:
+        with self._tx() as db:
+            if db.execute("INSERT OR IGNORE INTO h (k, f, v) VALUES (?, ?, '1')", (flags, flag)).rowcount != 1:
+                return False
+            db.executemany("INSERT OR REPLACE INTO h (k, f, v) VALUES (?, ?, ?)", writes)
+            return True
 
     def extend_if(self, key: str, value: str, ttl: float) -> bool:
         now = time.time()

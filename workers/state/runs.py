@@ -139,9 +139,6 @@ class RunStore:
         raw = self.kv.hgetall(self._run(run_id, f"items:{step_id}"))
         return {int(k): _load(v) for k, v in raw.items()}
 
-    def save_item(self, run_id: str, step_id: str, index: int, record: dict[str, Any]) -> None:
-        self.kv.hset(self._run(run_id, f"items:{step_id}"), {str(index): _dump(record)})
-
     def item_record_chunks(self, run_id: str, step_id: str, total: int,
                            size: int = 1000) -> Iterator[tuple[int, list[Any]]]:
         """``(start, records)`` of a fan-out's items in index order, ``size`` at a time (None where missing)."""
@@ -179,28 +176,30 @@ class RunStore:
         """
         return self.kv.finish_item(self._run(run_id, "flags"), self._run(run_id, "ctr"), step_id, index, failed)
 
-    # results: record, full output and the ledger's "done" in one round trip --------------------
+    # results: a step's final record is written once ------------------------------------------
     def save_step_result(self, run_id: str, step_id: str, record: dict[str, Any], full_output: Any = None, *,
-                         before: list[Op] | None = None) -> None:
-        """The step's record and, for templates, its full (unredacted) output; ``before`` goes first.
+                         before: list[Op] | None = None) -> bool:
+        """Make ``record`` the step's final record, with its full output for templates, unless one exists.
 
-        ``before`` is the ledger's "done" write: it must land before the record says succeeded, and
-        all of it travels in one round trip.
+        False when another delivery ended the step first: its record stands, so the run (which may
+        have ended on it) and the step always agree. ``before`` (the ledger's "done", which keeps a
+        late paid answer either way) goes first; all of it is one round trip.
         """
-        ops = list(before or [])
+        writes = [(self._run(run_id, "steps"), step_id, _dump(record))]
         if full_output is not None:
-            ops.append(("hset", (self._run(run_id, "ctx"), {step_id: _json(full_output)}), {}))
-        ops.append(("hset", (self._run(run_id, "steps"), {step_id: _dump(record)}), {}))
-        self.kv.batch(ops)
+            writes.append((self._run(run_id, "ctx"), step_id, _json(full_output)))
+        ops = [*(before or []), ("hset_if_first", (self._run(run_id, "flags"), f"final:{step_id}", writes), {})]
+        return bool(self.kv.batch(ops)[-1])
 
     def save_item_result(self, run_id: str, step_id: str, index: int, record: dict[str, Any],
-                         full_output: Any = None, *, before: list[Op] | None = None) -> None:
+                         full_output: Any = None, *, before: list[Op] | None = None) -> bool:
         """``save_step_result`` for one fan-out item."""
-        ops = list(before or [])
+        writes = [(self._run(run_id, f"items:{step_id}"), str(index), _dump(record))]
         if full_output is not None:
-            ops.append(("hset", (self._run(run_id, f"ctx:{step_id}"), {str(index): _json(full_output)}), {}))
-        ops.append(("hset", (self._run(run_id, f"items:{step_id}"), {str(index): _dump(record)}), {}))
-        self.kv.batch(ops)
+            writes.append((self._run(run_id, f"ctx:{step_id}"), str(index), _json(full_output)))
+        ops = [*(before or []),
+               ("hset_if_first", (self._run(run_id, "flags"), f"final:{step_id}:{index}", writes), {})]
+        return bool(self.kv.batch(ops)[-1])
 
     def full_output(self, run_id: str, step_id: str) -> tuple[bool, Any]:
         """(found, value): the unredacted output kept for templates while the run is active."""
