@@ -200,7 +200,7 @@ def test_a_beat_process_starts_runs_every_tick(pack: Any, worker_env: dict[str, 
     path = _schedules(tmp_path, name=name, cron="* * * * * */2",
                       extra="    timezone: America/New_York\n    workflow: flows/nightly.yaml\n"
                             "    inputs: {text: from beat}\n")
-    process = subprocess.Popen([sys.executable, "-m", "workers.cli.serve", "beat", "--schedules", str(path),
+    process = subprocess.Popen([sys.executable, "-m", "workers.cli", "beat", "--schedules", str(path),
                                 "--schedule", str(tmp_path / "beat-state")],
                                env=worker_env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
