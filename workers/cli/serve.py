@@ -88,7 +88,10 @@ def beat(
             _emit({"ok": True, "file": str(schedules.resolve()),
                    "schedules": describe_schedules(validate_schedules(schedules))})
             return
-        run_beat(schedules, loglevel=loglevel.upper(), schedule_db=schedule_db)
+        from workers import app as pack_app
+
+        settings = pack_app.reconfigure()  # whatever the environment says now
+        run_beat(pack_app.app, settings, schedules, loglevel=loglevel.upper(), schedule_db=schedule_db)
     except PackError as exc:
         _fail(exc)
 
