@@ -50,6 +50,7 @@ from integration.redact import install_log_redaction, register_secret, scrub_dat
 from workers.engine import Engine
 from workers.state.kv import KV
 from workers.state.runs import FINISHED
+from workers.triggers.text import lone_surrogate
 from workers.workflow import Workflow, load_workflow_dir
 
 __all__ = ["FAILED_AUTH_PER_MINUTE", "MIN_SECRET_LENGTH", "SIGNATURE_WINDOW", "configure_logging", "create_app",
@@ -72,7 +73,6 @@ _STAMP_PATTERN = re.compile(r"[0-9]{1,12}")
 _CONTENT_LENGTH_PATTERN = re.compile(r"[0-9]{1,18}")
 #: The JSON escape of a UTF-16 surrogate: the only way one gets into a strictly decoded UTF-8 body.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
@@ -179,31 +179,11 @@ def parse_payload(body: bytes) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise HookError(400, "invalid_json",
                         f"the body must be a JSON object (it becomes the run's inputs), got a {type(payload).__name__}")
-    if _SURROGATE_ESCAPE.search(text):
-        _refuse_lone_surrogates(payload)
+    if _SURROGATE_ESCAPE.search(text):  # strict UTF-8 decoding let none in as bytes: only an escape can
+        where = lone_surrogate(payload, root="the body")
+        if where is not None:
+            raise HookError(400, "invalid_json", f"the body holds a lone surrogate in {where}; send valid Unicode text")
     return payload
-
-
-def _refuse_lone_surrogates(payload: dict[str, Any]) -> None:
-    """A ``\\ud800`` escape without its pair is not text: stored, it would break every reader of the run."""
-    pending: list[tuple[Any, str]] = [(payload, "")]
-    while pending:  # a loop, not recursion: the payload may be nested as deep as the parser allows
-        value, where = pending.pop()
-        if isinstance(value, str):
-            found = _SURROGATE.search(value)
-            if found:
-                raise HookError(400, "invalid_json", f"the body holds a lone surrogate (\\u{ord(found.group()):04x}) "
-                                f"in {where} at character {found.start()}; send valid Unicode text")
-        elif isinstance(value, dict):
-            for name, item in value.items():
-                found = _SURROGATE.search(name)
-                if found:
-                    raise HookError(400, "invalid_json", f"the body holds a lone surrogate "
-                                    f"(\\u{ord(found.group()):04x}) in a key of {where or 'the body'}; "
-                                    "send valid Unicode text")
-                pending.append((item, f"{where}.{name}" if where else name))
-        elif isinstance(value, list):
-            pending.extend((item, f"{where}[{index}]") for index, item in enumerate(value))
 
 
 def _body_digest(payload: dict[str, Any]) -> str:
