@@ -45,8 +45,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from integration.errors import InputError
+from integration import errors
+from integration.errors import InputError, PackError
 from integration.redact import install_log_redaction, register_secret, scrub_data
+from integration.store import register_store_secrets
 from workers.engine import Engine
 from workers.state.kv import KV
 from workers.state.runs import FINISHED
@@ -85,13 +87,13 @@ def _digest(secret: str, stamp: int, body: bytes) -> str:
     return hmac.new(secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
 
 
-class HookError(Exception):
-    """An answer other than success; always rendered as ``{"error": {"code", "message"}}``."""
+class HookError(errors.HookError):
+    """An answer other than success; always rendered as ``{"error": {"code", "message", **extra}}``."""
 
     def __init__(self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None,
                  extra: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        super().__init__(message, **(extra or {}))
+        self.status, self.code = status, code
         self.headers = headers or {}
         self.extra = extra or {}
 
@@ -377,6 +379,19 @@ class Hooks:
         """Save the event and start its run, or find the run it already started: (run id, created)."""
         name = workflow.name
         try:
+            # This process never calls the API, so only the store can tell it which keys to scrub;
+            # asked per event (one stat while nothing changed), a key added since is known too.
+            register_store_secrets()
+        except PackError as exc:
+            log.error("hook %s: cannot read the integration store to scrub its keys: %s", name, exc.code)
+            raise HookError(503, "config_invalid", "the integration store cannot be read, so API keys pasted into "
+                            "the payload could not be scrubbed; the event was not saved",
+                            headers={"Retry-After": "5"}) from None
+        except Exception as exc:
+            log.error("hook %s: cannot read the integration store: %s", name, type(exc).__name__)
+            raise HookError(503, "store_unavailable", "the integration store is unavailable; retry later",
+                            headers={"Retry-After": "5"}) from None
+        try:
             if signature is not None:
                 seen = self.seen.claim(name, signature)
                 if seen == SeenSignatures.PENDING:
@@ -494,23 +509,6 @@ async def _internal_error(_: Request, exc: Exception) -> JSONResponse:
     return HookError(500, "internal_error", "internal error; the event may not have been saved").response()
 
 
-def learn_store_secrets() -> int:
-    """Register every stored integration's API key with the redactor, so a key pasted into a payload
-    is scrubbed before the run is saved (this process never calls the API, so it would not know them).
-
-    Returns how many keys it knows. A store it cannot open is a ``ConfigError``.
-    """
-    from integration.store import open_store
-
-    known = 0
-    for integration in open_store().list():
-        if integration.api_key is not None:
-            register_secret(integration.api_key.get_secret_value())
-            known += 1
-    register_secret(os.environ.get("OPENAI_API_KEY"))
-    return known
-
-
 def create_app(workflows_dir: str | Path, *, engine: Engine | None = None, max_wait: float = 300,
                rate_per_minute: int = 600, failed_auth_per_minute: int = FAILED_AUTH_PER_MINUTE) -> Starlette:
     """The ASGI app over the workflows of ``workflows_dir``; ``engine`` defaults to the process's."""
@@ -520,7 +518,7 @@ def create_app(workflows_dir: str | Path, *, engine: Engine | None = None, max_w
         from workers.app import engine as default_engine
 
         engine = default_engine()
-    learn_store_secrets()
+    register_store_secrets()  # a key pasted into a payload is scrubbed before the run is saved (D12)
     hooks = Hooks(workflows, engine, max_wait=max_wait, rate_per_minute=rate_per_minute,
                   failed_auth_per_minute=failed_auth_per_minute)
     app = Starlette(exception_handlers={HTTPException: _http_error, Exception: _internal_error}, routes=[
