@@ -472,3 +472,13 @@ def test_an_api_key_pasted_into_a_payload_is_scrubbed(pack: Any, worker_env: dic
     assert shown.returncode == 0, shown.stderr
     for text in (json.dumps(record), fetched.text, answer.text, shown.stdout, output):
         assert key not in text
+
+
+@pytest.mark.parametrize(("option", "value"), [("--rate-per-minute", "0"), ("--max-wait", "-1"),
+                                               ("--failed-auth-per-minute", "0")])
+def test_serve_options_out_of_range_exit_2_naming_the_option(worker_env: dict[str, str], option: str,
+                                                              value: str) -> None:
+    result = run_cli(worker_env, "serve", "--workflows", str(HOOKS_DIR), option, value, timeout=60)
+    assert result.returncode == 2, result.stderr
+    error = json.loads(result.stderr)["error"]
+    assert error["field"] == option and option in error["message"]

@@ -113,7 +113,7 @@ class Answer(JSONResponse):
             return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
 
 
-class Budget:
+class MinuteLimit:
     """At most ``per_minute`` hits per key in any 60 s (a moving window), in this process."""
 
     def __init__(self, per_minute: int) -> None:
@@ -219,10 +219,10 @@ class Hooks:
         self.engine = engine
         self.max_wait = max(0.0, float(max_wait))
         #: What requests carrying the hook's secret spend, per hook.
-        self.rate = Budget(rate_per_minute)
+        self.rate = MinuteLimit(rate_per_minute)
         #: What requests with a missing or wrong secret spend, per client address; never the hook's budget.
-        self.failed_auth = Budget(failed_auth_per_minute)
-        self._flood_logged = Budget(1)
+        self.failed_auth = MinuteLimit(failed_auth_per_minute)
+        self._flood_logged = MinuteLimit(1)
         self.seen = SeenSignatures(engine.store.kv)
         self._waiters: anyio.CapacityLimiter | None = None  # made in the event loop, on first use
         for workflow in workflows.values():
