@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from actions._simulator import Simulator
+from actions.simulator import Simulator
 from tests.conftest import REPO_ROOT, run_cli
 from tests.fixtures.hooks import HOOKS_DIR, SECRET, SECRET_ENV, Server, free_port
 from workers.triggers.webhooks import create_app, sign
