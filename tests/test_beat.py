@@ -71,7 +71,6 @@ def test_a_valid_file_loads_with_paths_resolved(tmp_path: Path) -> None:
     (("{text: scheduled, limit: '100'}", "{text: a, limit: many}"), "inputs", "limit"),
     (("{text: scheduled, limit: '100'}", "[1, 2]"), "inputs", "mapping"),
     (("    timezone:", "    colour: blue\n    timezone:"), "colour", "unknown key"),
-    (("{text: scheduled, limit: '100'}", '{text: "bad \\ud800"}'), "inputs", "lone surrogate in text at character 4"),
 ])
 def test_file_errors_name_the_file_entry_and_field(tmp_path: Path, change: tuple[str, str], field: str,
                                                    reason: str) -> None:

@@ -42,7 +42,6 @@ from integration.errors import ConfigError, InputError
 from integration.store import default_home
 from workers.settings import Settings
 from workers.state.kv import StoreError
-from workers.triggers.text import lone_surrogate
 from workers.workflow import WorkflowError, load_workflow, load_yaml
 
 if TYPE_CHECKING:
@@ -163,9 +162,6 @@ def _entry(raw: Any, index: int, path: Path, source: str) -> Schedule:
         inputs = {}
     if not isinstance(inputs, dict):
         raise problem("inputs", "must be a mapping of the workflow's input values")
-    where = lone_surrogate(inputs, root="inputs")
-    if where is not None:
-        raise problem("inputs", f"holds a lone surrogate in {where}; write valid Unicode text")
     try:
         workflow.coerce_inputs(inputs)
     except InputError as exc:

@@ -1,8 +1,9 @@
-"""Text that came from outside (a webhook body, a schedules file) must be valid Unicode before it is stored.
+"""Text that came from outside (a webhook body) must be valid Unicode before it is stored.
 
-A lone UTF-16 surrogate (``"\\ud800"`` as a JSON or YAML escape) is a Python ``str`` but not text:
-saved into a run record, it breaks every reader that encodes the record as UTF-8 (the HTTP
-answer, ``runs show --json``). Triggers refuse it at the door, naming where it was.
+A lone UTF-16 surrogate (``"\\ud800"`` as a JSON escape) is a Python ``str`` but not text: saved
+into a run record, it breaks every reader that encodes the record as UTF-8 (the HTTP answer,
+``runs show --json``). The webhook refuses it at the door, naming where it was. (Schedules files
+need no check here: the workflow YAML loader refuses such escapes itself.)
 """
 
 from __future__ import annotations
