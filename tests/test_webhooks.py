@@ -358,7 +358,10 @@ def test_a_record_holding_a_lone_surrogate_still_reads_back(server: Server, pack
     response = server.post("mod", {"text": "fine"}, query="?wait=30")
     run_id = response.json()["run_id"]
     pack.engine().store.update(run_id, output={"note": "bad \ud800 text"})
-    fetched = server.get(f"/runs/{run_id}", {"X-Pack-Secret": SECRET})
+    try:
+        fetched = server.get(f"/runs/{run_id}", {"X-Pack-Secret": SECRET})
+    finally:  # the session's store is shared: `runs list --json` in later tests still trips over such a record
+        pack.engine().store.update(run_id, output={"note": "repaired"})
     assert fetched.status_code == 200, fetched.text
     assert fetched.json()["output"] == {"note": "bad \ud800 text"}
 

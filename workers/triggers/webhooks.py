@@ -87,8 +87,12 @@ def _digest(secret: str, stamp: int, body: bytes) -> str:
     return hmac.new(secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
 
 
-class HookError(errors.HookError):
-    """An answer other than success; always rendered as ``{"error": {"code", "message", **extra}}``."""
+class HookRefusal(errors.HookError):
+    """An answer other than success; always rendered as ``{"error": {"code", "message", **extra}}``.
+
+    Named apart from its base: error records are rebuilt by class name, and a ``HookError`` record
+    must come back as the error tree's own class.
+    """
 
     def __init__(self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None,
                  extra: dict[str, Any] | None = None) -> None:
@@ -164,27 +168,29 @@ def _reject_constant(name: str) -> Any:
 def parse_payload(body: bytes) -> dict[str, Any]:
     """The body as a JSON object of valid Unicode text, or a 400 naming what is wrong and where."""
     if not body.strip():
-        raise HookError(400, "invalid_json", "the body is empty; send a JSON object ({} when there are no inputs)")
+        raise HookRefusal(400, "invalid_json", "the body is empty; send a JSON object ({} when there are no inputs)")
     try:
         text = body.decode("utf-8")  # strict: no other encoding, and no surrogate smuggled in as bytes
     except UnicodeDecodeError as exc:
-        raise HookError(400, "invalid_json", f"the body is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+        raise HookRefusal(400, "invalid_json", f"the body is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     try:
         payload = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
-        raise HookError(400, "invalid_json",
-                        f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        raise HookRefusal(400, "invalid_json",
+                          f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except ValueError as exc:
-        raise HookError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+        raise HookRefusal(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
     except RecursionError:
-        raise HookError(400, "invalid_json", "the body is nested too deeply") from None
+        raise HookRefusal(400, "invalid_json", "the body is nested too deeply") from None
     if not isinstance(payload, dict):
-        raise HookError(400, "invalid_json",
-                        f"the body must be a JSON object (it becomes the run's inputs), got a {type(payload).__name__}")
+        raise HookRefusal(400, "invalid_json",
+                          "the body must be a JSON object (it becomes the run's inputs), "
+                          f"got a {type(payload).__name__}")
     if _SURROGATE_ESCAPE.search(text):  # strict UTF-8 decoding let none in as bytes: only an escape can
         where = lone_surrogate(payload, root="the body")
         if where is not None:
-            raise HookError(400, "invalid_json", f"the body holds a lone surrogate in {where}; send valid Unicode text")
+            raise HookRefusal(400, "invalid_json",
+                              f"the body holds a lone surrogate in {where}; send valid Unicode text")
     return payload
 
 
@@ -206,8 +212,8 @@ def _check_media_type(header: str | None) -> None:
     json_type = media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
     if not json_type or charset not in ("", "utf-8", "utf8"):
         shown = repr(header[:100]) if header else "none"
-        raise HookError(415, "unsupported_media_type", "Content-Type must be application/json (or "
-                        f"application/<type>+json), in UTF-8; got {shown}")
+        raise HookRefusal(415, "unsupported_media_type", "Content-Type must be application/json (or "
+                          f"application/<type>+json), in UTF-8; got {shown}")
 
 
 class Hooks:
@@ -244,11 +250,12 @@ class Hooks:
         variable = workflow.webhook.secret_env
         value = os.environ.get(variable) or ""
         if not value:
-            raise HookError(503, "config_invalid", f"the webhook secret variable {variable} is not set on this server")
+            raise HookRefusal(503, "config_invalid",
+                              f"the webhook secret variable {variable} is not set on this server")
         register_secret(value)
         if len(value) < MIN_SECRET_LENGTH:
-            raise HookError(503, "config_invalid", f"the webhook secret in {variable} is shorter than "
-                            f"{MIN_SECRET_LENGTH} characters; set a longer one")
+            raise HookRefusal(503, "config_invalid", f"the webhook secret in {variable} is shorter than "
+                              f"{MIN_SECRET_LENGTH} characters; set a longer one")
         return value
 
     def _check_secret(self, request: Request, workflow: Workflow) -> str:
@@ -268,16 +275,16 @@ class Hooks:
         address = request.client.host if request.client else "unknown"
         retry = self.failed_auth.retry_after(address)
         if retry:
-            raise HookError(429, "too_many_failed_attempts", f"more than {self.failed_auth.per_minute} requests a "
-                            "minute with a missing or wrong secret from this address",
-                            headers={"Retry-After": str(math.ceil(retry))})
-        raise HookError(401, "unauthorized", "missing or wrong webhook secret (X-Pack-Secret or a bearer token)")
+            raise HookRefusal(429, "too_many_failed_attempts", f"more than {self.failed_auth.per_minute} requests a "
+                              "minute with a missing or wrong secret from this address",
+                              headers={"Retry-After": str(math.ceil(retry))})
+        raise HookRefusal(401, "unauthorized", "missing or wrong webhook secret (X-Pack-Secret or a bearer token)")
 
     @staticmethod
     def _check_signature(header: str | None, secret: str, body: bytes) -> str:
         """The expected HMAC of this timestamp and body when one ``v1=`` value matches it, else 401."""
         if not header:
-            raise HookError(401, "bad_signature", "this hook requires X-Pack-Signature: t=<unix seconds>,v1=<hex>")
+            raise HookRefusal(401, "bad_signature", "this hook requires X-Pack-Signature: t=<unix seconds>,v1=<hex>")
         stamp: int | None = None
         malformed = False
         candidates: list[str] = []
@@ -289,28 +296,28 @@ class Hooks:
             elif key == "v1":
                 candidates.append(value.strip())
         if malformed or stamp is None or not candidates:
-            raise HookError(401, "bad_signature", "X-Pack-Signature must be t=<unix seconds>,v1=<hex HMAC-SHA256> "
-                            "(one t=, at most 12 ASCII digits)")
+            raise HookRefusal(401, "bad_signature", "X-Pack-Signature must be t=<unix seconds>,v1=<hex HMAC-SHA256> "
+                              "(one t=, at most 12 ASCII digits)")
         if abs(time.time() - stamp) > SIGNATURE_WINDOW:
-            raise HookError(401, "bad_signature",
-                            f"signature timestamp outside the window ({SIGNATURE_WINDOW}s either side of now)")
+            raise HookRefusal(401, "bad_signature",
+                              f"signature timestamp outside the window ({SIGNATURE_WINDOW}s either side of now)")
         expected = _digest(secret, stamp, body)
         # Every candidate is compared (no early exit), so timing says nothing about which one failed.
         matched = False
         for candidate in candidates:
             matched |= hmac.compare_digest(candidate.encode("utf-8", "surrogateescape"), expected.encode())
         if not matched:
-            raise HookError(401, "bad_signature", "the signature does not match the body")
+            raise HookRefusal(401, "bad_signature", "the signature does not match the body")
         return expected
 
     # body --------------------------------------------------------------------------------------
     @staticmethod
     async def _read_body(request: Request, limit: int) -> bytes:
-        too_large = HookError(413, "payload_too_large", f"the body is over this hook's limit of {limit} bytes")
+        too_large = HookRefusal(413, "payload_too_large", f"the body is over this hook's limit of {limit} bytes")
         declared = request.headers.get("content-length")
         if declared is not None:
             if not _CONTENT_LENGTH_PATTERN.fullmatch(declared.strip()):
-                raise HookError(400, "bad_request", "Content-Length is not a number")
+                raise HookRefusal(400, "bad_request", "Content-Length is not a number")
             if int(declared) > limit:
                 raise too_large
         chunks: list[bytes] = []
@@ -331,7 +338,7 @@ class Hooks:
         try:
             try:
                 run_id, response = await self._hook(request, name)
-            except HookError as exc:
+            except HookRefusal as exc:
                 response = exc.response()
                 if exc.code == "too_many_failed_attempts":  # a flood is not a log flood: a line a minute
                     quiet = bool(self._flood_logged.retry_after(request.client.host if request.client else ""))
@@ -345,17 +352,17 @@ class Hooks:
     async def _hook(self, request: Request, name: str) -> tuple[str | None, JSONResponse]:
         workflow = self.workflows.get(name)
         if workflow is None or workflow.webhook is None:
-            raise HookError(404, "not_found", f"no webhook-enabled workflow named {name[:80]!r}")
+            raise HookRefusal(404, "not_found", f"no webhook-enabled workflow named {name[:80]!r}")
         secret = self._check_secret(request, workflow)  # before reading a byte of an unauthenticated body
         retry = self.rate.retry_after("hook", name)
         if retry:
-            raise HookError(429, "rate_limited", f"more than {self.rate.per_minute} requests a minute to this hook",
-                            headers={"Retry-After": str(math.ceil(retry))})
+            raise HookRefusal(429, "rate_limited", f"more than {self.rate.per_minute} requests a minute to this hook",
+                              headers={"Retry-After": str(math.ceil(retry))})
         _check_media_type(request.headers.get("content-type"))
         wait = self._wait_seconds(request)
         key = request.headers.get("idempotency-key")
         if key is not None and not _KEY_PATTERN.match(key):
-            raise HookError(400, "bad_idempotency_key", "Idempotency-Key must be 1 to 200 printable ASCII characters")
+            raise HookRefusal(400, "bad_idempotency_key", "Idempotency-Key must be 1 to 200 printable ASCII characters")
         body = await self._read_body(request, workflow.webhook.max_body_bytes)
         signature = None
         if workflow.webhook.signature == "hmac-sha256":
@@ -369,9 +376,9 @@ class Hooks:
         if not created:
             first = await self._trigger(run_id)
             if signature is None and first.get("body_sha256") not in (None, digest):
-                raise HookError(409, "idempotency_key_reused", f"this Idempotency-Key was first used with a "
-                                f"different body (run {run_id}); send a new key for a new event",
-                                extra={"run_id": run_id})
+                raise HookRefusal(409, "idempotency_key_reused", f"this Idempotency-Key was first used with a "
+                                  f"different body (run {run_id}); send a new key for a new event",
+                                  extra={"run_id": run_id})
         return run_id, await self._answer(run_id, created, wait)
 
     def _start(self, workflow: Workflow, payload: dict[str, Any], trigger: dict[str, Any], key: str | None,
@@ -384,19 +391,19 @@ class Hooks:
             register_store_secrets()
         except PackError as exc:
             log.error("hook %s: cannot read the integration store to scrub its keys: %s", name, exc.code)
-            raise HookError(503, "config_invalid", "the integration store cannot be read, so API keys pasted into "
-                            "the payload could not be scrubbed; the event was not saved",
-                            headers={"Retry-After": "5"}) from None
+            raise HookRefusal(503, "config_invalid", "the integration store cannot be read, so API keys pasted into "
+                              "the payload could not be scrubbed; the event was not saved",
+                              headers={"Retry-After": "5"}) from None
         except Exception as exc:
             log.error("hook %s: cannot read the integration store: %s", name, type(exc).__name__)
-            raise HookError(503, "store_unavailable", "the integration store is unavailable; retry later",
-                            headers={"Retry-After": "5"}) from None
+            raise HookRefusal(503, "store_unavailable", "the integration store is unavailable; retry later",
+                              headers={"Retry-After": "5"}) from None
         try:
             if signature is not None:
                 seen = self.seen.claim(name, signature)
                 if seen == SeenSignatures.PENDING:
-                    raise HookError(409, "request_in_progress", "the same signed request is being handled; "
-                                    "retry in a second to get its run", headers={"Retry-After": "1"})
+                    raise HookRefusal(409, "request_in_progress", "the same signed request is being handled; "
+                                      "retry in a second to get its run", headers={"Retry-After": "1"})
                 if seen is not None:
                     return seen, False
             try:
@@ -409,21 +416,21 @@ class Hooks:
             if signature is not None:
                 self.seen.started(name, signature, run_id)
             return run_id, created
-        except HookError:
+        except HookRefusal:
             raise
         except InputError as exc:
-            raise HookError(422, "invalid_input", exc.message, extra={"problems": exc.problems}) from None
+            raise HookRefusal(422, "invalid_input", exc.message, extra={"problems": exc.problems}) from None
         except Exception as exc:  # the store (or the broker) is unreachable: the event may not be saved
             log.error("hook %s: could not save the event: %s", name, type(exc).__name__)
-            raise HookError(503, "store_unavailable", "the run store is unavailable; retry later",
-                            headers={"Retry-After": "5"}) from None
+            raise HookRefusal(503, "store_unavailable", "the run store is unavailable; retry later",
+                              headers={"Retry-After": "5"}) from None
 
     async def _trigger(self, run_id: str) -> dict[str, Any]:
         try:
             return await run_in_threadpool(self.engine.store.field, run_id, "trigger") or {}
         except Exception:
-            raise HookError(503, "store_unavailable", "the run store is unavailable; retry later",
-                            headers={"Retry-After": "5"}) from None
+            raise HookRefusal(503, "store_unavailable", "the run store is unavailable; retry later",
+                              headers={"Retry-After": "5"}) from None
 
     async def _answer(self, run_id: str, created: bool, wait: float) -> JSONResponse:
         """``{run_id, status, created, output, error}``: 200 once the run has finished, else 202."""
@@ -456,7 +463,7 @@ class Hooks:
         except ValueError:
             seconds = math.nan
         if not math.isfinite(seconds) or seconds < 0:
-            raise HookError(400, "bad_request", "wait must be a number of seconds")
+            raise HookRefusal(400, "bad_request", "wait must be a number of seconds")
         return min(seconds, self.max_wait)
 
     async def run(self, request: Request) -> JSONResponse:
@@ -465,7 +472,7 @@ class Hooks:
         try:
             try:
                 response = await self._run(request, run_id)
-            except HookError as exc:
+            except HookRefusal as exc:
                 response = exc.response()
             status = response.status_code
             return response
@@ -474,14 +481,14 @@ class Hooks:
             log.log(logging.INFO if status < 400 else logging.WARNING, "GET /runs/%s -> %d", shown, status)
 
     async def _run(self, request: Request, run_id: str) -> JSONResponse:
-        not_found = HookError(404, "not_found", "no such run of a webhook-enabled workflow")
+        not_found = HookRefusal(404, "not_found", "no such run of a webhook-enabled workflow")
         if not _RUN_ID_PATTERN.match(run_id):
             raise not_found
         try:
             record = await run_in_threadpool(self.engine.store.record, run_id)
         except Exception:
-            raise HookError(503, "store_unavailable", "the run store is unavailable; retry later",
-                            headers={"Retry-After": "5"}) from None
+            raise HookRefusal(503, "store_unavailable", "the run store is unavailable; retry later",
+                              headers={"Retry-After": "5"}) from None
         workflow = self.workflows.get(record["workflow"]) if record else None
         if record is None or workflow is None or workflow.webhook is None:
             raise not_found
@@ -492,7 +499,7 @@ class Hooks:
         try:
             await run_in_threadpool(self.engine.store.kv.ping)
         except Exception:
-            return HookError(503, "store_unavailable", "the run store is unavailable").response()
+            return HookRefusal(503, "store_unavailable", "the run store is unavailable").response()
         return Answer({"ok": True, "hooks": sorted(n for n, w in self.workflows.items() if w.webhook)})
 
 
@@ -500,13 +507,13 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     """Starlette's own answers (unknown path, wrong method) in the same JSON shape as ours."""
     status = getattr(exc, "status_code", 500)
     code = {404: "not_found", 405: "method_not_allowed"}.get(status, "http_error")
-    return HookError(status, code, str(getattr(exc, "detail", "")) or "error",
-                     headers=getattr(exc, "headers", None)).response()
+    return HookRefusal(status, code, str(getattr(exc, "detail", "")) or "error",
+                       headers=getattr(exc, "headers", None)).response()
 
 
 async def _internal_error(_: Request, exc: Exception) -> JSONResponse:
     log.error("internal error: %s", type(exc).__name__)
-    return HookError(500, "internal_error", "internal error; the event may not have been saved").response()
+    return HookRefusal(500, "internal_error", "internal error; the event may not have been saved").response()
 
 
 def create_app(workflows_dir: str | Path, *, engine: Engine | None = None, max_wait: float = 300,
