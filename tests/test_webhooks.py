@@ -261,8 +261,16 @@ def test_idempotency_key_reused_with_another_body_is_409(server: Server, pack: A
     assert error["code"] == "idempotency_key_reused" and error["run_id"] == first.json()["run_id"]
     assert "Idempotency-Key" in error["message"] and "different body" in error["message"]
     assert [r["id"] for r in _runs_with_event(pack, key)] == [first.json()["run_id"]]
+    # On a signed hook too: a fresh, valid signature does not make another body the same event.
+    signed_key = {"Idempotency-Key": f"{key}-signed"}
+    one, two = (json.dumps({"text": text}).encode() for text in ("signed first", "signed second"))
+    started = server.post("signed", one, headers={**signed_key, "X-Pack-Signature": sign(SECRET, one)}, query="?wait=30")
+    assert started.status_code == 200, started.text
+    reused = server.post("signed", two, headers={**signed_key, "X-Pack-Signature": sign(SECRET, two)})
+    assert reused.status_code == 409 and reused.json()["error"]["code"] == "idempotency_key_reused", reused.text
+    assert reused.json()["error"]["run_id"] == started.json()["run_id"]
     time.sleep(0.2)
-    assert simulator.calls == 1
+    assert simulator.calls == 2
 
 
 def test_body_limits_and_shapes(server: Server, simulator: Simulator) -> None:

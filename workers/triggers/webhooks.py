@@ -373,12 +373,6 @@ class Hooks:
         trigger = {"type": "webhook", "workflow": name, "event_id": event_id,
                    "remote": request.client.host if request.client else None, "body_sha256": digest}
         run_id, created = await run_in_threadpool(self._start, workflow, payload, trigger, key, signature)
-        if not created:
-            first = await self._trigger(run_id)
-            if signature is None and first.get("body_sha256") not in (None, digest):
-                raise HookRefusal(409, "idempotency_key_reused", f"this Idempotency-Key was first used with a "
-                                  f"different body (run {run_id}); send a new key for a new event",
-                                  extra={"run_id": run_id})
         return run_id, await self._answer(run_id, created, wait)
 
     def _start(self, workflow: Workflow, payload: dict[str, Any], trigger: dict[str, Any], key: str | None,
@@ -409,6 +403,8 @@ class Hooks:
             try:
                 run_id, created = self.engine.start_run(workflow, payload, trigger=trigger,
                                                         idempotency_key=f"hook:{name}:{key}" if key else None)
+                if not created:
+                    self._same_body_or_409(run_id, trigger["body_sha256"])
             except BaseException:
                 if signature is not None:
                     self.seen.release(name, signature)
@@ -425,12 +421,13 @@ class Hooks:
             raise HookRefusal(503, "store_unavailable", "the run store is unavailable; retry later",
                               headers={"Retry-After": "5"}) from None
 
-    async def _trigger(self, run_id: str) -> dict[str, Any]:
-        try:
-            return await run_in_threadpool(self.engine.store.field, run_id, "trigger") or {}
-        except Exception:
-            raise HookRefusal(503, "store_unavailable", "the run store is unavailable; retry later",
-                              headers={"Retry-After": "5"}) from None
+    def _same_body_or_409(self, run_id: str, digest: str) -> None:
+        """An Idempotency-Key names one event: the same key with other values is refused, not dropped."""
+        first = self.engine.store.field(run_id, "trigger") or {}
+        if first.get("body_sha256") not in (None, digest):
+            raise HookRefusal(409, "idempotency_key_reused", f"this Idempotency-Key was first used with a "
+                              f"different body (run {run_id}); send a new key for a new event",
+                              extra={"run_id": run_id})
 
     async def _answer(self, run_id: str, created: bool, wait: float) -> JSONResponse:
         """``{run_id, status, created, output, error}``: 200 once the run has finished, else 202."""
