@@ -8,9 +8,10 @@ only for a shipped manifest of that name); the runtime lives in ``_``-prefixed m
 other packages need from it is re-exported here, so nothing outside ``actions`` imports ``actions._*``:
 
 - the registry: ``registry``, ``get``, ``load_manifest``, ``ActionManifest`` (extra manifest
-  directories: ``MANIFEST_PATH_ENV``, ``ENTRY_POINT_GROUP``);
+  directories: ``MANIFEST_PATH_ENV``, ``ENTRY_POINT_GROUP``; names no action may take: ``RESERVED_NAMES``);
 - running: ``prepare``, ``execute``, ``run``, ``Call``, ``CallOptions``, ``ActionResult``;
-- values against a schema: ``coerce_inputs``, ``problems_for``, and for raw outside input
+- values against a schema: ``coerce_inputs``, ``problems_for`` (``uses_fast_path`` says whether
+  the compiled check applies), and for raw outside input
   ``parse_json_text``, ``check_value``, ``read_text_file``;
 - docs: ``render_reference``, ``render_action``, ``field_rows``.
 """
@@ -28,17 +29,26 @@ from actions._binding import ActionResult, Call, CallOptions, prepare_inputs
 from actions._coerce import coerce_inputs
 from actions._docs import field_rows, render_action, render_reference
 from actions._inputs import MAX_DEPTH, check_value, parse_json_text, read_text_file
-from actions._manifest import ENTRY_POINT_GROUP, MANIFEST_PATH_ENV, ActionManifest, load_all, load_manifest
-from actions._validate import problems_for
+from actions._manifest import (
+    ENTRY_POINT_GROUP,
+    MANIFEST_PATH_ENV,
+    RESERVED_NAMES,
+    ActionManifest,
+    load_all,
+    load_manifest,
+)
+from actions._validate import problems_for, uses_fast_path
 from integration.errors import InputError
 from integration.model import Integration
 from integration.redact import scrub_data
 from integration.store import resolve
 
-__all__ = ["ENTRY_POINT_GROUP", "MANIFEST_PATH_ENV", "MAX_DEPTH", "ActionManifest", "ActionResult", "Call",
-           "CallOptions", "check_value", "coerce_inputs", "execute", "field_rows", "get", "handler", "load_manifest",
-           "parse_json_text", "prepare", "problems_for", "read_text_file", "registry", "render_action",
-           "render_reference", "run"]
+__all__ = [
+    "ENTRY_POINT_GROUP", "MANIFEST_PATH_ENV", "MAX_DEPTH", "RESERVED_NAMES", "ActionManifest", "ActionResult",
+    "Call", "CallOptions", "check_value", "coerce_inputs", "execute", "field_rows", "get", "handler",
+    "load_manifest", "parse_json_text", "prepare", "problems_for", "read_text_file", "registry", "render_action",
+    "render_reference", "run", "uses_fast_path",
+]
 
 Handler = Callable[[Call], dict[str, Any]]
 
