@@ -50,7 +50,7 @@ def _runs_of(pack: Any, schedule: str) -> list[dict[str, Any]]:
 
 
 def test_a_valid_file_loads_with_paths_resolved(tmp_path: Path) -> None:
-    from workers.beat import describe_schedules, validate_schedules
+    from workers.triggers.beat import describe_schedules, validate_schedules
 
     entries = validate_schedules(_schedules(tmp_path))
     entry = entries["nightly-classification"]
@@ -74,7 +74,7 @@ def test_a_valid_file_loads_with_paths_resolved(tmp_path: Path) -> None:
 ])
 def test_file_errors_name_the_file_entry_and_field(tmp_path: Path, change: tuple[str, str], field: str,
                                                    reason: str) -> None:
-    from workers.beat import validate_schedules
+    from workers.triggers.beat import validate_schedules
     from workers.workflow import WorkflowError
 
     path = _schedules(tmp_path)
@@ -87,7 +87,7 @@ def test_file_errors_name_the_file_entry_and_field(tmp_path: Path, change: tuple
 
 
 def test_structural_errors(tmp_path: Path) -> None:
-    from workers.beat import validate_schedules
+    from workers.triggers.beat import validate_schedules
     from workers.workflow import WorkflowError
 
     path = _schedules(tmp_path)
@@ -115,7 +115,7 @@ def test_structural_errors(tmp_path: Path) -> None:
 
 
 def test_ticks_and_the_celery_schedule_follow_the_entry_time_zone(tmp_path: Path) -> None:
-    from workers.beat import CronSchedule, validate_schedules
+    from workers.triggers.beat import CronSchedule, validate_schedules
 
     entry = validate_schedules(_schedules(tmp_path))["nightly-classification"]
     moment = datetime(2026, 11, 23, 1, 0, 5, tzinfo=UTC)  # 02:00:05 in Paris
@@ -148,7 +148,7 @@ def test_ticks_and_the_celery_schedule_follow_the_entry_time_zone(tmp_path: Path
 
 
 def test_two_fires_of_one_tick_start_one_run(pack: Any, tmp_path: Path, simulator: Simulator) -> None:
-    from workers.beat import fire_schedule
+    from workers.triggers.beat import fire_schedule
 
     name = f"tick-{uuid.uuid4().hex[:8]}"
     path = _schedules(tmp_path, name=name)
@@ -172,14 +172,14 @@ def test_two_fires_of_one_tick_start_one_run(pack: Any, tmp_path: Path, simulato
 
 def test_the_check_command(worker_env: dict[str, str], tmp_path: Path) -> None:
     path = _schedules(tmp_path)
-    checked = subprocess.run([sys.executable, "-m", "workers.cli_serve", "beat", "--schedules", str(path), "--check"],
+    checked = subprocess.run([sys.executable, "-m", "workers.cli.serve", "beat", "--schedules", str(path), "--check"],
                              env=worker_env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert checked.returncode == 0, checked.stderr
     report = json.loads(checked.stdout)
     assert report["ok"] is True and report["schedules"][0]["name"] == "nightly-classification"
     assert all(t.endswith(("+01:00", "+02:00")) for t in report["schedules"][0]["next"])
     path.write_text(path.read_text().replace("Europe/Paris", "Europe/Atlantis"))
-    bad = subprocess.run([sys.executable, "-m", "workers.cli_serve", "beat", "--schedules", str(path), "--check"],
+    bad = subprocess.run([sys.executable, "-m", "workers.cli.serve", "beat", "--schedules", str(path), "--check"],
                          env=worker_env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2
     error = json.loads(bad.stderr)["error"]
@@ -188,7 +188,7 @@ def test_the_check_command(worker_env: dict[str, str], tmp_path: Path) -> None:
 
 def test_beat_refuses_the_embedded_broker(worker_env: dict[str, str], tmp_path: Path) -> None:
     env = {k: v for k, v in worker_env.items() if k not in ("OPENAI_PACK_BROKER_URL", "OPENAI_PACK_STORE_URL")}
-    result = subprocess.run([sys.executable, "-m", "workers.cli_serve", "beat", "--schedules",
+    result = subprocess.run([sys.executable, "-m", "workers.cli.serve", "beat", "--schedules",
                              str(_schedules(tmp_path))], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 2
@@ -200,7 +200,7 @@ def test_a_beat_process_starts_runs_every_tick(pack: Any, worker_env: dict[str, 
     path = _schedules(tmp_path, name=name, cron="* * * * * */2",
                       extra="    timezone: America/New_York\n    workflow: flows/nightly.yaml\n"
                             "    inputs: {text: from beat}\n")
-    process = subprocess.Popen([sys.executable, "-m", "workers.cli_serve", "beat", "--schedules", str(path),
+    process = subprocess.Popen([sys.executable, "-m", "workers.cli.serve", "beat", "--schedules", str(path),
                                 "--schedule", str(tmp_path / "beat-state")],
                                env=worker_env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
@@ -227,7 +227,7 @@ def test_beat_entries_carry_the_moment_they_fire(tmp_path: Path) -> None:
     from celery.beat import ScheduleEntry
 
     from workers.app import app
-    from workers.beat import FIRE_TASK, CronSchedule, configure_beat
+    from workers.triggers.beat import FIRE_TASK, CronSchedule, configure_beat
 
     before = app.conf.beat_schedule
     try:

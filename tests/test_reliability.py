@@ -329,7 +329,7 @@ def test_6_redis_restart_mid_workflow(worker_env: dict[str, str], simulator: Sim
 
     import workers.app
     from tests.test_triggers import ECHO, SECRET, Server, _post
-    from workers.webhooks import create_app
+    from workers.triggers.webhooks import create_app
 
     server = RestartableRedis(tmp_path)
     server.start()

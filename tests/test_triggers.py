@@ -19,7 +19,7 @@ import uvicorn
 
 from actions._simulator import Simulator
 from tests.conftest import REPO_ROOT, run_cli
-from workers.webhooks import create_app, sign
+from workers.triggers.webhooks import create_app, sign
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -170,9 +170,9 @@ def test_payload_templates_stay_literal(hooks: Server, pack: Any, simulator: Sim
 
 def test_store_unavailable_is_503_not_202(pack: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from workers.engine import Engine
-    from workers.kv import RedisKV
-    from workers.ledger import Ledger
-    from workers.runs import RunStore
+    from workers.state.kv import RedisKV
+    from workers.state.ledger import Ledger
+    from workers.state.runs import RunStore
 
     monkeypatch.setenv("ECHO_HOOK_SECRET", SECRET)
     (tmp_path / "echo.yaml").write_text(ECHO)
@@ -209,7 +209,7 @@ schedules:
     ("inputs: {nope: 1}", "inputs"),
 ])
 def test_schedule_file_errors_name_the_entry_and_field(tmp_path: Path, entry: str, field: str) -> None:
-    from workers.beat import load_schedules
+    from workers.triggers.beat import load_schedules
     from workers.workflow import WorkflowError
 
     path = _schedules(tmp_path, "0 2 * * *")
@@ -222,7 +222,7 @@ def test_schedule_file_errors_name_the_entry_and_field(tmp_path: Path, entry: st
 
 
 def test_two_fires_of_the_same_tick_start_one_run(pack: Any, tmp_path: Path) -> None:
-    from workers.beat import fire_schedule
+    from workers.triggers.beat import fire_schedule
 
     path = _schedules(tmp_path, "0 2 * * *")
     moment = datetime(2026, 11, 23, 3, 0, 5, tzinfo=UTC).isoformat()

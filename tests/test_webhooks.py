@@ -19,7 +19,7 @@ import uvicorn
 
 from actions._simulator import Simulator
 from tests.conftest import REPO_ROOT
-from workers.webhooks import create_app, sign
+from workers.triggers.webhooks import create_app, sign
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -309,9 +309,9 @@ def test_rate_limit_per_hook(pack: Any, tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_store_unreachable_is_503_never_202(pack: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from workers.engine import Engine
-    from workers.kv import RedisKV
-    from workers.ledger import Ledger
-    from workers.runs import RunStore
+    from workers.state.kv import RedisKV
+    from workers.state.ledger import Ledger
+    from workers.state.runs import RunStore
 
     monkeypatch.setenv("WEBHOOK_TEST_SECRET", SECRET)
     dead = RedisKV(f"redis://127.0.0.1:{_free_port()}/0")
@@ -339,7 +339,7 @@ def test_serve_command_runs_hooks_and_logs_no_secret(pack: Any, worker_env: dict
     env = {**worker_env, "WEBHOOK_TEST_SECRET": SECRET}
     env.pop("WEBHOOK_TEST_UNSET_SECRET", None)
     process = subprocess.Popen(
-        [sys.executable, "-m", "workers.cli_serve", "serve", "--workflows", str(_write_workflows(tmp_path)),
+        [sys.executable, "-m", "workers.cli.serve", "serve", "--workflows", str(_write_workflows(tmp_path)),
          "--port", str(port), "--max-wait", "20"],
         env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"

@@ -22,13 +22,13 @@ from celery.signals import after_setup_logger, after_setup_task_logger, worker_p
 import actions
 from integration.errors import PackError, RateLimitedError
 from integration.redact import install_log_redaction, scrub, scrub_data
-from workers.budget import Budget
 from workers.engine import Engine
-from workers.kv import KV, StoreError, open_kv
-from workers.ledger import Ledger
 from workers.requeue import Requeue
-from workers.runs import RunStore
 from workers.settings import Settings
+from workers.state.budget import Budget
+from workers.state.kv import KV, StoreError, open_kv
+from workers.state.ledger import Ledger
+from workers.state.runs import RunStore
 
 __all__ = ["STEP_TASK", "app", "engine", "settings"]
 
@@ -67,7 +67,7 @@ def _configure(app: Celery, settings: Settings) -> None:
         timezone="UTC",
         worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_connection_max_retries=None,
-        imports=("workers.beat",),  # the schedule-fire task
+        imports=("workers.triggers.beat",),  # the schedule-fire task
     )
 
 

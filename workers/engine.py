@@ -24,15 +24,15 @@ from integration.errors import TimeoutError as NoAnswer
 from integration.model import Integration
 from integration.redact import scrub_data
 from integration.store import resolve
-from workers.kv import StoreError
-from workers.ledger import Ledger
 from workers.requeue import Requeue
-from workers.runs import FINISHED, RunStore, now_iso
 from workers.settings import Settings
+from workers.state.kv import StoreError
+from workers.state.ledger import Ledger
+from workers.state.runs import FINISHED, RunStore, now_iso
 from workers.workflow import TemplateError, Workflow, render
 
 if TYPE_CHECKING:
-    from workers.budget import Budget
+    from workers.state.budget import Budget
 
 __all__ = ["Engine", "Requeue"]
 

@@ -28,7 +28,7 @@ runs_app = typer.Typer(help="Inspect and cancel runs.", no_args_is_help=True)
 
 
 def _fail(error: Exception) -> None:
-    from workers.cli import fail
+    from workers.cli.main import fail
 
     fail(error)
 

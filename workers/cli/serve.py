@@ -1,6 +1,6 @@
 """``openai-pack serve | beat``: the commands that trigger workflows from outside (webhooks, cron).
 
-``register(app)`` attaches them to the main CLI; ``python -m workers.cli_serve`` runs them alone.
+``register(app)`` attaches them to the main CLI; ``python -m workers.cli.serve`` runs them alone.
 Starlette, uvicorn and Celery beat are imported inside the commands, so the rest of the CLI never
 pays for them.
 """
@@ -24,7 +24,7 @@ __all__ = ["beat", "register", "serve"]
 
 def _fail(error: Exception) -> NoReturn:
     """The CLI's error contract: a JSON error on stderr, exit 2 for bad input or configuration."""
-    from workers.cli import fail
+    from workers.cli.main import fail
 
     fail(error)
 
@@ -53,8 +53,8 @@ def serve(
     install_log_redaction()
     from workers.app import settings
     from workers.embedded import in_process_worker
-    from workers.webhooks import configure_logging
-    from workers.webhooks import serve as run_server
+    from workers.triggers.webhooks import configure_logging
+    from workers.triggers.webhooks import serve as run_server
 
     if rate_per_minute < 1 or max_wait < 0:
         _fail(PackError("--rate-per-minute must be at least 1 and --max-wait at least 0"))
@@ -81,7 +81,7 @@ def beat(
 ) -> None:
     """Run the schedules with Celery beat: each cron tick starts one run (needs OPENAI_PACK_BROKER_URL)."""
     install_log_redaction()
-    from workers.beat import describe_schedules, run_beat, validate_schedules
+    from workers.triggers.beat import describe_schedules, run_beat, validate_schedules
 
     try:
         if check:
@@ -100,7 +100,7 @@ def register(app: typer.Typer) -> None:
 
 
 def main() -> None:
-    """``python -m workers.cli_serve serve|beat ...``: these two commands without the rest of the CLI."""
+    """``python -m workers.cli.serve serve|beat ...``: these two commands without the rest of the CLI."""
     standalone = typer.Typer(help="Webhooks and schedules.", no_args_is_help=True, add_completion=False,
                              pretty_exceptions_enable=False)
     register(standalone)

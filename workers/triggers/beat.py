@@ -37,7 +37,7 @@ import workers.app as pack_app
 from integration.errors import ConfigError, InputError
 from integration.store import default_home
 from workers.app import app, engine
-from workers.kv import StoreError
+from workers.state.kv import StoreError
 from workers.workflow import WorkflowError, load_workflow, load_yaml
 
 __all__ = ["FIRE_TASK", "CronSchedule", "Schedule", "configure_beat", "describe_schedules", "fire_schedule",

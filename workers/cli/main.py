@@ -22,8 +22,8 @@ from integration.errors import ConfigError, InputError, ManifestError, PackError
 from integration.model import Integration
 from integration.redact import install_log_redaction, scrub
 from integration.store import IntegrationStore, open_store
-from workers.cli_serve import register as register_serve_commands
-from workers.cli_workflows import register as register_workflow_commands
+from workers.cli.serve import register as register_serve_commands
+from workers.cli.workflows import register as register_workflow_commands
 
 app = typer.Typer(help="OpenAI actions for workflow automation.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)

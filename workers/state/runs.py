@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from integration.redact import scrub_data
-from workers.kv import KV
+from workers.state.kv import KV
 
 __all__ = ["FINISHED", "RunStore", "now_iso"]
 

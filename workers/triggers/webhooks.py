@@ -40,7 +40,7 @@ from starlette.routing import Route
 from integration.errors import InputError
 from integration.redact import install_log_redaction, register_secret, scrub_data
 from workers.engine import Engine
-from workers.runs import FINISHED
+from workers.state.runs import FINISHED
 from workers.workflow import Workflow, load_workflow_dir
 
 __all__ = ["MIN_SECRET_LENGTH", "SIGNATURE_WINDOW", "configure_logging", "create_app", "serve", "sign"]

@@ -497,7 +497,7 @@ def _read(text: str, source: str) -> Any:
 
 @cache
 def _schema() -> dict[str, Any]:
-    text = resources.files("workers").joinpath("workflow.schema.json").read_text(encoding="utf-8")
+    text = resources.files("workers.workflow").joinpath("workflow.schema.json").read_text(encoding="utf-8")
     return json.loads(text)  # type: ignore[no-any-return]
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from integration.errors import OutcomeUnknownError
 from integration.redact import scrub_data
-from workers.kv import KV
+from workers.state.kv import KV
 
 __all__ = ["LEDGER_TTL", "Ledger"]
 

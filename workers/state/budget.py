@@ -21,8 +21,8 @@ from limits.strategies import MovingWindowRateLimiter
 
 from actions import Call
 from integration.client import ApiResponse
-from workers.kv import KV
 from workers.requeue import Requeue
+from workers.state.kv import KV
 
 __all__ = ["Budget", "parse_reset"]
 

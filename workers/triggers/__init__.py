@@ -1,0 +1,1 @@
+"""What starts runs besides the CLI: webhooks (HTTP) and schedules (Celery beat)."""
