@@ -54,7 +54,7 @@ def _no_constant(name: str) -> Any:
 
 
 def parse_json_text(text: str, field: str, *, action: str | None = None) -> Any:
-    """Parse JSON text strictly, or raise an InputError naming ``field``.
+    """Parse JSON text strictly, or raise an InputError naming ``field`` (or the path inside the text).
 
     Refused: invalid JSON, ``NaN``/``Infinity``/``-Infinity`` (Python's json accepts them), nesting
     deeper than ``MAX_DEPTH``, and lone surrogates such as ``"\\ud800"``.
@@ -70,7 +70,12 @@ def parse_json_text(text: str, field: str, *, action: str | None = None) -> Any:
                       action) from None
     except ValueError as exc:
         raise _refuse(field, f"is not valid JSON ({exc})", action) from None
-    check_value(value, field, action=action)
+    try:
+        check_value(value, action=action)  # paths inside the text are field paths (messages[0].content)
+    except InputError as exc:
+        if exc.problems and not exc.problems[0]["field"]:
+            raise _refuse(field, exc.problems[0]["reason"], action) from None
+        raise
     return value
 
 
@@ -113,8 +118,8 @@ def check_value(value: Any, field: str = "", *, action: str | None = None) -> No
             if isinstance(current, dict):
                 for key, item in current.items():
                     if isinstance(key, str) and (reason := _bad_string(key)):
-                        raise _refuse(_path(field, parts), f"has a key that {reason.replace('contains', 'holds')}",
-                                      action)
+                        shown = key.encode("utf-8", "backslashreplace").decode("utf-8")
+                        raise _refuse(_path(field, [*parts, shown]), f"is a field name that {reason}", action)
                     stack.append((item, [*parts, key]))
             else:
                 stack.extend((item, [*parts, index]) for index, item in enumerate(current))

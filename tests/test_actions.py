@@ -316,3 +316,61 @@ def test_the_key_never_appears_in_logs_errors_results_or_the_store(
     assert CANARY_KEY not in haystack
     assert CANARY_KEY[::-1] not in haystack
     close_all_clients()
+
+
+# ---------------------------------------------------------------- bad input from the command line (D7, D9)
+
+
+def _cli_with_simulator(simulator: Simulator, tmp_path: Path) -> dict[str, str]:
+    env = _cli_env(tmp_path / "home")
+    IntegrationStore(path=tmp_path / "home" / "integrations.json").add(
+        Integration(name="sim", base_url=simulator.url, auth={"placement": "none"}), make_default=True)
+    return env
+
+
+def _refused(result: Any) -> dict[str, Any]:
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr
+    return json.loads(result.stderr)["error"]  # type: ignore[no-any-return]
+
+
+CHAT_TEXT = '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]'
+
+
+@pytest.mark.parametrize(("args", "field"), [
+    (["--input", CHAT_TEXT + ', "temperature": NaN}'], "--input"),
+    (["--input", CHAT_TEXT + ', "temperature": -Infinity}'], "--input"),
+    (["--input", CHAT_TEXT + "}", "--set", "temperature=NaN"], "temperature"),
+    (["--input", '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "\\ud800"}]}'],
+     "messages[0].content"),
+    (["--input", "@DEEP"], "--input"),
+    (["--input", CHAT_TEXT + ', "stop": ["a", "b", "c", "d", "e"]}'], "stop"),
+    (["--input", CHAT_TEXT + ', "stop": "[\\"a\\", \\"b\\", \\"c\\", \\"d\\", \\"e\\"]"}'], "stop"),
+    (["--input", CHAT_TEXT + "}", "--set", 'stop=["a","b","c","d","e"]'], "stop"),
+])
+def test_malformed_cli_input_exits_2_naming_the_field(args: list[str], field: str, simulator: Simulator,
+                                                      tmp_path: Path) -> None:
+    deep = tmp_path / "deep.json"  # 200 kB: too long for one command-line argument
+    deep.write_text('{"model": "gpt-4o-mini", "messages": ' + "[" * 100_000 + "]" * 100_000 + "}", encoding="utf-8")
+    args = [f"@{deep}" if a == "@DEEP" else a for a in args]
+    error = _refused(run_cli(_cli_with_simulator(simulator, tmp_path), "run", "create_chat_completion", *args))
+    assert error["problems"][0]["field"] == field, error
+    assert simulator.calls == 0
+
+
+def test_input_files_that_are_not_utf8_are_refused(simulator: Simulator, tmp_path: Path) -> None:
+    env = _cli_with_simulator(simulator, tmp_path)
+    latin = tmp_path / "input.json"
+    latin.write_bytes('{"input": "caf\u00e9"}'.encode("latin-1"))
+    error = _refused(run_cli(env, "run", "create_moderation", "--input", f"@{latin}"))
+    assert error["problems"][0]["field"] == "--input" and "not UTF-8" in error["problems"][0]["reason"]
+    text = tmp_path / "text.txt"
+    text.write_bytes(b"\xff\xfeh\x00i\x00")  # UTF-16, as Windows tools write it
+    error = _refused(run_cli(env, "run", "create_moderation", "--set", f"input=@{text}"))
+    assert error["problems"][0]["field"] == "input" and "not UTF-8" in error["problems"][0]["reason"]
+    error = _refused(run_cli(env, "run", "create_moderation", "--input", f"@{tmp_path / 'missing.json'}"))
+    assert error["problems"][0]["field"] == "--input"
+    good = tmp_path / "good.txt"
+    good.write_text("caf\u00e9", encoding="utf-8")
+    assert run_cli(env, "run", "create_moderation", "--set", f"input=@{good}").returncode == 0
+    assert simulator.requests[-1]["body"]["input"] == "caf\u00e9"

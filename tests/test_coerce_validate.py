@@ -231,7 +231,7 @@ def test_a_lone_surrogate_is_refused_never_replaced() -> None:
     assert "lone surrogate (U+D800)" in caught.value.problems[0]["reason"]
     with pytest.raises(InputError) as in_key:
         actions.prepare("create_chat_completion", {"model": "m", "messages": MSG, "logit_bias": {"\udc80": 1}})
-    assert in_key.value.problems[0]["field"] == "logit_bias"
+    assert in_key.value.problems[0]["field"] == "logit_bias.\\udc80"
     with pytest.raises(InputError) as plain:
         actions.prepare("create_moderation", {"input": "x\udfff"})
     assert plain.value.problems[0]["field"] == "input"

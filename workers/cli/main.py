@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 import actions
-from actions._docs import field_rows, render_action, render_reference
+from actions import field_rows, render_action, render_reference
 from integration.errors import ConfigError, InputError, ManifestError, PackError
 from integration.model import Integration
 from integration.redact import install_log_redaction, scrub
@@ -128,19 +128,11 @@ def actions_docs() -> None:
 
 
 def _read_input(raw: str | None) -> dict[str, Any]:
+    """``--input`` as JSON text or ``@file``: strict UTF-8 and strict JSON (no NaN, bounded depth)."""
     if raw is None:
         return {}
-    text = raw
-    if raw.startswith("@"):
-        path = Path(raw[1:])
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            _usage_error("--input", f"cannot read {str(path)!r}: {exc.strerror}")
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        _usage_error("--input", f"is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})")
+    text = actions.read_text_file(raw[1:], "--input") if raw.startswith("@") else raw
+    value = actions.parse_json_text(text, "--input")
     if not isinstance(value, dict):
         _usage_error("--input", "must be a JSON object of field values")
     return value
@@ -152,10 +144,7 @@ def _apply_sets(inputs: dict[str, Any], assignments: list[str]) -> dict[str, Any
         if not sep or not key:
             _usage_error("--set", f"{item!r} is not field=value")
         if value.startswith("@"):
-            try:
-                value = Path(value[1:]).read_text(encoding="utf-8")
-            except OSError as exc:
-                _usage_error(key, f"cannot read {value[1:]!r}: {exc.strerror}")
+            value = actions.read_text_file(value[1:], key)
         inputs[key] = value  # a string, coerced by the field's schema like any workflow input
     return inputs
 
@@ -171,8 +160,8 @@ def run_action(
 ) -> None:
     """Run one action and print its output as JSON."""
     install_log_redaction()
-    inputs = _apply_sets(_read_input(input_), set_ or [])
     try:
+        inputs = _apply_sets(_read_input(input_), set_ or [])
         output = actions.run(name, inputs, integration)
     except PackError as exc:
         fail(exc)

@@ -43,8 +43,7 @@ from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, UndefinedErr
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 import actions
-from actions._coerce import coerce_inputs
-from actions._validate import problems_for
+from actions import coerce_inputs, problems_for
 from integration.errors import InputError, PackError
 
 __all__ = ["CONTEXT_NAMES", "ITEM_NAMES", "Step", "TemplateError", "Transition", "WebhookConfig", "Workflow",
