@@ -54,6 +54,8 @@ def field_rows(manifest: ActionManifest) -> list[dict[str, str]]:
             notes.append(f"choices from `{schema['x-options-from']}`")
         if schema.get("x-pack-only"):
             notes.append("pack option, not sent to the API")
+        if name in manifest.file_fields:
+            notes.append("a file: local path, `@path` or `data:…;base64,…` URL (sent as multipart)")
         if schema.get("deprecated"):
             notes.append("deprecated")
         rows.append({

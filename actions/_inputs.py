@@ -86,7 +86,18 @@ def _path(field: str, parts: list[Any]) -> str:
     return text
 
 
+def _unlink(link: tuple[Any, ...] | None) -> list[Any]:
+    """The path parts of a (key, parent) chain, built only when something is refused."""
+    parts: list[Any] = []
+    while link is not None:
+        parts.append(link[0])
+        link = link[1]
+    return parts[::-1]
+
+
 def _bad_string(text: str) -> str | None:
+    if text.isascii():
+        return None
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -97,32 +108,39 @@ def _bad_string(text: str) -> str | None:
 def check_value(value: Any, field: str = "", *, action: str | None = None) -> None:
     """Refuse what JSON cannot carry, naming the path: NaN/±Infinity, lone surrogates, excessive depth.
 
-    Iterative (no recursion), so a 100,000-deep value is refused rather than crashing. Keys are
+    Iterative (no recursion), so a 100,000-deep value is refused rather than crashing; paths are
+    only spelt out for a refusal, so the common valid case costs a few microseconds. Keys are
     checked like values. ``field`` prefixes every reported path (e.g. the CLI's ``--input``).
     """
-    stack: list[tuple[Any, list[Any]]] = [(value, [])]
+    stack: list[tuple[Any, int, tuple[Any, ...] | None]] = [(value, 0, None)]
     while stack:
-        current, parts = stack.pop()
+        current, depth, link = stack.pop()
         if isinstance(current, str):
             reason = _bad_string(current)
             if reason:
-                raise _refuse(_path(field, parts), reason, action)
+                raise _refuse(_path(field, _unlink(link)), reason, action)
         elif isinstance(current, float):
             if not math.isfinite(current):
-                raise _refuse(_path(field, parts), f"must be a finite number (got {current!r}; JSON has no NaN "
-                                                   "or Infinity)", action)
-        elif isinstance(current, dict | list):
-            if len(parts) >= MAX_DEPTH:
-                shown = _path(field, parts[:3]) + ("..." if len(parts) > 3 else "")
-                raise _refuse(shown, f"nests deeper than {MAX_DEPTH} levels", action)
-            if isinstance(current, dict):
-                for key, item in current.items():
-                    if isinstance(key, str) and (reason := _bad_string(key)):
-                        shown = key.encode("utf-8", "backslashreplace").decode("utf-8")
-                        raise _refuse(_path(field, [*parts, shown]), f"is a field name that {reason}", action)
-                    stack.append((item, [*parts, key]))
-            else:
-                stack.extend((item, [*parts, index]) for index, item in enumerate(current))
+                raise _refuse(_path(field, _unlink(link)), f"must be a finite number (got {current!r}; JSON has no "
+                                                           "NaN or Infinity)", action)
+        elif isinstance(current, dict):
+            if depth >= MAX_DEPTH:
+                raise _too_deep(field, link, action)
+            for key, item in current.items():
+                if isinstance(key, str) and (reason := _bad_string(key)):
+                    shown = key.encode("utf-8", "backslashreplace").decode("utf-8")
+                    raise _refuse(_path(field, [*_unlink(link), shown]), f"is a field name that {reason}", action)
+                stack.append((item, depth + 1, (key, link)))
+        elif isinstance(current, list):
+            if depth >= MAX_DEPTH:
+                raise _too_deep(field, link, action)
+            stack.extend((item, depth + 1, (index, link)) for index, item in enumerate(current))
+
+
+def _too_deep(field: str, link: tuple[Any, ...] | None, action: str | None) -> InputError:
+    parts = _unlink(link)
+    shown = _path(field, parts[:3]) + ("..." if len(parts) > 3 else "")
+    return _refuse(shown, f"nests deeper than {MAX_DEPTH} levels", action)
 
 
 def read_text_file(path: str | Path, field: str, *, action: str | None = None) -> str:
