@@ -18,6 +18,8 @@ from integration.errors import InputError
 
 __all__ = ["MAX_DEPTH", "check_value", "parse_json_text", "read_text_file"]
 
+_CONTAINERS = (dict, list)
+_SCALARS = (str, float)
 #: Deepest nesting accepted anywhere in an input (OpenAI's own request schemas nest far less).
 MAX_DEPTH = 64
 
@@ -108,33 +110,38 @@ def _bad_string(text: str) -> str | None:
 def check_value(value: Any, field: str = "", *, action: str | None = None) -> None:
     """Refuse what JSON cannot carry, naming the path: NaN/±Infinity, lone surrogates, excessive depth.
 
-    Iterative (no recursion), so a 100,000-deep value is refused rather than crashing; paths are
-    only spelt out for a refusal, so the common valid case costs a few microseconds. Keys are
-    checked like values. ``field`` prefixes every reported path (e.g. the CLI's ``--input``).
+    Iterative (no recursion), so a 100,000-deep value is refused rather than crashing. Scalars are
+    checked where they sit and paths are only spelt out for a refusal, so a valid chat input costs
+    a few microseconds. Keys are checked like values. ``field`` prefixes every reported path.
     """
+    _check_scalar(value, field, None, None, action)
+    if not isinstance(value, _CONTAINERS):
+        return
     stack: list[tuple[Any, int, tuple[Any, ...] | None]] = [(value, 0, None)]
     while stack:
         current, depth, link = stack.pop()
-        if isinstance(current, str):
-            reason = _bad_string(current)
-            if reason:
-                raise _refuse(_path(field, _unlink(link)), reason, action)
-        elif isinstance(current, float):
-            if not math.isfinite(current):
-                raise _refuse(_path(field, _unlink(link)), f"must be a finite number (got {current!r}; JSON has no "
-                                                           "NaN or Infinity)", action)
-        elif isinstance(current, dict):
-            if depth >= MAX_DEPTH:
-                raise _too_deep(field, link, action)
-            for key, item in current.items():
-                if isinstance(key, str) and (reason := _bad_string(key)):
-                    shown = key.encode("utf-8", "backslashreplace").decode("utf-8")
-                    raise _refuse(_path(field, [*_unlink(link), shown]), f"is a field name that {reason}", action)
+        if depth >= MAX_DEPTH:
+            raise _too_deep(field, link, action)
+        pairs = current.items() if isinstance(current, dict) else enumerate(current)
+        for key, item in pairs:
+            if isinstance(key, str) and not key.isascii() and (reason := _bad_string(key)):
+                shown = key.encode("utf-8", "backslashreplace").decode("utf-8")
+                raise _refuse(_path(field, [*_unlink(link), shown]), f"is a field name that {reason}", action)
+            if isinstance(item, _CONTAINERS):
                 stack.append((item, depth + 1, (key, link)))
-        elif isinstance(current, list):
-            if depth >= MAX_DEPTH:
-                raise _too_deep(field, link, action)
-            stack.extend((item, depth + 1, (index, link)) for index, item in enumerate(current))
+            elif isinstance(item, _SCALARS):
+                _check_scalar(item, field, key, link, action)
+
+
+def _check_scalar(item: Any, field: str, key: Any, link: tuple[Any, ...] | None, action: str | None) -> None:
+    reason = None
+    if isinstance(item, str):
+        reason = _bad_string(item)
+    elif isinstance(item, float) and not math.isfinite(item):
+        reason = f"must be a finite number (got {item!r}; JSON has no NaN or Infinity)"
+    if reason:
+        parts = _unlink(link) + ([] if key is None and link is None else [key])
+        raise _refuse(_path(field, parts), reason, action)
 
 
 def _too_deep(field: str, link: tuple[Any, ...] | None, action: str | None) -> InputError:
