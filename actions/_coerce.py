@@ -165,6 +165,10 @@ def coerce_value(value: Any, schema: dict[str, Any], root: dict[str, Any], top_l
     if branches:
         return _coerce_union(value, [resolve_ref(b, root) for b in branches], root, top_level)
     kinds = _types(schema)
+    if top_level and isinstance(value, str) and "string" in kinds and kinds & {"array", "object"}:
+        parsed = _container_text(value, [schema])  # "type": ["string", "array"] is a union too
+        if parsed is not _MISSING:
+            value = parsed
     if isinstance(value, str) and "string" not in kinds and kinds:
         converted = _from_text(value, kinds)
         if converted is _MISSING:

@@ -188,6 +188,13 @@ def test_every_top_level_union_field_reads_json_text_as_a_list() -> None:
     assert checked >= 3
 
 
+def test_a_type_list_union_reads_json_text_too() -> None:
+    schema = {"type": "object", "properties": {"tags": {"type": ["string", "array"], "maxItems": 2}}}
+    assert coerce_inputs({"tags": '["a", "b", "c"]'}, schema) == {"tags": ["a", "b", "c"]}
+    assert problems_for(coerce_inputs({"tags": '["a", "b", "c"]'}, schema), schema)[0]["field"] == "tags"
+    assert coerce_inputs({"tags": "[a"}, schema) == {"tags": "[a"}
+
+
 def test_json_text_inside_a_message_stays_text_unless_it_fits() -> None:
     prepared = actions.prepare("create_chat_completion",
                                {"model": "m", "messages": [{"role": "user", "content": "[1, 2, 3]"}]})
