@@ -90,21 +90,23 @@ def _form_parts(name: str, value: Any) -> list[tuple[str, str]]:
     return [(name, "" if value is None else str(value))]
 
 
-def multipart_body(manifest: ActionManifest, sendable: dict[str, Any]) -> tuple[list[Any], dict[str, list[str]]]:
-    """(files, data) for httpx: file fields read now (a missing file is a field-named InputError), the rest text."""
-    files: list[Any] = []
-    data: dict[str, list[str]] = {}
+def multipart_body(manifest: ActionManifest, sendable: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Every part for httpx's ``files=``: file fields read now (a missing file is a field-named InputError).
+
+    Plain fields are parts without a file name, so the body is multipart even when no file is
+    given (httpx would send ``data=`` alone as a URL-encoded form).
+    """
+    parts: list[tuple[str, Any]] = []
     for name, value in sendable.items():
         if name in manifest.file_fields:
             many = isinstance(value, list)
             for index, item in enumerate(value if many else [value]):
                 where = f"{name}[{index}]" if many else name
                 upload = read_file_field(item, where, manifest.properties[name], action=manifest.name)
-                files.append((f"{name}[]" if many else name, upload))
+                parts.append((f"{name}[]" if many else name, upload))
         else:
-            for part, text in _form_parts(name, value):
-                data.setdefault(part, []).append(text)
-    return files, data
+            parts.extend((part, (None, text)) for part, text in _form_parts(name, value))
+    return parts
 
 
 def _add_usage(total: dict[str, int], usage: Any) -> None:
@@ -171,11 +173,9 @@ class Call:
         stream = http.stream
         streaming = stream is not None and sendable.get(stream.flag) is True
         body = sendable if http.encoding == "json" else None
-        files = data = None
-        if http.encoding == "multipart":
-            files, data = multipart_body(self.manifest, sendable)
-        response = self.send(http.method, path, json_body=body, params=params, files=files or None,
-                             data=data, assemble_stream=stream.assemble if streaming and stream else None)
+        parts = multipart_body(self.manifest, sendable) if http.encoding == "multipart" else None
+        response = self.send(http.method, path, json_body=body, params=params, files=parts or None,
+                             assemble_stream=stream.assemble if streaming and stream else None)
         return self.expect_object(response)
 
     def expect_object(self, response: ApiResponse) -> dict[str, Any]:

@@ -413,6 +413,7 @@ class _FormServer(ThreadingHTTPServer):
 
     def __init__(self) -> None:
         self.received: list[list[tuple[str, str | None, bytes]]] = []
+        self.content_types: list[str] = []
         super().__init__(("127.0.0.1", 0), _FormHandler)
 
 
@@ -421,6 +422,7 @@ class _FormHandler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802 - the stdlib's spelling
         body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.content_types.append(self.headers["Content-Type"])
         head = f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode()
         message = BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
         self.server.received.append([(part.get_param("name", header="content-disposition"), part.get_filename(),
@@ -477,6 +479,21 @@ def test_multipart_sends_files_and_form_fields(transcription: actions.ActionMani
     assert [p for p in form_server.received[-1] if p[0] == "file"][0][2] == b"RIFF-wav"
     actions.run("create_transcription", {"file": str(audio), "model": "whisper-1"}, integration)  # a plain path
     assert len(form_server.received) == 3
+    assert all(content_type.startswith("multipart/form-data") for content_type in form_server.content_types)
+
+
+def test_multipart_without_a_file_part_is_still_multipart(form_server: _FormServer, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """An operation whose file is optional (a file id instead) still gets a multipart body."""
+    optional = json.loads(json.dumps(TRANSCRIPTION)) | {"name": "create_container_file"}
+    optional["input"]["required"] = ["model"]
+    (tmp_path / "create_container_file.json").write_text(json.dumps(optional), encoding="utf-8")
+    monkeypatch.setenv(actions.MANIFEST_PATH_ENV, str(tmp_path))
+    integration = Integration(name="form", base_url=f"http://127.0.0.1:{form_server.server_port}/v1",
+                              auth={"placement": "none"}, max_retries=0)
+    actions.run("create_container_file", {"model": "whisper-1"}, integration)
+    assert form_server.content_types[-1].startswith("multipart/form-data")
+    assert form_server.received[-1] == [("model", None, b"whisper-1")]
 
 
 @pytest.mark.parametrize(("value", "words"), [
