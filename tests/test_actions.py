@@ -622,3 +622,14 @@ def _one_manifest_file_is_enough(extra: Path, simulator: Simulator, tmp_path: Pa
     summary = standard.stdout.strip().splitlines()[-1]
     counts = {word: int(number) for number, word in re.findall(r"(\d+) (passed|skipped)", summary)}
     assert counts.get("passed", 0) >= 8 and sum(counts.values()) >= 14, summary
+
+
+def test_a_broken_extra_directory_is_a_json_error_not_a_traceback(tmp_path: Path) -> None:
+    env = _cli_env(tmp_path / "home") | {actions.MANIFEST_PATH_ENV: str(tmp_path / "missing")}
+    for args in (["actions", "list"], ["actions", "show", "list_models"], ["run", "list_models"]):
+        error = _refused(run_cli(env, *args))
+        assert actions.MANIFEST_PATH_ENV in error["message"] and "missing" in error["message"], args
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "broken.json").write_text("{", encoding="utf-8")
+    error = _refused(run_cli(env | {actions.MANIFEST_PATH_ENV: str(tmp_path / "mine")}, "actions", "list"))
+    assert "broken.json" in error["message"] and "not valid JSON" in error["message"]

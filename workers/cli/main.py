@@ -64,8 +64,11 @@ def _usage_error(field: str, reason: str) -> NoReturn:
 
 @actions_app.command("list")
 def actions_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
-    """Every action the pack ships."""
-    manifests = actions.registry()
+    """Every action: the pack's own and those of OPENAI_PACK_MANIFEST_PATH and installed extensions."""
+    try:
+        manifests = actions.registry()
+    except PackError as exc:  # a broken extra manifest directory: a JSON error naming it, exit 2
+        fail(exc)
     if as_json:
         _emit([{"name": m.name, "title": m.title, "category": m.category, "method": m.http.method,
                 "path": m.http.path, "idempotent": m.is_idempotent} for m in manifests.values()])
