@@ -61,7 +61,7 @@ def parse_json_text(text: str, field: str, *, action: str | None = None) -> Any:
     Refused: invalid JSON, ``NaN``/``Infinity``/``-Infinity`` (Python's json accepts them), nesting
     deeper than ``MAX_DEPTH``, and lone surrogates such as ``"\\ud800"``.
     """
-    if "[" in text or "{" in text:  # only containers nest; the scan is linear and never recurses
+    if text.count("[") + text.count("{") > MAX_DEPTH:  # only then can it nest too deep; the scan never recurses
         offset = _text_depth_error(text)
         if offset is not None:
             raise _refuse(field, f"nests deeper than {MAX_DEPTH} levels (at character {offset})", action)
