@@ -16,7 +16,7 @@ from workers.state.leases import Leases
 from workers.state.runs import RunStore
 
 if TYPE_CHECKING:
-    from actions._simulator import Simulator
+    from actions.simulator import Simulator
 
 
 @pytest.fixture(params=["redis", "sqlite"])

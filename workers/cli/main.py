@@ -18,7 +18,9 @@ from rich.console import Console
 from rich.table import Table
 
 import actions
-from actions._docs import field_rows, render_action, render_reference
+from actions import field_rows, render_action, render_reference
+from actions.simulator.options import CONTROL_ROUTE_HELP, DEFAULT_PORT, Placement
+from actions.simulator.options import HELP as SIM_HELP
 from integration.auth import api_key_from_text
 from integration.errors import ConfigError, InputError, ManifestError, PackError
 from integration.model import Integration
@@ -64,8 +66,11 @@ def _usage_error(field: str, reason: str) -> NoReturn:
 
 @actions_app.command("list")
 def actions_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
-    """Every action the pack ships."""
-    manifests = actions.registry()
+    """Every action: the pack's own and those of OPENAI_PACK_MANIFEST_PATH and installed extensions."""
+    try:
+        manifests = actions.registry()
+    except PackError as exc:  # a broken extra manifest directory: a JSON error naming it, exit 2
+        fail(exc)
     if as_json:
         _emit([{"name": m.name, "title": m.title, "category": m.category, "method": m.http.method,
                 "path": m.http.path, "idempotent": m.is_idempotent} for m in manifests.values()])
@@ -130,19 +135,11 @@ def actions_docs() -> None:
 
 
 def _read_input(raw: str | None) -> dict[str, Any]:
+    """``--input`` as JSON text or ``@file``: strict UTF-8 and strict JSON (no NaN, bounded depth)."""
     if raw is None:
         return {}
-    text = raw
-    if raw.startswith("@"):
-        path = Path(raw[1:])
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            _usage_error("--input", f"cannot read {str(path)!r}: {exc.strerror}")
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        _usage_error("--input", f"is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})")
+    text = actions.read_text_file(raw[1:], "--input") if raw.startswith("@") else raw
+    value = actions.parse_json_text(text, "--input")
     if not isinstance(value, dict):
         _usage_error("--input", "must be a JSON object of field values")
     return value
@@ -154,10 +151,7 @@ def _apply_sets(inputs: dict[str, Any], assignments: list[str]) -> dict[str, Any
         if not sep or not key:
             _usage_error("--set", f"{item!r} is not field=value")
         if value.startswith("@"):
-            try:
-                value = Path(value[1:]).read_text(encoding="utf-8")
-            except OSError as exc:
-                _usage_error(key, f"cannot read {value[1:]!r}: {exc.strerror}")
+            value = actions.read_text_file(value[1:], key)
         inputs[key] = value  # a string, coerced by the field's schema like any workflow input
     return inputs
 
@@ -173,8 +167,8 @@ def run_action(
 ) -> None:
     """Run one action and print its output as JSON."""
     install_log_redaction()
-    inputs = _apply_sets(_read_input(input_), set_ or [])
     try:
+        inputs = _apply_sets(_read_input(input_), set_ or [])
         output = actions.run(name, inputs, integration)
     except PackError as exc:
         fail(exc)
@@ -296,15 +290,26 @@ def integrations_rotate_key() -> None:
 # ---------------------------------------------------------------- simulator and docs
 
 
-@app.command("simulate")
+@app.command("simulate", epilog="\n\n".join(f"{route}: {text}" for route, text in CONTROL_ROUTE_HELP)
+             + "\n\nSee docs/simulator.md.")
 def simulate(
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 = any free port).")] = 8765,
-    latency: Annotated[float, typer.Option(help="Seconds before each answer.")] = 0.0,
+    port: Annotated[int, typer.Option(help=SIM_HELP["port"])] = DEFAULT_PORT,
+    latency: Annotated[float, typer.Option(help=SIM_HELP["latency"])] = 0.0,
+    api_key_env: Annotated[str | None, typer.Option(metavar="NAME", help=SIM_HELP["api_key_env"])] = None,
+    auth: Annotated[Placement, typer.Option(help=SIM_HELP["auth"])] = "bearer",
+    auth_name: Annotated[str | None, typer.Option(help=SIM_HELP["auth_name"])] = None,
+    auth_prefix: Annotated[str, typer.Option(help=SIM_HELP["auth_prefix"])] = "",
+    rate_limit_rpm: Annotated[int | None, typer.Option(help=SIM_HELP["rate_limit_rpm"])] = None,
+    no_legacy_edits: Annotated[bool, typer.Option("--no-legacy-edits", help=SIM_HELP["no_legacy_edits"])] = False,
 ) -> None:
     """Serve the loopback OpenAI API simulator (not the real API) until Ctrl-C."""
-    from actions import _simulator
+    from actions.simulator import serve
 
-    _simulator.main(["--port", str(port), "--latency", str(latency)])
+    try:
+        serve(port, latency=latency, api_key_env=api_key_env, auth=auth, auth_name=auth_name, auth_prefix=auth_prefix,
+              rate_limit_rpm=rate_limit_rpm, legacy_edits=not no_legacy_edits)
+    except PackError as exc:
+        fail(exc)
 
 
 @app.command("docs")
