@@ -36,6 +36,7 @@ from integration.errors import (
     StoreError,
 )
 from integration.model import Integration
+from integration.store import resolve
 from workers.requeue import Requeue
 from workers.settings import Settings
 from workers.state.kv import Op
@@ -107,11 +108,11 @@ class LedgeredCalls:
         """
         manifest = actions.get(action)
         prepared = actions.prepare(action, inputs)  # bad input fails here, before any claim
+        integration = resolve(integration)  # so does a missing integration; the default gets its name
         stored = self.ledger.begin(key, idempotent=manifest.is_idempotent, what=what)
         if stored is not None:
             return CallResult(output=stored.get("output"), usage=stored.get("usage") or {},
                               attempts=0, request_ids=stored.get("request_ids") or [], replayed=True)
-        name = integration if isinstance(integration, str) or integration is None else integration.name
         try:
             result = actions.execute(action, prepared, integration, options=self.options(max_retries=max_retries),
                                      already_prepared=True)
@@ -137,8 +138,8 @@ class LedgeredCalls:
             raise
         except PackError as exc:
             self.ledger.release(key)
-            if isinstance(exc, AuthenticationError) and name:
-                self.store.mark_integration_failing(name, exc.to_dict())
+            if isinstance(exc, AuthenticationError):
+                self.store.mark_integration_failing(integration.name, exc.to_dict())
             raise
         except BaseException:
             self.ledger.release(key)
