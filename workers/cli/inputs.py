@@ -41,10 +41,6 @@ def read_text_file(path: str | Path, field: str) -> str:
                              f"{exc.start}); convert it to UTF-8") from None
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number; JSON has no NaN or Infinity")
-
-
 def _path(field: str, parts: list[Any]) -> str:
     return field + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in parts)
 
@@ -89,12 +85,12 @@ def parse_json_text(text: str, field: str) -> Any:
     if reason := _not_text(text):  # undecodable bytes in an argument arrive as lone surrogates
         raise _refuse(field, reason)
     try:
-        value = json.loads(text, parse_constant=_no_constant)
+        value = json.loads(text)  # NaN/Infinity parse here and are refused below, with their path
     except json.JSONDecodeError as exc:
         raise _refuse(field, f"is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
     except RecursionError:  # the C decoder stops at the interpreter's limit, cleanly
         raise _refuse(field, f"nests deeper than {MAX_DEPTH} levels") from None
-    except ValueError as exc:
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
         raise _refuse(field, f"is not valid JSON ({exc})") from None
     check_json_value(value, field)
     return value
