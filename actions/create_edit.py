@@ -11,7 +11,7 @@ instruction, input, n, temperature, top_p), same ``edit`` response shape. The ma
 - the answer becomes ``{"object": "edit", "created", "choices": [{"index", "text",
   "finish_reason"}], "usage"}``, each choice's text being the message content.
 
-An integration whose server still serves ``/edits`` (``legacy_edits: true``) gets the real call.
+An integration whose server still serves ``/edits`` (feature ``legacy_edits``) gets the real call.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def chat_request(inputs: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(call: Call) -> dict[str, Any]:
-    if call.integration.legacy_edits:
+    if call.integration.feature("legacy_edits"):
         return call.default()
     chat = call.expect_object(call.send("POST", "/chat/completions", json_body=chat_request(call.inputs)))
     return {

@@ -7,7 +7,7 @@ Retry layers, deliberately:
    jitter. A wait longer than ``max_inline_wait`` is not slept: ``RateLimitedError(retry_after=…)`` is
    raised so a worker can re-queue the step instead of holding a thread.
 3. A read timeout or a dropped connection on a paid (non-idempotent) call is never repeated: the request
-   may have been processed, so ``TimeoutError`` says "outcome unknown". Idempotent calls retry it.
+   may have been processed, so ``NoAnswerError`` says "outcome unknown". Idempotent calls retry it.
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ class Client:
             attempt += 1
             try:
                 result = self._send_once(method, url, json_body, params, files, data, sse)
-            except errors.TimeoutError as exc:
+            except errors.NoAnswerError as exc:
                 exc.retryable = idempotent
                 exc.details.update(idempotent=idempotent, attempts=attempt)
                 if not idempotent or attempt > retries:
@@ -249,19 +249,19 @@ class Client:
                 status=response.status_code, request_id=request_id)
         return ApiResponse(response.status_code, body, headers, request_id, 1, 0.0)
 
-    def _no_answer(self, what: str) -> errors.TimeoutError:
-        return errors.TimeoutError(f"sent to {self._where()}, but {what}; the outcome is unknown",
+    def _no_answer(self, what: str) -> errors.NoAnswerError:
+        return errors.NoAnswerError(f"sent to {self._where()}, but {what}; the outcome is unknown",
                                    idempotent=False)
 
     def _where(self) -> str:
         return self.integration.base_url
 
 
-_clients: dict[tuple[str, int], Client] = {}
+_clients: dict[tuple[str, str], Client] = {}
 _clients_lock = threading.Lock()
 
 
-_recent: dict[int, tuple[Integration, tuple[str, int]]] = {}
+_recent: dict[int, tuple[Integration, tuple[str, str]]] = {}
 
 
 def client_for(integration: Integration) -> Client:
@@ -270,7 +270,7 @@ def client_for(integration: Integration) -> Client:
     if seen is not None and seen[0] is integration:  # the same (immutable) object: skip re-hashing it
         key = seen[1]
     else:
-        key = (integration.name, hash(_fingerprint(integration)))
+        key = (integration.name, _client_key(integration))
         if len(_recent) > 256:
             _recent.clear()
         _recent[id(integration)] = (integration, key)
@@ -285,9 +285,10 @@ def client_for(integration: Integration) -> Client:
         return client
 
 
-def _fingerprint(integration: Integration) -> str:
+def _client_key(integration: Integration) -> str:
+    """Everything that shapes the client: the public fields and the key's fingerprint (never the key)."""
     public = json.dumps(integration.public_dict(), sort_keys=True)
-    return public + "\x00" + repr(hash(integration.api_key))
+    return public + "\x00" + (integration.key_fingerprint or "")
 
 
 def close_all_clients() -> None:

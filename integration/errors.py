@@ -1,10 +1,19 @@
-"""Every error the pack raises, in one tree, so callers branch on type or on a stable ``code``.
+"""Every error the pack raises, in one tree, so callers branch on type, ``category`` or a stable ``code``.
 
-    PackError                       .code .retryable .to_dict()
-    ├── ManifestError               a manifest is malformed (a developer error, found at load time)
-    ├── ConfigError                 an integration is missing or invalid
-    ├── InputError                  bad action input; raised before any request is sent
-    ├── ApiError                    the API answered with an error status
+Each class carries its ``category`` and the CLI ``exit_code`` (2: the caller must fix their input or
+configuration; 1: the call failed and may work later), so no caller compares code strings::
+
+    PackError                       .code .category .exit_code .retryable .to_dict()   internal, 1
+    ├── ManifestError               a manifest is malformed (found at load time)        manifest, 2
+    ├── ConfigError                 an integration or a setting is missing or invalid   config, 2
+    │   └── KeyRingError                the Fernet keys cannot open the stored API keys
+    ├── InputError                  bad action input; raised before any request is sent input, 2
+    ├── WorkflowError               a workflow file is wrong (base of workers' own)     input, 2
+    ├── TemplateError               a template failed to render (base of workers' own)  input, 2
+    ├── HookError                   a webhook request is refused; ``.status`` (HTTP)    webhook, 2
+    ├── StoreError                  the run/state store failed                          store, 1
+    │   └── StoreUnavailableError       it cannot be reached right now (retryable)
+    ├── ApiError                    the API answered with an error status               api, 1
     │   ├── BadRequestError             400
     │   ├── AuthenticationError         401
     │   ├── PermissionDeniedError       403
@@ -14,11 +23,16 @@
     │   ├── RateLimitedError            429 (retryable, .retry_after)
     │   │   └── QuotaExceededError      429 insufficient_quota (never retryable)
     │   ├── ServerError                 5xx (retryable)
+    │   ├── UpstreamError               any other status
     │   └── ResponseShapeError          2xx, but the body is not what the action promises
-    ├── TransportError
+    ├── TransportError                                                                  transport, 1
     │   ├── ConnectError                the request was never sent: always safe to retry
-    │   └── TimeoutError                sent, no answer: the outcome of a paid call is unknown
-    └── OutcomeUnknownError         a paid call was started and never finished; refuse to repeat it
+    │   └── NoAnswerError               sent, no answer: the outcome of a paid call is unknown
+    └── OutcomeUnknownError         a paid call was started and never finished          outcome, 1
+
+``NoAnswerError`` was called ``TimeoutError``, which shadowed the builtin; the old name still
+imports (with a DeprecationWarning) but is not exported by ``*``. Records written under the old
+name are rebuilt as ``NoAnswerError``.
 
 Errors are built from plain JSON-able values only (Celery stores ``exc.args``) and never carry
 headers, URLs with query strings or request bodies, so nothing secret can ride along.
@@ -26,17 +40,23 @@ headers, URLs with query strings or request bodies, so nothing secret can ride a
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 __all__ = [
+    "EXIT_BAD_INPUT",
+    "EXIT_FAILURE",
     "ApiError",
     "AuthenticationError",
     "BadRequestError",
     "ConfigError",
     "ConflictError",
     "ConnectError",
+    "HookError",
     "InputError",
+    "KeyRingError",
     "ManifestError",
+    "NoAnswerError",
     "NotFoundError",
     "OutcomeUnknownError",
     "PackError",
@@ -45,19 +65,29 @@ __all__ = [
     "RateLimitedError",
     "ResponseShapeError",
     "ServerError",
-    "TimeoutError",
+    "StoreError",
+    "StoreUnavailableError",
+    "TemplateError",
     "TransportError",
     "UnprocessableEntityError",
     "UpstreamError",
-    "error_from_dict",
+    "WorkflowError",
     "error_for_status",
+    "error_from_dict",
+    "exit_code_for",
 ]
+
+#: The CLI's exit codes: 2 when the caller must change their input or configuration, 1 otherwise.
+EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
 
 
 class PackError(Exception):
     """Base of every error the pack raises on purpose."""
 
     code: str = "pack_error"
+    category: str = "internal"
+    exit_code: int = EXIT_FAILURE
     retryable: bool = False
 
     def __init__(self, message: str, **details: Any) -> None:
@@ -66,13 +96,14 @@ class PackError(Exception):
         self.details = {k: v for k, v in details.items() if v is not None}
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self).__name__, self.message, self.details))
+        return (_rebuild, (type(self).__name__, self.message, {**self.details, "retryable": self.retryable}))
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape used on stderr, in run records and in Celery results."""
         return {
             "type": type(self).__name__,
             "code": self.code,
+            "category": self.category,
             "message": self.message,
             "retryable": self.retryable,
             **self.details,
@@ -82,22 +113,33 @@ class PackError(Exception):
         return self.message
 
 
+def exit_code_for(error: BaseException) -> int:
+    """The CLI exit code of any exception: the class decides for the pack's own, 1 for anything else."""
+    return error.exit_code if isinstance(error, PackError) else EXIT_FAILURE
+
+
 class ManifestError(PackError):
-    code = "manifest_invalid"
+    code, category, exit_code = "manifest_invalid", "manifest", EXIT_BAD_INPUT
 
 
 class ConfigError(PackError):
-    code = "config_invalid"
+    code, category, exit_code = "config_invalid", "config", EXIT_BAD_INPUT
 
     def __init__(self, message: str, field: str | None = None, **details: Any) -> None:
         super().__init__(message, field=field, **details)
         self.field = field
 
 
+class KeyRingError(ConfigError):
+    """The Fernet keys in use cannot open an API key already stored: writing now would strand it."""
+
+    code = "keyring_mismatch"
+
+
 class InputError(PackError):
     """Bad input: ``problems`` lists every ``{field, reason}``; the first one names ``field``."""
 
-    code = "invalid_input"
+    code, category, exit_code = "invalid_input", "input", EXIT_BAD_INPUT
 
     def __init__(self, problems: list[dict[str, str]], action: str | None = None) -> None:
         first = problems[0]
@@ -110,10 +152,41 @@ class InputError(PackError):
         self.problems = problems
 
 
+class WorkflowError(PackError):
+    """A workflow file is wrong; ``workers`` subclasses it with file, step and field."""
+
+    code, category, exit_code = "workflow_invalid", "input", EXIT_BAD_INPUT
+
+
+class TemplateError(PackError):
+    """A template failed to render at run time; ``workers`` subclasses it with step and expression."""
+
+    code, category, exit_code = "template_error", "input", EXIT_BAD_INPUT
+
+
+class HookError(PackError):
+    """A webhook request is refused; ``status`` is the HTTP status the caller gets."""
+
+    code, category, exit_code = "hook_refused", "webhook", EXIT_BAD_INPUT
+    status: int = 400
+
+
+class StoreError(PackError):
+    """The pack's own state store (runs, ledger, budget) failed, as opposed to the step it runs."""
+
+    code, category, exit_code = "store_error", "store", EXIT_FAILURE
+
+
+class StoreUnavailableError(StoreError):
+    """The state store cannot be reached right now; the work is safe to retry later."""
+
+    code, retryable = "store_unavailable", True
+
+
 class ApiError(PackError):
     """The API answered with an error; the fields mirror OpenAI's error body."""
 
-    code = "api_error"
+    code, category, exit_code = "api_error", "api", EXIT_FAILURE
     status: int | None = None
 
     def __init__(
@@ -187,15 +260,15 @@ class ResponseShapeError(ApiError):
 
 
 class TransportError(PackError):
-    code = "transport_error"
+    code, category, exit_code = "transport_error", "transport", EXIT_FAILURE
 
 
 class ConnectError(TransportError):
     code, retryable = "connect_failed", True
 
 
-class TimeoutError(TransportError):  # noqa: A001 - the pack's own, distinct from the builtin
-    """The request went out and no (complete) answer came back in time."""
+class NoAnswerError(TransportError):
+    """The request went out and no (complete) answer came back in time (or the connection dropped)."""
 
     code = "timeout"
 
@@ -205,7 +278,7 @@ class TimeoutError(TransportError):  # noqa: A001 - the pack's own, distinct fro
 
 
 class OutcomeUnknownError(PackError):
-    code = "outcome_unknown"
+    code, category, exit_code = "outcome_unknown", "outcome", EXIT_FAILURE
 
 
 _BY_STATUS: dict[int, type[ApiError]] = {
@@ -228,12 +301,28 @@ def error_for_status(status: int, error_code: str | None = None) -> type[ApiErro
     return _BY_STATUS.get(status, UpstreamError)
 
 
+#: Names used in records written by earlier versions of the pack.
+_RENAMED = {"TimeoutError": "NoAnswerError"}
+
+
+def __getattr__(name: str) -> Any:
+    """``TimeoutError`` still imports, for code written before the rename, with a warning."""
+    if name == "TimeoutError":
+        warnings.warn("integration.errors.TimeoutError is now NoAnswerError", DeprecationWarning, stacklevel=2)
+        return NoAnswerError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _all_error_classes() -> dict[str, type[PackError]]:
+    """Every class by name. When two share a name, the one that extends this tree from another module
+    wins: workers' ``WorkflowError`` (a subclass of this one, or still a sibling) is what its records mean."""
     found: dict[str, type[PackError]] = {}
     pending: list[type[PackError]] = [PackError]
     while pending:
         cls = pending.pop()
-        found[cls.__name__] = cls
+        known = found.get(cls.__name__)
+        if known is None or issubclass(cls, known) or (known.__module__ == __name__ and cls.__module__ != __name__):
+            found[cls.__name__] = cls
         pending.extend(cls.__subclasses__())
     return found
 
@@ -244,12 +333,13 @@ def _rebuild(type_name: str, message: str, details: dict[str, Any]) -> PackError
 
 def error_from_dict(data: dict[str, Any]) -> PackError:
     """Rebuild a typed error from ``to_dict()`` output (run records, Celery results)."""
-    cls = _all_error_classes().get(str(data.get("type")), PackError)
-    details = {k: v for k, v in data.items() if k not in {"type", "code", "message", "retryable"}}
+    type_name = str(data.get("type"))
+    cls = _all_error_classes().get(_RENAMED.get(type_name, type_name), PackError)
+    details = {k: v for k, v in data.items() if k not in {"type", "code", "category", "message", "retryable"}}
     err = cls.__new__(cls)
     PackError.__init__(err, str(data.get("message", "")), **details)
     for key, value in details.items():
         setattr(err, key, value)
-    if "retryable" in data and cls is TimeoutError:
+    if "retryable" in data and bool(data["retryable"]) != cls.retryable:  # set per instance (NoAnswerError)
         err.retryable = bool(data["retryable"])
     return err

@@ -1,7 +1,12 @@
 """The integration definition: everything needed to reach one OpenAI(-compatible) account.
 
 An MSP keeps one per customer, so integrations are named values, frozen once built, and the
-API key is a ``SecretStr`` that prints as ``**********`` everywhere.
+API key is a ``SecretStr`` that prints as ``**********`` everywhere. This module never reads the key:
+``integration.auth`` checks it and fingerprints it.
+
+What a server can do beyond the current OpenAI API (an endpoint OpenAI retired but a compatible
+server still serves, say) is a named entry in ``features``; the action concerned reads its own flag
+with ``integration.feature(name)``, so this model knows no action.
 """
 
 from __future__ import annotations
@@ -11,8 +16,18 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from integration.auth import api_key_from_text, checked_api_key, key_fingerprint
 from integration.errors import ConfigError
 
 __all__ = ["Auth", "AuthPlacement", "Integration", "RateLimits", "Timeouts", "config_error_from"]
@@ -20,6 +35,9 @@ __all__ = ["Auth", "AuthPlacement", "Integration", "RateLimits", "Timeouts", "co
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 _INTEGRATION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_FEATURE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+#: Fields older versions of the pack stored, and the feature flag each one became.
+_FIELDS_NOW_FEATURES = {"legacy_edits": "legacy_edits"}
 
 
 class AuthPlacement(StrEnum):
@@ -88,8 +106,28 @@ class Integration(BaseModel):
     timeout: Timeouts = Timeouts()
     max_retries: Annotated[int, Field(ge=0, le=10)] = 2
     extra_headers: dict[str, str] = Field(default_factory=dict)
-    legacy_edits: bool = Field(False, description="The server still serves POST /edits (most don't).")
+    features: dict[str, bool] = Field(default_factory=dict, description=(
+        "What this server does beyond the current OpenAI API, by name; each action documents the "
+        "flag it reads (e.g. legacy_edits: the server still serves POST /edits)."))
     rate_limits: RateLimits = RateLimits()
+
+    _fingerprint: tuple[SecretStr, str] | None = PrivateAttr(None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_fields_become_features(cls, data: Any) -> Any:
+        """A stored entry or caller from before ``features`` existed keeps its meaning."""
+        if not isinstance(data, dict) or not _FIELDS_NOW_FEATURES.keys() & data.keys():
+            return data
+        data = dict(data)
+        features = dict(data.get("features") or {})
+        for old, flag in _FIELDS_NOW_FEATURES.items():
+            if old in data:
+                value = data.pop(old)
+                if value:
+                    features.setdefault(flag, bool(value))
+        data["features"] = features
+        return data
 
     @field_validator("name")
     @classmethod
@@ -108,10 +146,17 @@ class Integration(BaseModel):
 
     @field_validator("api_key")
     @classmethod
-    def _empty_key_is_none(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None:
-            return None
-        return value if value.get_secret_value().strip() else None
+    def _check_api_key(cls, value: SecretStr | None) -> SecretStr | None:
+        """Blank means no key; a control character, space or non-ASCII character is refused."""
+        return checked_api_key(value)
+
+    @field_validator("features")
+    @classmethod
+    def _check_features(cls, value: dict[str, bool]) -> dict[str, bool]:
+        for flag in value:
+            if not _FEATURE_NAME.match(flag):
+                raise ValueError(f"{flag!r} is not a feature name (lower-case letters, digits and '_')")
+        return {flag: value[flag] for flag in sorted(value)}
 
     @field_validator("organization_id", "project_id")
     @classmethod
@@ -147,8 +192,8 @@ class Integration(BaseModel):
     def from_env(cls, environ: dict[str, str] | None = None, name: str = "default") -> Integration | None:
         """The default integration from the variables the official SDK reads, or None if no key is set."""
         env = os.environ if environ is None else environ
-        key = env.get("OPENAI_API_KEY", "").strip()
-        if not key:
+        key = api_key_from_text(env.get("OPENAI_API_KEY", ""), field="OPENAI_API_KEY")
+        if key is None:
             return None
         fields: dict[str, Any] = {"name": name, "api_key": key,
                                   "organization_id": env.get("OPENAI_ORG_ID") or None,
@@ -156,6 +201,22 @@ class Integration(BaseModel):
         if env.get("OPENAI_BASE_URL"):
             fields["base_url"] = env["OPENAI_BASE_URL"]
         return cls.build(**fields)
+
+    def feature(self, name: str) -> bool:
+        """Whether this server offers the named extra (False unless the integration says so)."""
+        return self.features.get(name, False)
+
+    @property
+    def key_fingerprint(self) -> str | None:
+        """A per-process keyed digest of the key, computed once: tells keys apart without reading them."""
+        secret = self.api_key
+        if secret is None:
+            return None
+        cached = self._fingerprint
+        if cached is None or cached[0] is not secret:  # a model_copy(update=...) may have swapped the key
+            cached = (secret, key_fingerprint(secret) or "")
+            self._fingerprint = cached
+        return cached[1]
 
     def public_dict(self) -> dict[str, Any]:
         """What may be shown or stored in clear: everything but the key, plus whether one is set."""

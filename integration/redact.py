@@ -1,19 +1,29 @@
 """Redaction by value: every live secret is scrubbed from log records and any text we emit.
 
 Redacting by header or field name misses the key once it has been copied into a URL, an error
-message or a traceback; knowing the values themselves catches it wherever it travels.
+message or a traceback; knowing the values themselves catches it wherever it travels, in clear,
+URL-encoded, JSON- or backslash-escaped, or as Python's ``repr`` of the text or of its bytes.
+
+A process that must scrub keys it never sends (``serve``) registers them by *fingerprint* instead:
+a few leading characters, the length and a keyed digest (``hmac-sha256`` with a random per-process
+key). ``scrub`` then hashes only the windows of text that start with a known prefix, so such a
+process holds no key in clear.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
+import os
 import re
 import threading
 from typing import Any
 from urllib.parse import quote, quote_plus
 
-__all__ = ["MASK", "install_log_redaction", "register_secret", "scrub", "scrub_data"]
+__all__ = ["MASK", "fingerprint", "install_log_redaction", "register_fingerprint", "register_secret", "scrub",
+           "scrub_data"]
 
 MASK = "[REDACTED]"
 _MIN_SECRET_LENGTH = 6
@@ -25,13 +35,31 @@ _installed = False
 #: True while no secret holds a character JSON would escape, so a search of the JSON text finds them all.
 _json_searchable = True
 
+#: The key of fingerprints: random per process, so a fingerprint means nothing outside it.
+_PEPPER = os.urandom(32)
+#: prefix -> {(length, digest)} of the keys registered by fingerprint.
+_fingerprints: dict[str, set[tuple[int, str]]] = {}
+_prefix_pattern: re.Pattern[str] | None = None
+
+
+def _forms(value: str) -> set[str]:
+    """The ways a secret is written out: as is, URL-encoded, JSON/backslash-escaped, repr of text or bytes."""
+    forms = {value, quote(value, safe=""), quote_plus(value)}
+    forms.add(json.dumps(value)[1:-1])
+    forms.add(json.dumps(value, ensure_ascii=False)[1:-1])
+    forms.add(repr(value)[1:-1])
+    forms.add(ascii(value)[1:-1])
+    forms.add(value.encode("unicode_escape").decode("ascii"))
+    forms.add(repr(value.encode("utf-8", "surrogatepass"))[2:-1])
+    return {form for form in forms if len(form) >= _MIN_SECRET_LENGTH}
+
 
 def register_secret(value: str | None) -> None:
-    """Remember a secret value (and its URL-encoded forms) so it is scrubbed from now on."""
+    """Remember a secret value (and its encoded and escaped forms) so it is scrubbed from now on."""
     global _pattern
     if not value or len(value) < _MIN_SECRET_LENGTH:
         return
-    forms = {value, quote(value, safe=""), quote_plus(value)}
+    forms = _forms(value)
     with _lock:
         if forms <= _secrets:
             return
@@ -42,23 +70,78 @@ def register_secret(value: str | None) -> None:
         _pattern = re.compile("|".join(re.escape(s) for s in ordered))
 
 
+def fingerprint(value: str) -> str:
+    """The keyed digest of a text; equal texts have equal fingerprints in this process only."""
+    return hmac.new(_PEPPER, value.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+
+
+def _prefix_length(length: int) -> int:
+    return 4 if length >= 16 else 2
+
+
+def register_fingerprint(value: str | None) -> None:
+    """Remember a secret by (prefix, length, keyed digest) only; ``value`` itself is not kept."""
+    global _prefix_pattern
+    if not value or len(value) < _MIN_SECRET_LENGTH:
+        return
+    prefix, entry = value[:_prefix_length(len(value))], (len(value), fingerprint(value))
+    with _lock:
+        known = _fingerprints.setdefault(prefix, set())
+        if entry in known:
+            return
+        known.add(entry)
+        global _json_searchable
+        if json.dumps(value, ensure_ascii=False) != f'"{value}"':
+            _json_searchable = False
+        ordered = sorted(_fingerprints, key=len, reverse=True)
+        _prefix_pattern = re.compile("(?=(" + "|".join(re.escape(p) for p in ordered) + "))")
+
+
+def _scrub_fingerprinted(text: str, pattern: re.Pattern[str]) -> str:
+    """Replace each window that starts with a known prefix and hashes to a registered fingerprint."""
+    spans: list[tuple[int, int]] = []
+    for match in pattern.finditer(text):
+        start = match.start()
+        if spans and start < spans[-1][1]:
+            continue
+        for length, digest in sorted(_fingerprints.get(match.group(1), ()), reverse=True):
+            window = text[start:start + length]
+            if len(window) == length and hmac.compare_digest(fingerprint(window), digest):
+                spans.append((start, start + length))
+                break
+    if not spans:
+        return text
+    parts, last = [], 0
+    for start, end in spans:
+        parts += [text[last:start], MASK]
+        last = end
+    parts.append(text[last:])
+    return "".join(parts)
+
+
 def scrub(text: str) -> str:
     """``text`` with every registered secret replaced by ``[REDACTED]``."""
-    pattern = _pattern
-    if pattern is None or not text:
+    if not text:
         return text
-    return pattern.sub(MASK, text)
+    pattern, prefixes = _pattern, _prefix_pattern
+    if pattern is not None:
+        text = pattern.sub(MASK, text)
+    if prefixes is not None:
+        text = _scrub_fingerprinted(text, prefixes)
+    return text
 
 
 def scrub_data(value: Any) -> Any:
     """Scrub every string inside a JSON-like value (results, run records, error details)."""
-    pattern = _pattern
-    if pattern is None:
+    pattern, prefixes = _pattern, _prefix_pattern
+    if pattern is None and prefixes is None:
         return value
     if isinstance(value, dict | list) and _json_searchable:
         # One C-speed search over the serialised value; the walk below runs only on a hit.
         try:
-            if not pattern.search(json.dumps(value, ensure_ascii=False, default=str)):
+            text = json.dumps(value, ensure_ascii=False, default=str)
+            if not ((pattern is not None and pattern.search(text))
+                    or (prefixes is not None and prefixes.search(text))):
                 return value
         except (TypeError, ValueError):
             pass
@@ -78,7 +161,7 @@ def _scrub_walk(value: Any) -> Any:
 def _redacting_factory(base: Any) -> Any:
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record: logging.LogRecord = base(*args, **kwargs)
-        if _pattern is None:
+        if _pattern is None and _prefix_pattern is None:
             return record
         try:
             message = record.getMessage()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import re
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -398,3 +399,346 @@ def test_redis_store_keeps_keys_sealed_and_is_shared(redis_server: str, monkeypa
     assert resolve(None).name == "acme"
     raw = redis_client.Redis.from_url(url).get("opk:integrations")
     assert raw and CANARY_KEY.encode() not in raw
+
+
+# ---- the process-level resolver cache (issue 9, item 7) -----------------------------------------
+
+
+def test_file_store_resolves_from_cache_until_the_file_or_the_keys_change(
+        monkeypatch: pytest.MonkeyPatch, fernet_key: str) -> None:
+    """A step resolves its integration every time: unchanged store, same decoded object, no decryption."""
+    store = IntegrationStore()
+    store.add(acme(organization_id="org-1"))
+    first = resolve("acme")
+    assert resolve("acme") is first and resolve(None) is first
+    assert IntegrationStore().get("acme") is first, "the cache is per process, not per store object"
+
+    store.add(acme(organization_id="org-2"), replace=True)
+    second = resolve("acme")
+    assert second.organization_id == "org-2", "a write is seen at once"
+    monkeypatch.setenv("OPENAI_PACK_FERNET_KEYS", f"{new_key()},{fernet_key}")
+    assert resolve("acme") is not second, "a changed key ring is a new cache entry"
+    monkeypatch.setenv("OPENAI_PACK_FERNET_KEYS", new_key())
+    with pytest.raises(ConfigError, match="cannot decrypt"):
+        resolve("acme")
+
+
+def _connections_received(url: str) -> int:
+    import redis as redis_client
+
+    return int(redis_client.Redis.from_url(url).info("stats")["total_connections_received"])
+
+
+def test_redis_resolve_neither_reconnects_nor_decrypts_per_call(
+        redis_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: each resolve() built a new RedisIntegrationStore (a new connection) and decrypted the key."""
+    import redis as redis_client
+
+    url = redis_server.rsplit("/", 1)[0] + "/6"
+    redis_client.Redis.from_url(url).flushdb()
+    monkeypatch.setenv("OPENAI_PACK_INTEGRATIONS_URL", url)
+    monkeypatch.setenv("OPENAI_PACK_FERNET_KEYS", new_key())
+    from integration.store import RedisIntegrationStore, open_store
+
+    open_store().add(acme(organization_id="org-1"), make_default=True)
+    first = resolve("acme")
+    before = _connections_received(url)
+    resolved = [resolve("acme") for _ in range(3)] + [resolve(None) for _ in range(3)]
+    assert _connections_received(url) - before == 1, "only the counting connection itself is new"
+    assert all(item is first for item in resolved), "decoded once, then served from the cache"
+
+    RedisIntegrationStore(url).add(acme(organization_id="org-2"), replace=True)  # "another machine"
+    assert resolve("acme").organization_id == "org-2", "the version counter tells every process"
+    assert int(redis_client.Redis.from_url(url).get("opk:integrations:version")) == 2
+
+
+def test_redis_store_unreachable_is_a_store_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from integration.errors import StoreUnavailableError
+    from integration.store import RedisIntegrationStore
+
+    with socket.socket() as probe:  # a free port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    store = RedisIntegrationStore(f"redis://127.0.0.1:{port}/0", fernet_keys=new_key())
+    with pytest.raises(StoreUnavailableError, match="cannot be reached") as info:
+        store.get("acme")
+    assert info.value.exit_code == 1 and info.value.retryable
+
+
+# ---- D6: add and rotate check the key ring against what is stored ------------------------------
+
+
+def _snapshot(home: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(home.iterdir()) if p.is_file()}
+
+
+def test_add_after_the_key_file_is_deleted_is_refused_and_writes_nothing(home: Path) -> None:
+    from integration.errors import KeyRingError
+
+    IntegrationStore().add(acme())
+    (home / "fernet.key").unlink()
+    before = _snapshot(home)
+    with pytest.raises(KeyRingError, match="no encryption key") as info:
+        IntegrationStore().add(acme(name="beta", key=OTHER_KEY))
+    assert info.value.field == "OPENAI_PACK_FERNET_KEYS" and info.value.exit_code == 2
+    assert _snapshot(home) == before, "no new key file, no new entry"
+    assert not (home / "fernet.key").exists()
+    assert CANARY not in str(info.value) and OTHER_KEY not in str(info.value)
+
+
+def test_add_with_wrong_fernet_keys_is_refused_and_writes_nothing(
+        home: Path, monkeypatch: pytest.MonkeyPatch, fernet_key: str) -> None:
+    from integration.errors import KeyRingError
+
+    store = IntegrationStore()
+    store.add(acme())
+    store.add(Integration(name="local", base_url="http://127.0.0.1:1/v1", auth={"placement": "none"}))
+    monkeypatch.setenv("OPENAI_PACK_FERNET_KEYS", new_key())
+    before = _snapshot(home)
+    with pytest.raises(KeyRingError, match="integration 'acme'.*nothing was written"):
+        store.add(acme(name="beta", key=OTHER_KEY))
+    assert _snapshot(home) == before
+    monkeypatch.setenv("OPENAI_PACK_FERNET_KEYS", f"{new_key()},{fernet_key}")
+    store.add(acme(name="beta", key=OTHER_KEY))  # a ring that still holds the old key may add
+    assert store.get("acme").api_key.get_secret_value() == CANARY
+
+
+def test_add_replacing_the_only_sealed_entry_needs_no_old_key(home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               fernet_key: str) -> None:
+    """Nothing else would be stranded, and an empty store still gets its first key."""
+    store = IntegrationStore()
+    store.add(acme())
+    monkeypatch.setenv("OPENAI_PACK_FERNET_KEYS", new_key())
+    store.add(acme(key=OTHER_KEY), replace=True)
+    assert store.get("acme").api_key.get_secret_value() == OTHER_KEY
+
+
+def test_rotate_after_the_key_file_is_deleted_creates_no_key(home: Path) -> None:
+    from integration.errors import KeyRingError
+
+    IntegrationStore().add(acme())
+    (home / "fernet.key").unlink()
+    before = _snapshot(home)
+    with pytest.raises(KeyRingError, match="no encryption key"):
+        IntegrationStore().rotate()
+    assert _snapshot(home) == before
+
+
+# ---- D5: keys with control characters are refused, not trimmed ---------------------------------
+
+CR_CANARY = "sk-proj-CANARY123\rEXTRA"
+
+
+@pytest.mark.parametrize(("key", "what"), [
+    (CR_CANARY, "carriage return"),
+    ("sk-proj-CANARY123\nEXTRA", "line break"),
+    ("sk-proj-CANARY123\x00EXTRA", "control character (U+0000)"),
+    ("sk-proj-CANARY123\x1bEXTRA", "control character (U+001B)"),
+    ("sk-proj-CANARY123\u0085EXTRA", "control character (U+0085)"),
+    ("sk-proj-CANARY123 EXTRA", "a space"),
+    ("sk-proj-CANARY123\u2028EXTRA", "non-ASCII"),
+    ("sk-proj-CANARY123\n", "line break"),
+])
+def test_a_key_with_a_control_character_is_refused_naming_the_field(key: str, what: str,
+                                                                    fernet_key: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(what)) as info:
+        Integration.build(name="cr", api_key=key)
+    assert info.value.field == "api_key"
+    text = str(info.value) + json.dumps(info.value.to_dict())
+    assert "CANARY" not in text and "EXTRA" not in text
+    with pytest.raises(ConfigError, match=re.escape(what)) as env_info:
+        Integration.from_env({"OPENAI_API_KEY": key})
+    assert env_info.value.field == "OPENAI_API_KEY"
+    assert "CANARY" not in str(env_info.value)
+
+
+def test_stdin_key_text_one_line_only() -> None:
+    from integration.auth import api_key_from_text
+
+    assert api_key_from_text(CANARY + "\n", field="--key-stdin", line_ending=True).get_secret_value() == CANARY
+    assert api_key_from_text("\n", field="--key-stdin", line_ending=True) is None
+    for text, reason in ((CANARY + "\n" + OTHER_KEY + "\n", "more than one line"),
+                         (CR_CANARY + "\n", "carriage return"), (CANARY + "\r\n", "carriage return"),
+                         (" " + CANARY, "a space")):
+        with pytest.raises(ConfigError, match=reason) as info:
+            api_key_from_text(text, field="--key-stdin", line_ending=True)
+        assert info.value.field == "--key-stdin" and CANARY not in str(info.value)
+
+
+def test_escaped_and_repr_forms_of_a_secret_are_redacted() -> None:
+    """D5's leak: httpx quoted the header as b'Bearer sk-...\\rEXTRA', which plain matching missed."""
+    from integration.redact import register_secret, scrub, scrub_data
+
+    secret = 'whsec-CANARY-"quoted"\\back\u00e9\r\nEXTRA'
+    register_secret(secret)
+    leaks = [
+        secret, repr(secret), ascii(secret), json.dumps(secret), json.dumps(secret, ensure_ascii=False),
+        f"Illegal header value {('Bearer ' + secret).encode()!r}", secret.encode("unicode_escape").decode(),
+        str({"headers": {"Authorization": secret}}),
+    ]
+    for leak in leaks:
+        assert "CANARY" not in scrub(leak), leak
+    assert "CANARY" not in json.dumps(scrub_data({"log": [repr(secret)], "raw": secret}))
+
+
+# ---- D12: scrubbing stored keys without holding them in clear ----------------------------------
+
+_REGISTER_IN_A_FRESH_PROCESS = r"""
+import json, sys
+from integration import redact
+from integration.store import register_store_secrets
+count = register_store_secrets()
+pasted = json.loads(sys.stdin.read())
+print(json.dumps({"count": count, "clear_values_held": len(redact._secrets),
+                  "scrubbed": redact.scrub_data(pasted), "text": redact.scrub(json.dumps(pasted))}))
+"""
+
+
+def _register_in_child(env_extra: dict[str, str], pasted: object) -> dict[str, object]:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    env.update(env_extra)
+    done = subprocess.run([sys.executable, "-c", _REGISTER_IN_A_FRESH_PROCESS], input=json.dumps(pasted),
+                          env=env, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def test_register_store_secrets_scrubs_stored_keys_by_fingerprint(home: Path, fernet_key: str) -> None:
+    """``serve`` learns the stored keys without holding any in clear, and scrubs them from payloads."""
+    store = IntegrationStore()
+    store.add(acme())
+    store.add(acme(name="short", key="abc123xyz"))
+    env_key = "sk-env-CANARY-00000000000000001"
+    pasted = {"ticket": f"my key is {CANARY}, please fix", "nested": [CANARY, f"x{CANARY}y", "abc123xyz"],
+              "env": env_key, "near": CANARY[:-1] + "!", "prefix_only": "sk-c"}
+    seen = _register_in_child({"OPENAI_PACK_HOME": str(home), "OPENAI_PACK_FERNET_KEYS": fernet_key,
+                               "OPENAI_API_KEY": env_key}, pasted)
+    assert seen["count"] == 2
+    assert seen["clear_values_held"] == 0, "only fingerprints are kept"
+    out = json.dumps(seen)
+    assert CANARY not in out and "abc123xyz" not in out and env_key not in out
+    assert seen["scrubbed"]["ticket"] == "my key is [REDACTED], please fix"
+    assert seen["scrubbed"]["nested"] == ["[REDACTED]", "x[REDACTED]y", "[REDACTED]"]
+    assert seen["scrubbed"]["near"] == CANARY[:-1] + "!", "a different text of the same shape is kept"
+    assert seen["scrubbed"]["prefix_only"] == "sk-c"
+
+
+def test_register_store_secrets_picks_up_keys_added_later_and_refuses_a_wrong_ring(
+        home: Path, monkeypatch: pytest.MonkeyPatch, fernet_key: str) -> None:
+    from integration.errors import KeyRingError
+    from integration.redact import scrub
+    from integration.store import register_store_secrets
+
+    store = IntegrationStore()
+    assert register_store_secrets(store, environ={}) == 0
+    store.add(acme())
+    assert register_store_secrets(store, environ={}) == 1
+    later = "sk-later-CANARY-abcdefghijklmnop"
+    store.add(acme(name="later", key=later))
+    assert register_store_secrets(store, environ={}) == 2
+    assert "CANARY" not in scrub(f"{later} {CANARY}")
+    monkeypatch.setenv("OPENAI_PACK_FERNET_KEYS", new_key())
+    with pytest.raises(KeyRingError, match="cannot decrypt"):
+        register_store_secrets(store, environ={})
+
+
+# ---- one reader of the key in clear -------------------------------------------------------------
+
+
+def test_only_auth_reads_the_key_in_clear() -> None:
+    """Issue 9: model.py read the key and client.py hashed it; both now use the fingerprint auth computes."""
+    repo = Path(__file__).resolve().parents[1]
+    readers = []
+    for path in sorted([*repo.glob("integration/*.py"), *repo.glob("actions/**/*.py"),
+                        *repo.glob("workers/**/*.py")]):
+        text = path.read_text(encoding="utf-8")
+        if re.search(r"get_secret_value\(|hash\([^)]*api_key", text):
+            readers.append(path.relative_to(repo).as_posix())
+    assert readers == ["integration/auth.py"]
+
+
+def test_clients_are_pooled_per_key_fingerprint(fernet_key: str) -> None:
+    from integration.client import client_for
+
+    one, same, other = acme(), acme(), acme(key=OTHER_KEY)
+    assert one.key_fingerprint == same.key_fingerprint != other.key_fingerprint
+    assert CANARY not in (one.key_fingerprint or "")
+    assert client_for(one) is client_for(same)
+    assert client_for(one) is not client_for(other)
+    swapped = one.model_copy(update={"api_key": other.api_key})
+    assert swapped.key_fingerprint == other.key_fingerprint, "a copied model never keeps a stale fingerprint"
+
+
+# ---- features replace per-action fields ---------------------------------------------------------
+
+
+def test_features_replace_legacy_edits_and_old_entries_still_load(home: Path, fernet_key: str) -> None:
+    assert Integration(name="a", auth={"placement": "none"}, legacy_edits=True).features == {"legacy_edits": True}
+    assert Integration(name="a", auth={"placement": "none"}, legacy_edits=False).features == {}
+    assert "legacy_edits" not in Integration(name="a", auth={"placement": "none"}).public_dict()
+    with pytest.raises(ConfigError, match="features") as info:
+        Integration.build(name="a", auth={"placement": "none"}, features={"Bad Name": True})
+    assert info.value.field.startswith("features")
+    home.mkdir()
+    (home / "integrations.json").write_text(json.dumps({"version": 1, "default": None, "integrations": {
+        "old": {"base_url": "http://127.0.0.1:1/v1", "auth": {"placement": "none"}, "legacy_edits": True}}}))
+    old = IntegrationStore().get("old")
+    assert old.feature("legacy_edits") and not old.feature("anything_else")
+
+
+# ---- the CLI shares the same checks ------------------------------------------------------------
+
+
+def _cli_env(home: Path) -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    env["OPENAI_PACK_HOME"] = str(home)
+    return env
+
+
+@pytest.mark.parametrize(("args", "stdin", "env_key", "field"), [
+    (["--key-stdin"], "sk-proj-CANARY123\rEXTRA\n", None, "--key-stdin"),
+    (["--key-stdin"], "sk-proj-CANARY123\nsk-proj-CANARY456\n", None, "--key-stdin"),
+    (["--key-env", "CUSTOMER_KEY"], None, "sk-proj-CANARY123\rEXTRA", "CUSTOMER_KEY"),
+    (["--key-env", "CUSTOMER_KEY"], None, "sk-proj-CANARY123\x07", "CUSTOMER_KEY"),
+])
+def test_cli_add_refuses_a_key_with_control_characters(home: Path, args: list[str], stdin: str | None,
+                                                        env_key: str | None, field: str) -> None:
+    """D5: `printf 'sk-proj-CANARY123\\rEXTRA\\n' | openai-pack integrations add cr --key-stdin` was accepted."""
+    from tests.conftest import run_cli
+
+    env = _cli_env(home)
+    if env_key is not None:
+        env["CUSTOMER_KEY"] = env_key
+    done = run_cli(env, "integrations", "add", "cr", *args, input_text=stdin)
+    assert done.returncode == 2, done.stderr
+    error = json.loads(done.stderr)["error"]
+    assert error["field"] == field and error["type"] == "ConfigError"
+    assert "CANARY" not in done.stdout + done.stderr and "EXTRA" not in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (home / "integrations.json").exists(), "nothing was stored"
+
+
+def test_cli_add_after_the_key_file_is_gone_exits_2_and_keeps_the_store(home: Path) -> None:
+    """D6: `add` used to exit 0, create a new key file and strand the stored entries."""
+    from tests.conftest import run_cli
+
+    env = _cli_env(home)
+    first = run_cli(env, "integrations", "add", "acme", "--key-stdin", input_text=CANARY + "\n")
+    assert first.returncode == 0, first.stderr
+    (home / "fernet.key").unlink()
+    before = _snapshot(home)
+    again = run_cli(env, "integrations", "add", "beta", "--key-stdin", input_text=OTHER_KEY + "\n")
+    assert again.returncode == 2, again.stderr
+    error = json.loads(again.stderr)["error"]
+    assert error["type"] == "KeyRingError" and error["field"] == "OPENAI_PACK_FERNET_KEYS"
+    assert _snapshot(home) == before and not (home / "fernet.key").exists()
+    assert CANARY not in again.stderr + again.stdout and OTHER_KEY not in again.stderr + again.stdout

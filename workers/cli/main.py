@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+from pydantic import SecretStr
 from rich.table import Table
 
 import actions
 from actions._docs import field_rows, render_action, render_reference
+from integration.auth import api_key_from_text
 from integration.errors import ConfigError, InputError
 from integration.model import Integration
 from integration.redact import install_log_redaction
@@ -164,16 +166,18 @@ def _store() -> IntegrationStore:
     return open_store()
 
 
-def _read_key(key_env: str | None, key_stdin: bool) -> str | None:
+def _read_key(key_env: str | None, key_stdin: bool) -> SecretStr | None:
+    """The key as given: a CR, a control character or a second stdin line is refused, never trimmed."""
     if key_env and key_stdin:
         _usage_error("--key-env", "use either --key-env or --key-stdin, not both")
     if key_env:
-        value = os.environ.get(key_env, "")
-        if not value.strip():
+        key = api_key_from_text(os.environ.get(key_env, ""), field=key_env)
+        if key is None:
             raise ConfigError(f"environment variable {key_env} is empty or not set", field="api_key")
-        return value.strip()
-    if key_stdin:
-        return sys.stdin.readline().strip() or None
+        return key
+    if key_stdin:  # a pipe is read to the end, so a second line is seen; a terminal gives one line
+        text = sys.stdin.readline() + ("" if sys.stdin.isatty() else sys.stdin.read())
+        return api_key_from_text(text, field="--key-stdin", line_ending=True)
     return None
 
 

@@ -45,7 +45,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 import actions
 from actions._coerce import coerce_inputs
 from actions._validate import problems_for
-from integration.errors import InputError, PackError
+from integration import errors
+from integration.errors import InputError
 
 __all__ = ["CONTEXT_NAMES", "ITEM_NAMES", "Step", "TemplateError", "Transition", "WebhookConfig", "Workflow",
            "WorkflowError", "evaluate", "load_workflow", "load_workflow_dir", "load_yaml", "parse_workflow",
@@ -63,7 +64,7 @@ _WORKFLOW_SUFFIXES = (".yaml", ".yml", ".json")
 # ---------------------------------------------------------------- errors
 
 
-class WorkflowError(PackError):
+class WorkflowError(errors.WorkflowError):
     """A workflow file is wrong; the message says which file, which step and which field.
 
     ``str()``: ``"<file>: step 'summarise': input.messages: <reason>"`` (unknown parts left out).
@@ -86,7 +87,7 @@ class WorkflowError(PackError):
         self.file, self.step, self.field, self.reason, self.line = file, step, field, reason, line
 
 
-class TemplateError(PackError):
+class TemplateError(errors.TemplateError):
     """A template failed to render (at run time); names the step and the expression."""
 
     code = "template_error"
