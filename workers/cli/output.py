@@ -14,19 +14,15 @@ from typing import Any
 
 from rich.console import Console
 
-from integration.errors import PackError
+from integration.errors import PackError, exit_code_for
 from integration.redact import scrub
 
-__all__ = ["console", "emit", "error_payload", "exit_code_of", "json_text", "stderr_console", "write_error"]
+__all__ = ["console", "emit", "error_payload", "json_text", "stderr_console", "write_error"]
 
 #: Tables and progress for people. Piped output (CI logs, scripts) gets wide tables instead of
 #: rich's 80-column default. Rich resolves ``sys.stdout`` when printing, so redirection works.
 console = Console() if sys.stdout.isatty() else Console(width=200)
 stderr_console = Console(stderr=True)
-
-#: The exit code of anything that is not one of the pack's errors: a defect, not the caller's input.
-_EXIT_UNEXPECTED = 1
-
 
 def json_text(value: Any, *, indent: int | None = 2) -> str:
     """``value`` as scrubbed JSON text; non-JSON values (paths, datetimes) are shown with ``str``."""
@@ -43,11 +39,6 @@ def emit(value: Any) -> None:
     sys.stdout.write(json_text(value) + "\n")
 
 
-def exit_code_of(error: BaseException) -> int:
-    """The exit code the error's class carries (2: fix your input or configuration; 1: it failed)."""
-    return error.exit_code if isinstance(error, PackError) else _EXIT_UNEXPECTED
-
-
 def error_payload(error: BaseException) -> dict[str, Any]:
     """The JSON shape of an error: the pack's own ``to_dict()``, or type and message for anything else."""
     if isinstance(error, PackError):
@@ -57,6 +48,10 @@ def error_payload(error: BaseException) -> dict[str, Any]:
 
 
 def write_error(error: BaseException) -> int:
-    """Print ``{"error": …}`` on stderr (one line) and return the exit code for it."""
+    """Print ``{"error": …}`` on stderr (one line) and return the exit code its class carries.
+
+    2: the caller must fix their input or configuration; 1: the call failed, or (for anything that
+    is not one of the pack's errors) the pack has a defect.
+    """
     sys.stderr.write(json_text({"error": error_payload(error)}, indent=None) + "\n")
-    return exit_code_of(error)
+    return exit_code_for(error)

@@ -15,7 +15,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from integration.errors import ConfigError, InputError, PackError
+from integration.errors import EXIT_FAILURE, ConfigError, InputError, PackError, WorkflowError
 from integration.redact import install_log_redaction, scrub
 from workers.cli.inputs import read_json_object
 from workers.cli.output import console, emit, json_text, stderr_console
@@ -27,11 +27,8 @@ workflow_app = typer.Typer(help="Validate and run workflow files.", no_args_is_h
 runs_app = typer.Typer(help="Inspect and cancel runs.", no_args_is_help=True)
 
 
-class WorkflowFilesError(PackError):
+class WorkflowFilesError(WorkflowError):
     """``workflow validate`` found broken files: one error per file, in the order they were given."""
-
-    code, category = "workflow_invalid", "input"
-    exit_code = 2  # the files must be fixed
 
     def __init__(self, errors: list[PackError], checked: int) -> None:
         files = ", ".join(str(error.details.get("file") or "?") for error in errors)
@@ -42,8 +39,7 @@ class WorkflowFilesError(PackError):
 class RunNotSucceededError(PackError):
     """A run the CLI waited for ended ``failed`` or ``cancelled``; its record says why."""
 
-    code, category = "run_not_succeeded", "run"
-    exit_code = 1  # the run failed; the command was right
+    code, category, exit_code = "run_not_succeeded", "run", EXIT_FAILURE
 
 
 # ---------------------------------------------------------------- worker
