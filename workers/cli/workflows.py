@@ -37,7 +37,7 @@ class WorkflowFilesError(WorkflowError):
 
 
 class RunNotSucceededError(PackError):
-    """A run the CLI waited for ended ``failed`` or ``cancelled``; its record says why."""
+    """A run the CLI waited for did not succeed (failed, cancelled, or still running at ``--timeout``)."""
 
     code, category, exit_code = "run_not_succeeded", "run", EXIT_FAILURE
 
@@ -121,7 +121,8 @@ def workflow_run(
     _print_run(run_id, as_json)
     status = engine().store.status(run_id)
     if status != "succeeded":
-        raise RunNotSucceededError(f"run {run_id} ended {status}", run_id=run_id, status=status)
+        raise RunNotSucceededError(f"run {run_id} did not succeed: its status is {status}", run_id=run_id,
+                                   status=status)
 
 
 def _wait_with_progress(run_id: str, timeout: float, *, quiet: bool) -> None:
