@@ -2,8 +2,15 @@
 
 The simulator validates every body against the spec, which costs more than the pack itself; this
 answers a fixed chat completion (or moderation, or model list) after an optional delay, so the
-server is never the bottleneck. Optionally enforces a requests-per-minute budget (429 beyond it).
+server is never the bottleneck. Optionally enforces a requests-per-minute budget (429 beyond it,
+over a moving window from the ``limits`` library, as the pack's budget uses).
 Run in its own process: ``python -m bench.responder PORT DELAY RPM``.
+
+Why a raw asyncio protocol and not Starlette/uvicorn like the simulator: measured side by side in one
+run on 2 cores (median of 5 interleaved rounds, POST /v1/chat/completions with keep-alive), this answers
+6,712 req/s on one connection and 20,470 req/s over 16, where the same answers on Starlette + uvicorn
+(h11, the pack's dependencies) gave 1,269 and 1,796: a 5-11x slower server would become part of what
+the benchmarks measure.
 """
 
 from __future__ import annotations
@@ -11,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
-from collections import deque
+
+from limits import RateLimitItemPerMinute
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
 
 CHAT = json.dumps({
     "id": "chatcmpl-bench", "object": "chat.completion", "created": 1732300000, "model": "gpt-4o-mini",
@@ -30,8 +39,8 @@ LIMITED = json.dumps({"error": {"message": "Rate limit reached", "type": "reques
 
 class Responder(asyncio.Protocol):
     delay = 0.0
-    rpm = 0
-    window: deque[float] = deque()
+    budget: RateLimitItemPerMinute | None = None
+    window = MovingWindowRateLimiter(MemoryStorage())
     stats = {"calls": 0, "limited": 0}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -65,15 +74,9 @@ class Responder(asyncio.Protocol):
             await asyncio.sleep(self.delay)
         Responder.stats["calls"] += 1
         status, body = "200 OK", CHAT
-        if self.rpm:
-            now = time.monotonic()
-            while self.window and now - self.window[0] >= 60:
-                self.window.popleft()
-            if len(self.window) >= self.rpm:
-                Responder.stats["limited"] += 1
-                status, body = "429 Too Many Requests", LIMITED
-            else:
-                self.window.append(now)
+        if self.budget is not None and not self.window.hit(self.budget, "responder"):
+            Responder.stats["limited"] += 1
+            status, body = "429 Too Many Requests", LIMITED
         if status.startswith("200"):
             if "/moderations" in path:
                 body = MODERATION
@@ -86,7 +89,7 @@ class Responder(asyncio.Protocol):
 
 
 async def serve(port: int, delay: float, rpm: int) -> None:
-    Responder.delay, Responder.rpm = delay, rpm
+    Responder.delay, Responder.budget = delay, RateLimitItemPerMinute(rpm) if rpm else None
     server = await asyncio.get_running_loop().create_server(Responder, "127.0.0.1", port, backlog=1024)
     print("ready", flush=True)
     async with server:

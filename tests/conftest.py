@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from actions._simulator import Simulator
+from actions.simulator import Simulator
 from integration.client import close_all_clients
 from integration.model import Integration
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import actions
-from actions._simulator import Simulator
+from actions.simulator import Simulator
 from integration import errors
 from integration.client import close_all_clients
 from integration.model import Integration

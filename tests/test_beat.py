@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from actions._simulator import Simulator
+from actions.simulator import Simulator
 from tests.conftest import REPO_ROOT, run_cli
 
 pytestmark = pytest.mark.timeout(60)

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import actions
-from actions._simulator import Simulator
+from actions.simulator import Simulator
 from integration.errors import InputError
 from integration.model import Integration
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis
 
-from actions._simulator import Simulator
+from actions.simulator import Simulator
 from integration.model import Integration
 from integration.store import IntegrationStore
 from tests.conftest import CANARY_KEY, WorkerProcess, run_cli

@@ -1,11 +1,13 @@
-"""The loopback OpenAI simulator over real HTTP: routes and shapes, spec validation, auth placements, SSE,
-scripted faults, control endpoints, counters, the rate limit, and the spec extraction step."""
+"""The loopback OpenAI simulator over real HTTP: every manifest's route (parametrized over the registry), shapes,
+spec validation, auth placements, SSE, scripted faults, control endpoints, counters, the rate limit, the spec
+extraction step and the command line."""
 
 from __future__ import annotations
 
 import base64
 import http.client
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -19,8 +21,20 @@ import httpx
 import pytest
 from jsonschema import Draft202012Validator
 
-from actions import _simulator
-from actions._simulator import FLAG_WORDS, MODERATION_CATEGORIES, Simulator, sample_for
+import actions
+from actions import simulator as simulator_package
+from actions.simulator import (
+    FLAG_WORDS,
+    MODERATION_CATEGORIES,
+    Simulator,
+    behaviours,
+    bodies,
+    options,
+    sample_for,
+    spec,
+    validate_request,
+)
+from actions.simulator import extract as spec_extract
 from tests.conftest import CANARY_KEY, REPO_ROOT, SHARED_OPENAPI
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "What day of the week is it?"}]}
@@ -61,7 +75,7 @@ def png_pixels(data: bytes) -> tuple[int, int, bytes]:
 
 def test_listens_on_loopback_only(simulator: Simulator) -> None:
     assert simulator.url.startswith("http://127.0.0.1:") and simulator.url.endswith("/v1")
-    assert simulator._server is not None and simulator._server.server_address[0] == "127.0.0.1"
+    assert simulator.address is not None and simulator.address[0] == "127.0.0.1"
 
 
 def test_models_list_and_retrieve(simulator: Simulator, client: httpx.Client) -> None:
@@ -589,7 +603,7 @@ def test_max_in_flight_sees_concurrency(simulator: Simulator, client: httpx.Clie
         thread.start()
     for thread in threads:
         thread.join(5)
-    assert simulator.calls == 6 and simulator.in_flight == 0
+    assert simulator.calls == 6 and simulator.in_flight == 0 and simulator.stats()["in_flight"] == 0
     assert 1 < simulator.max_in_flight <= 6
 
 
@@ -613,61 +627,84 @@ def test_rate_limit_rpm_gives_429_with_retry_after(client: httpx.Client) -> None
 # ---------------------------------------------------------------- the extraction step and the CLI
 
 
-def test_converter_resolves_refs_cuts_recursion_and_drops_openapi_isms() -> None:
-    components = {
-        "Node": {"type": "object", "description": "prose", "x-oaiMeta": {}, "example": {},
-                 "properties": {"title": {"type": "string", "nullable": True},
-                                "child": {"$ref": "#/components/schemas/Node"},
-                                "kind": {"oneOf": [{"type": "string"}, {"type": "string", "enum": ["a", "b"]}]},
-                                "mode": {"type": "string", "enum": ["x"], "nullable": True},
-                                "ref_nullable": {"$ref": "#/components/schemas/Leaf", "nullable": True}},
-                 "discriminator": {"propertyName": "kind"}, "required": ["title"]},
-        "Leaf": {"type": "integer", "description": "d"},
-    }
-    schema = _simulator._to_json_schema({"$ref": "#/components/schemas/Node"}, components)
+def test_converter_keeps_refs_and_drops_openapi_isms() -> None:
+    node = {"type": "object", "description": "prose", "x-oaiMeta": {}, "example": {},
+            "properties": {"title": {"type": "string", "nullable": True},
+                           "child": {"$ref": "#/components/schemas/Node"},
+                           "kind": {"oneOf": [{"type": "string"}, {"type": "string", "enum": ["a", "b"]}]},
+                           "mode": {"type": "string", "enum": ["x"], "nullable": True},
+                           "ref_nullable": {"$ref": "#/components/schemas/Leaf", "nullable": True},
+                           "ref_described": {"$ref": "#/components/schemas/Leaf", "description": "d"}},
+            "discriminator": {"propertyName": "kind"}, "required": ["title"]}
+    schema = spec_extract.to_json_schema(node)
     assert schema["properties"]["title"] == {"type": ["string", "null"]}  # a property *named* title is kept
-    assert schema["properties"]["child"] == {}  # recursion cut where Node refers to itself
+    assert schema["properties"]["child"] == {"$ref": "#/$defs/Node"}  # recursion stays a ref: nothing to cut
     assert schema["properties"]["kind"] == {"type": "string"}
     assert schema["properties"]["mode"] == {"type": ["string", "null"], "enum": ["x", None]}
-    assert schema["properties"]["ref_nullable"] == {"type": ["integer", "null"]}
+    assert schema["properties"]["ref_nullable"] == {"anyOf": [{"$ref": "#/$defs/Leaf"}, {"type": "null"}]}
+    assert schema["properties"]["ref_described"] == {"$ref": "#/$defs/Leaf"}
     text = json.dumps(schema)
-    assert all(word not in text for word in ("description", "x-oaiMeta", "discriminator", "example", "$ref"))
+    assert all(word not in text for word in ("description", "x-oaiMeta", "discriminator", "example",
+                                             "#/components"))
     Draft202012Validator.check_schema(schema)
 
 
-def test_committed_request_schemas_are_valid_small_and_current() -> None:
-    committed = json.loads((REPO_ROOT / "actions" / "_openapi_requests.json").read_text())
-    assert set(committed) == {"createChatCompletion", "createCompletion", "createEdit", "createImage",
-                              "createModeration"}
-    for schema in committed.values():
-        Draft202012Validator.check_schema(schema)
-    def keywords(node: Any) -> Iterator[str]:
-        if isinstance(node, list):
-            for item in node:
-                yield from keywords(item)
-        elif isinstance(node, dict):
-            for key, value in node.items():
-                yield key
-                if key == "properties":  # property names are data ("description" of a tool), not keywords
-                    for sub in value.values():
-                        yield from keywords(sub)
-                elif key not in ("enum", "const", "required"):
-                    yield from keywords(value)
+def _keywords(node: Any) -> Iterator[str]:
+    if isinstance(node, list):
+        for item in node:
+            yield from _keywords(item)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield key
+            if key in ("properties", "$defs"):  # property names are data ("description" of a tool), not keywords
+                for sub in value.values():
+                    yield from _keywords(sub)
+            elif key not in ("enum", "const", "required"):
+                yield from _keywords(value)
 
-    found = set(keywords(committed))
-    assert not found & {"description", "title", "example", "examples", "nullable", "discriminator", "$ref", "oneOf"}
+
+def _refs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        if isinstance(node.get("$ref"), str):
+            yield node["$ref"]
+        for value in node.values():
+            yield from _refs(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _refs(item)
+
+
+def test_committed_spec_data_covers_every_operation_and_is_small() -> None:
+    data = json.loads(spec_extract.DATA_FILE.read_text(encoding="utf-8"))
+    operations = data["operations"]
+    assert "createEdit" in operations and operations["createEdit"]["spec"] == "2023-12"
+    assert len([o for o in operations.values() if o["spec"] == "2026-08"]) == 288  # every operation of the spec
+    for manifest in actions.registry().values():  # so a new manifest never needs a re-extraction
+        assert manifest.openapi.operationId in operations, manifest.name
+    for defs in data["defs"].values():
+        Draft202012Validator.check_schema({"$defs": defs})
+    for operation in operations.values():
+        for schema in [*(operation["request"] or {}).values(), (operation["response"] or {}).get("schema")]:
+            if schema is not None:
+                Draft202012Validator.check_schema(schema)
+                assert all(ref.removeprefix("#/$defs/") in data["defs"][operation["spec"]]
+                           for ref in _refs(schema))
+    found = set(_keywords(data["defs"])) | set(_keywords(operations))
+    assert not found & {"description", "title", "example", "examples", "nullable", "discriminator", "oneOf"}
     assert not [k for k in found if k.startswith("x-")]
-    assert len(json.dumps(committed)) < 60_000
-    old_spec = SHARED_OPENAPI / "openai-2023-12.yaml"
-    if not old_spec.exists():
+    assert spec_extract.DATA_FILE.stat().st_size < 600_000
+
+
+def test_committed_spec_data_is_what_extract_spec_writes(tmp_path: Any) -> None:
+    if not (SHARED_OPENAPI / "openai-2026-08.yaml").exists():
         pytest.skip("shared/openapi is not next to the repository")
-    spec = _simulator._load_yaml(old_spec)  # the small spec: enough to prove the committed file is regenerated
-    edit = _simulator._to_json_schema({"$ref": "#/components/schemas/CreateEditRequest"}, spec["components"]["schemas"])
-    assert edit == committed["createEdit"]
+    output = tmp_path / "operations.json"
+    assert simulator_package.main(["extract-spec", str(SHARED_OPENAPI), "--output", str(output)]) == 0
+    assert output.read_bytes() == spec_extract.DATA_FILE.read_bytes(), "run: python -m actions.simulator extract-spec"
 
 
 def test_cli_prints_the_banner_and_serves() -> None:
-    process = subprocess.Popen([sys.executable, "-m", "actions._simulator", "--port", "0"], cwd=REPO_ROOT,
+    process = subprocess.Popen([sys.executable, "-m", "actions.simulator", "--port", "0"], cwd=REPO_ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
@@ -683,8 +720,250 @@ def test_cli_prints_the_banner_and_serves() -> None:
     assert process.returncode is not None
 
 
-def test_cli_refuses_any_other_interface(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_refuses_any_other_interface_and_an_unset_key(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
-        _simulator.main(["--host", "0.0.0.0"])
+        simulator_package.main(["--host", "0.0.0.0"])
     assert exited.value.code == 2 and "127.0.0.1" in capsys.readouterr().err
-    assert _simulator.main(["--api-key-env", "SIMULATOR_TEST_UNSET_VARIABLE"]) == 2
+    assert simulator_package.main(["--api-key-env", "SIMULATOR_TEST_UNSET_VARIABLE"]) == 2
+    assert "SIMULATOR_TEST_UNSET_VARIABLE" in capsys.readouterr().err
+    assert simulator_package.main(["--rate-limit-rpm", "0"]) == 2
+
+
+def test_serve_takes_the_key_and_its_placement(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The options `openai-pack simulate` exposes: key from a variable, custom header with a prefix."""
+    monkeypatch.setenv("SIMULATOR_TEST_KEY", CANARY_KEY)
+    lines: list[str] = []
+    done = threading.Event()
+    thread = threading.Thread(target=simulator_package.serve, kwargs={
+        "port": 0, "api_key_env": "SIMULATOR_TEST_KEY", "auth": "header", "auth_name": "X-Proxy-Auth",
+        "auth_prefix": "Token ", "announce": lines.append, "until": done}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(lines) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        url = next(line.split()[-1] for line in lines if line.startswith("base URL"))
+        assert "X-Proxy-Auth" in lines[2] and CANARY_KEY not in "".join(lines)
+        assert httpx.get(f"{url}/models", headers={"X-Proxy-Auth": f"Token {CANARY_KEY}"}).status_code == 200
+        assert httpx.get(f"{url}/models", headers={"Authorization": f"Bearer {CANARY_KEY}"}).status_code == 401
+        kept = httpx.get(f"{url}/_sim/requests").json()["data"]
+        assert [r["headers"].get("x-proxy-auth") for r in kept] == ["Token <api-key>", None]
+    finally:
+        done.set()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+# ---------------------------------------------------------------- every manifest, from the registry
+
+
+MANIFESTS = sorted(actions.registry().values(), key=lambda m: m.name)
+
+
+def http_request(manifest: actions.ActionManifest, inputs: dict[str, Any]) -> tuple[str, str, dict[str, Any],
+                                                                                   dict[str, Any] | None]:
+    """(method, path, query, JSON body) the binding makes of inputs, built here from the manifest alone."""
+    binding = manifest.http
+    sent = {k: v for k, v in inputs.items() if k not in manifest.pack_only_fields}
+    path = binding.path
+    for name in binding.path_params:
+        path = path.replace("{" + name + "}", str(sent.pop(name)))
+    query = {name: sent.pop(name) for name in binding.query if name in sent}
+    return binding.method, path, query, (sent if binding.encoding == "json" else None)
+
+
+@pytest.mark.parametrize("manifest", MANIFESTS, ids=[m.name for m in MANIFESTS])
+def test_every_manifest_route_answers_its_examples_in_the_output_shape(simulator: Simulator, client: httpx.Client,
+                                                                       manifest: actions.ActionManifest) -> None:
+    output = Draft202012Validator(manifest.output)
+    for example in manifest.examples:
+        method, path, query, body = http_request(manifest, example.input)
+        if body is not None:
+            assert validate_request(manifest.openapi.operationId, body) is None, example.title
+        response = client.request(method, f"{simulator.url}{path}", params=query, json=body)
+        assert response.status_code == 200, (example.title, response.text)
+        answer = response.json()
+        problems = [e.message for e in output.iter_errors(answer)]
+        assert not problems, (example.title, problems)
+    assert simulator.calls_by_route() == {f"{manifest.http.method} {manifest.http.path}": len(manifest.examples)}
+
+
+@pytest.mark.parametrize("manifest", MANIFESTS, ids=[m.name for m in MANIFESTS])
+def test_every_manifest_default_answer_has_the_output_shape(manifest: actions.ActionManifest) -> None:
+    """What an operation answers when no behaviour is registered: its example output (else synthesized)."""
+    answer = behaviours.default_answer(manifest)
+    assert not list(Draft202012Validator(manifest.output).iter_errors(answer))
+
+
+def test_a_new_manifest_is_served_with_no_other_file(client: httpx.Client) -> None:
+    """A pass-through manifest (no example output to copy): route, spec validation and a synthesized answer."""
+    embedding = actions.ActionManifest.model_validate({
+        "name": "create_embedding", "title": "Create Embedding", "category": "Embeddings",
+        "description": "Embed a text.", "openapi": {"operationId": "createEmbedding"},
+        "http": {"method": "POST", "path": "/embeddings"},
+        "input": {"type": "object", "additionalProperties": False, "required": ["model", "input"],
+                  "properties": {"model": {"type": "string"}, "input": {"type": "string"}}},
+        "output": {"type": "object"},
+        "examples": [{"title": "One text", "input": {"model": "text-embedding-3-small", "input": "hi"},
+                      "output": {}}],
+    })
+    with Simulator(manifests={"create_embedding": embedding}) as sim:
+        answer = client.post(f"{sim.url}/embeddings", json={"model": "text-embedding-3-small", "input": "hi"})
+        assert answer.status_code == 200
+        body = answer.json()
+        assert body["object"] == "list" and body["data"][0]["object"] == "embedding"
+        assert client.post(f"{sim.url}/embeddings", json={"model": "text-embedding-3-small", "input": "hi"}
+                           ).json() == body  # deterministic
+        refused = client.post(f"{sim.url}/embeddings", json={"input": "hi"})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "model"
+        assert client.get(f"{sim.url}/models").status_code == 404  # only the manifests given are served
+
+
+def test_every_spec_operation_synthesizes_an_answer_that_fits_its_response_schema() -> None:
+    operations = spec.operations()
+    misfits = []
+    for operation_id, operation in operations.items():
+        if operation.response_schema is None:
+            continue
+        answer = operation.synthesized_answer()
+        validator = Draft202012Validator({"$defs": operation.defs, "allOf": [operation.response_schema]})
+        if not validator.is_valid(answer):
+            misfits.append(operation_id)
+        assert operation.synthesized_answer() == answer  # deterministic
+    assert not misfits
+
+
+def test_multipart_bodies_are_read_as_the_spec_types(simulator: Simulator) -> None:
+    """An operation whose spec takes multipart/form-data: text fields get the spec's types, files their name."""
+    operation = spec.operation("createImageEdit")
+    assert operation is not None and "multipart/form-data" in operation.content_types
+    types = operation.field_types("multipart/form-data")
+    form = bodies.parse_multipart(
+        b'--B\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nadd a hat\r\n'
+        b'--B\r\nContent-Disposition: form-data; name="n"\r\n\r\n2\r\n'
+        b'--B\r\nContent-Disposition: form-data; name="image[]"; filename="a.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n\x89PNG\r\n--B--\r\n", "multipart/form-data; boundary=B", types)
+    assert form == {"prompt": "add a hat", "n": 2, "image": ["a.png"]}
+    assert validate_request("createImageEdit", form, "multipart/form-data") is None
+    problem = validate_request("createImageEdit", form | {"n": 0}, "multipart/form-data")
+    assert problem is not None and problem[1] == "n"
+
+
+def test_kept_requests_are_served_by_the_requests_control_route(keyed_simulator: Simulator,
+                                                                client: httpx.Client) -> None:
+    """Headers and bodies as the simulator received them: the configured key masked, nothing else hidden."""
+    client.get(f"{keyed_simulator.url}/models", headers={"Authorization": f"Bearer {CANARY_KEY}",
+                                                         "OpenAI-Project": "proj_1"})
+    client.post(f"{keyed_simulator.url}/moderations", json={"input": "hi"},
+                headers={"Authorization": "Bearer sk-someone-else"})
+    kept = client.get(f"{keyed_simulator.url}/_sim/requests")
+    assert kept.status_code == 200
+    first, second = kept.json()["data"]
+    assert first["method"] == "GET" and first["path"] == "/v1/models" and first["body"] is None
+    assert first["headers"]["authorization"] == "Bearer <api-key>" and first["headers"]["openai-project"] == "proj_1"
+    assert second["body"] == {"input": "hi"} and second["headers"]["authorization"] == "Bearer sk-someone-else"
+    assert CANARY_KEY not in kept.text
+    assert client.get(f"{keyed_simulator.url}/_sim/requests", params={"limit": 1}).json()["data"] == [second]
+    assert client.get(f"{keyed_simulator.url}/_sim/requests", params={"limit": "x"}).status_code == 400
+    listed = client.get(f"{keyed_simulator.url}/_sim/faults").json()
+    assert listed == {"faults": []}
+    assert keyed_simulator.calls == 2  # control routes are not calls
+
+
+def test_in_flight_is_settled_when_the_client_has_its_answer(simulator: Simulator, client: httpx.Client) -> None:
+    """The counter used to drop after the answer was written, so a client could read a stale in_flight."""
+    stale = []
+    for _ in range(1000):  # the old server showed a stale count on ~2% of answers
+        client.get(f"{simulator.url}/models")
+        if simulator.in_flight != 0:
+            stale.append(simulator.in_flight)
+    with client.stream("POST", f"{simulator.url}/chat/completions", json=CHAT | {"stream": True}) as response:
+        response.read()
+    stale += [simulator.in_flight] if simulator.in_flight else []
+    simulator.add_fault({"kind": "drop"})
+    with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+        client.get(f"{simulator.url}/models")
+    stale += [simulator.in_flight] if simulator.in_flight else []
+    assert not stale
+
+
+# ---------------------------------------------------------------- the public surface, documented
+
+
+def test_simulate_help_and_docs_name_every_option_and_control_route() -> None:
+    helped = subprocess.run([sys.executable, "-m", "workers.cli", "simulate", "--help"], cwd=REPO_ROOT, text=True,
+                            capture_output=True, timeout=60, env={**os.environ, "COLUMNS": "200"}, check=True).stdout
+    docs = (REPO_ROOT / "docs" / "simulator.md").read_text(encoding="utf-8")
+    flags = ["--" + name.replace("_", "-") for name in options.HELP]
+    assert len(flags) == 8
+    for option in flags:
+        assert option in helped and f"`{option}" in docs, option
+    for route, _ in options.CONTROL_ROUTE_HELP:
+        method, path = route.split()
+        assert route in helped and f"`{method} {path}`" in docs, route
+    assert "not redacted" in helped and "nothing redacted" in docs
+
+
+@pytest.mark.parametrize(("args", "field"), [(["--latency", "nan"], "latency"), (["--port", "70000"], "port"),
+                                             (["--rate-limit-rpm", "0"], "rate_limit_rpm"),
+                                             (["--api-key-env", "SIMULATOR_TEST_UNSET_VARIABLE"], "api_key_env"),
+                                             (["--api-key-env", "SIMULATOR_TEST_CR_KEY"], "api_key_env")])
+def test_simulate_refuses_bad_options_with_a_field_named_error(args: list[str], field: str) -> None:
+    env = {**os.environ, "SIMULATOR_TEST_CR_KEY": CANARY_KEY + "\rEXTRA"}
+    done = subprocess.run([sys.executable, "-m", "workers.cli", "simulate", *args], cwd=REPO_ROOT, text=True,
+                          capture_output=True, timeout=60, check=False, env=env)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert json.loads(done.stderr)["error"]["field"] == field
+    assert CANARY_KEY not in done.stderr
+
+
+@pytest.mark.parametrize("raw", [b'{"model": "gpt-4o-mini", "temperature": NaN}', b'{"n": Infinity}',
+                                 b"[" * 100_000 + b"]" * 100_000, b"[" * 200 + b"]" * 200, b'{"a": "\xff"}'],
+                         ids=["nan", "infinity", "100k-deep", "200-deep", "not-utf8"])
+def test_bodies_the_api_cannot_read_get_a_400_not_a_500(simulator: Simulator, client: httpx.Client,
+                                                        raw: bytes) -> None:
+    response = client.post(f"{simulator.url}/chat/completions", content=raw,
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request_error"
+    assert simulator.calls == 1 and simulator.in_flight == 0
+
+
+def test_a_stream_without_a_registered_chunker_is_the_answer_as_one_event(client: httpx.Client) -> None:
+    responses = actions.ActionManifest.model_validate({
+        "name": "create_response", "title": "Create Response", "category": "Responses",
+        "description": "Ask a model.", "openapi": {"operationId": "createResponse"},
+        "http": {"method": "POST", "path": "/responses", "stream": {"flag": "stream", "assemble": "completion"}},
+        "input": {"type": "object", "additionalProperties": False,
+                  "properties": {"model": {"type": "string"}, "input": {"type": "string"},
+                                 "stream": {"type": "boolean"}}},
+        "output": {"type": "object"},
+        "examples": [{"title": "Hi", "input": {"model": "gpt-4.1", "input": "hi"}, "output": {"id": "resp_1"}}],
+    })
+    with Simulator(manifests={"create_response": responses}) as sim:
+        plain = client.post(f"{sim.url}/responses", json={"model": "gpt-4.1", "input": "hi"})
+        assert plain.json() == {"id": "resp_1"}
+        streamed = client.post(f"{sim.url}/responses", json={"model": "gpt-4.1", "input": "hi", "stream": True})
+        assert sse_events(streamed) == [{"id": "resp_1"}]
+
+
+def test_kept_requests_are_bounded(simulator: Simulator, client: httpx.Client,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("actions.simulator.state.MAX_REQUESTS_KEPT", 3)
+    for n in range(7):
+        client.post(f"{simulator.url}/moderations", json={"input": f"text {n}"})
+    assert simulator.calls == 7
+    assert [r["body"]["input"] for r in simulator.requests] == ["text 4", "text 5", "text 6"]
+
+
+def test_an_operation_outside_the_spec_is_served_unvalidated(client: httpx.Client) -> None:
+    extra = actions.ActionManifest.model_validate({
+        "name": "create_widget", "title": "Create Widget", "category": "Extras",
+        "description": "An OpenAI-compatible server's extra.", "openapi": {"operationId": "createWidget"},
+        "http": {"method": "POST", "path": "/widgets"},
+        "input": {"type": "object", "additionalProperties": False, "properties": {"size": {"type": "integer"}}},
+        "output": {"type": "object"},
+        "examples": [{"title": "One", "input": {"size": 1}, "output": {"id": "widget_1"}}],
+    })
+    with Simulator(manifests={"create_widget": extra}) as sim:
+        answer = client.post(f"{sim.url}/widgets", json={"anything": ["goes"]})
+        assert answer.status_code == 200 and answer.json() == {"id": "widget_1"}

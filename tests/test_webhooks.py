@@ -17,7 +17,7 @@ import httpx
 import pytest
 import uvicorn
 
-from actions._simulator import Simulator
+from actions.simulator import Simulator
 from tests.conftest import REPO_ROOT
 from workers.triggers.webhooks import create_app, sign
 

@@ -3,78 +3,36 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from integration import errors
 from integration.errors import InputError, error_from_dict
+from tests.conftest import run_cli
+from tests.fixtures import workflow_path, workflow_text
 from workers.workflow import (
+    MAX_DEPTH,
+    MAX_FILE_BYTES,
+    MAX_STEPS,
+    MAX_VALUES,
     TemplateError,
     Transition,
     Workflow,
     WorkflowError,
+    YAMLLimitError,
     evaluate,
     load_workflow,
     load_workflow_dir,
+    load_yaml,
     parse_workflow,
     render,
 )
 
-TRIAGE = """
-name: ticket-triage
-description: Moderate, summarise and classify an incoming ticket.
-inputs:
-  ticket: {type: string, description: The ticket text, required: true}
-  priority: {type: string, enum: [low, normal, high], default: normal}
-  count: {type: integer, default: 2}
-  comments: {type: array, items: {type: string}, default: []}
-steps:
-  - id: moderate
-    action: create_moderation
-    integration: acme
-    input:
-      input: "{{ inputs.ticket }}"
-    retries: 2
-    timeout: 30
-    redact: [results]
-    on:
-      - if: "{{ steps.moderate.output.results[0].flagged }}"
-        publish: {verdict: rejected}
-        do: reject
-      - when: success
-        if: "{{ not steps.moderate.output.results[0].flagged }}"
-        publish: {verdict: clean, flagged_at: "{{ run.id }}", again: "{{ vars.verdict }}"}
-        do: [summarise, summarise]
-      - when: failure
-        do: [reject]
-      - when: always
-        publish: {seen: true}
-  - id: summarise
-    action: create_chat_completion
-    input:
-      model: gpt-4o-mini
-      temperature: 0.2
-      messages:
-        - {role: system, content: Summarise the ticket.}
-        - {role: user, content: "{{ inputs.ticket }}"}
-  - id: comments
-    action: create_moderation
-    with_items: "{{ inputs.comments }}"
-    concurrency: 10
-    input: {input: "comment {{ index }}: {{ item }}"}
-  - id: reject
-    action: list_models
-    input: {}
-    on: []
-output:
-  summary: "{{ steps.summarise.output.choices[0].message.content }}"
-  verdict: "{{ vars.verdict }}"
-webhook:
-  secret_env: TRIAGE_HOOK_SECRET
-  signature: hmac-sha256
-"""
+TRIAGE = workflow_text("triage.yaml")
 
 
 def _error(text: str, source: str = "wf.yaml") -> WorkflowError:
@@ -221,6 +179,89 @@ def test_load_workflow_dir_skips_other_yaml_and_rejects_duplicate_names(tmp_path
         load_workflow_dir(tmp_path)
 
 
+# ---------------------------------------------------------------- loading limits (docs/workflows.md, "Limits")
+
+
+def _one_step(extra: str = "") -> str:
+    return f"name: x\n{extra}steps:\n  - {{id: a, action: list_models}}\n"
+
+
+def test_a_yaml_bomb_is_refused_while_parsing() -> None:
+    error = _error(workflow_text("billion-laughs.yaml"), "lol.yaml")
+    assert error.file == "lol.yaml" and error.line is not None
+    assert f"expands to more than {MAX_VALUES} values" in str(error) and "docs/workflows.md" in str(error)
+    with pytest.raises(YAMLLimitError):  # the schedules file is read by the same bounded reader
+        load_yaml(workflow_text("billion-laughs.yaml"))
+
+
+def test_anchors_and_merge_keys_within_the_limits_still_work() -> None:
+    workflow = load_workflow(workflow_path("anchors.yaml"))
+    assert workflow.step("second").input == {"model": "gpt-4o-mini", "temperature": 0.2,
+                                             "messages": [{"role": "user", "content": "second"}]}
+    assert workflow.step("third").input == workflow.step("first").input
+
+
+@pytest.mark.parametrize(("source", "text"), [
+    ("deep.yaml", "name: deep\nsteps: " + "[" * 50_000 + "]" * 50_000 + "\n"),
+    ("deep-block.yaml", "name: deep\nsteps:\n" + "".join(" " * i + "- \n" for i in range(2, 200))),
+    ("deep.json", '{"name": "deep", "steps": ' + "[" * 50_000 + "]" * 50_000 + "}"),
+    ("deep-below-recursion.json", '{"name": "deep", "steps": ' + "[" * 500 + "]" * 500 + "}"),
+])
+def test_deep_nesting_is_refused_without_a_recursion_error(source: str, text: str) -> None:
+    error = _error(text, source)
+    assert error.file == source and f"nests deeper than {MAX_DEPTH} levels" in str(error)
+
+
+def test_nesting_up_to_the_limit_is_accepted() -> None:
+    def nested(levels: int) -> str:  # the document and `output` are two levels, the lists the rest
+        return _one_step() + "output: {a: " + "[" * (levels - 2) + "]" * (levels - 2) + "}\n"
+
+    for source in ("at-limit.yaml", "at-limit.json"):
+        text = nested(MAX_DEPTH)
+        if source.endswith(".json"):
+            text = json.dumps(load_yaml(text))
+        assert parse_workflow(text, source).output is not None
+        assert f"nests deeper than {MAX_DEPTH}" in str(_error(nested(MAX_DEPTH + 1), "over.yaml"))
+
+
+def test_a_large_json_document_is_refused_by_its_number_of_values() -> None:
+    text = json.dumps({"name": "x", "steps": [{"id": "a", "action": "list_models"}],
+                       "output": {"n": [0] * MAX_VALUES}}, separators=(",", ":"))
+    assert len(text) < MAX_FILE_BYTES
+    error = _error(text, "big.json")
+    assert error.file == "big.json" and f"holds more than {MAX_VALUES} values" in str(error)
+
+
+def test_files_over_the_size_limit_are_refused_before_reading(tmp_path: Path) -> None:
+    path = tmp_path / "big.yaml"
+    path.write_text(_one_step("description: " + "x" * MAX_FILE_BYTES + "\n"))
+    with pytest.raises(WorkflowError) as caught:
+        load_workflow(path)
+    assert caught.value.file == str(path) and f"larger than {MAX_FILE_BYTES}" in str(caught.value)
+    assert f"larger than {MAX_FILE_BYTES} characters" in str(_error(path.read_text(), "text.yaml"))
+    with pytest.raises(WorkflowError, match="larger than"):
+        load_workflow_dir(tmp_path)
+
+
+def test_the_number_of_steps_is_capped() -> None:
+    steps = "".join(f"  - {{id: s{i}, action: list_models}}\n" for i in range(MAX_STEPS + 1))
+    error = _error(f"name: many\nsteps:\n{steps}", "many.yaml")
+    assert error.field == "steps" and f"has {MAX_STEPS + 1} steps, more than {MAX_STEPS}" in str(error)
+
+
+def test_cli_validate_answers_a_huge_or_hostile_file_with_the_error(tmp_path: Path) -> None:
+    """D13: a 10 MB, 100k-step file and a YAML bomb get their error and exit code 2, no traceback."""
+    big = tmp_path / "big.yaml"
+    big.write_text("name: big\nsteps:\n" + "".join(
+        f"  - {{id: s{i}, action: list_models, description: padded to ten megabytes {'x' * 50}}}\n"
+        for i in range(100_000)))
+    assert big.stat().st_size > 10_000_000
+    for path, words in ((big, f"larger than {MAX_FILE_BYTES}"), (workflow_path("billion-laughs.yaml"), "expands")):
+        result = run_cli(dict(os.environ), "workflow", "validate", str(path))
+        assert result.returncode == 2, result.stderr
+        assert words in result.stdout + result.stderr and "Traceback" not in result.stdout + result.stderr
+
+
 # ---------------------------------------------------------------- errors as data
 
 
@@ -230,6 +271,8 @@ def test_workflow_error_shape_survives_pickle_and_dicts() -> None:
     assert str(WorkflowError("bad", file="t.yaml")) == "t.yaml: bad"
     data = error.to_dict()
     assert data["code"] == "workflow_invalid" and data["retryable"] is False
+    assert isinstance(error, errors.WorkflowError) and error.exit_code == 2  # one error tree
+    assert issubclass(TemplateError, errors.TemplateError) and TemplateError("x").exit_code == 2
     assert (data["file"], data["step"], data["field"]) == ("t.yaml", "summarise", "input.temperature")
     for rebuilt in (pickle.loads(pickle.dumps(error)), error_from_dict(json.loads(json.dumps(data)))):
         assert type(rebuilt) is WorkflowError and str(rebuilt) == str(error)
@@ -301,8 +344,8 @@ def test_payloads_are_never_rendered_again() -> None:
     ("{{ ''.__class__ }}", "sandbox", "unsafe"),
     ("{{ inputs.__init__.__globals__ }}", "sandbox", "unsafe"),
     ("{{ inputs.tags.append(3) }}", "sandbox", "unsafe"),
-    ("{{ 'x' * 100000000 }}", "sandbox", "not allowed"),
-    ("{{ 10 ** 1000000 }}", "sandbox", "too large"),
+    ("{{ 'x' * 100000000 }}", "limit", "more than 4000000"),
+    ("{{ 10 ** 1000000 }}", "limit", "too large"),
     ("{{ 1 / 0 }}", "ZeroDivisionError", "division by zero"),
     ("{{ 'no json' | fromjson }}", "JSONDecodeError", "Expecting value"),
 ])
@@ -315,13 +358,102 @@ def test_template_errors_name_the_step_and_expression(template: str, reason: str
     assert CONTEXT["inputs"]["tags"] == ["b", "a"]
 
 
-def test_templates_are_compiled_once() -> None:
-    from workers import workflow as module
+_BIG = "{% set s = 'x' * 1000000 %}"
 
-    before = module._compiled.cache_info().hits
+
+@pytest.mark.parametrize("template", [
+    "{{ 'a' | center(50000000) }}",
+    "text {{ 'a' | center(50000000) }}",
+    "{{ 'a'.center(50000000) }}",
+    "{{ 'a'.ljust(50000000) }}",
+    "{{ 'a'.zfill(50000000) }}",
+    "{{ ('\t' * 1000).expandtabs(100000) }}",
+    "{{ '%50000000s' | format('a') }}",
+    "{{ '%*s' | format(50000000, 'a') }}",
+    "{{ '%50000000s' % 'a' }}",
+    "{{ '{:>50000000}'.format('a') }}",
+    "{{ '{:>{w}}'.format('a', w=50000000) }}",
+    "{{ ('{:>50000000}' | tojson).format(1) }}",
+    "{{ ('x' * 1000000) | replace('x', 'yyyyyyyyyy') }}",
+    "{{ ('x' * 3000000).replace('', 'ab') }}",
+    "{{ 'aaaa'.translate({97: 'x' * 2000000}) }}",
+    "{{ 'a\nb' | indent(50000000) }}",
+    "{{ 'a b' | wordwrap(1, wrapstring='x' * 1000000) }}",
+    "{{ [1] | batch(100000000, 0) | list }}",
+    "{{ [('x' * 1000000)] * 10 }}",
+    _BIG + "{{ [s, s, s, s, s] | join }}",
+    _BIG + "{{ '-'.join([s, s, s, s, s]) }}",
+    _BIG + "{{ [s, s, s, s, s] | tojson }}",
+    _BIG + "{{ [s, s, s, s, s] | string }}",
+    _BIG + "{{ [s, s, s, s, s] }}",
+    _BIG + "{{ [s, s, s, s, s] }} as text",
+    _BIG + "{{ s ~ s ~ s ~ s ~ s }}",
+    _BIG + "{{ s + s + s + s + s }}",
+    _BIG + "{% for i in range(5) %}{{ s }}{% endfor %}",
+    "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+    "{% set ns = namespace(l=['x']) %}{% for i in range(40) %}{% set ns.l = ns.l + ns.l %}{% endfor %}",
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    "{% for i in inputs.tags %}{% for j in range(1000) %}{% for k in range(1000) %}{% endfor %}{% endfor %}"
+    "{% endfor %}",
+])
+def test_templates_cannot_build_huge_values_or_loop_without_end(template: str) -> None:
+    """D14: every operation that can multiply its input is capped before it runs; loops are counted."""
+    with pytest.raises(TemplateError) as caught:
+        render({"field": template}, CONTEXT, step="summarise")
+    error = caught.value
+    assert error.step == "summarise" and error.expression == template and error.reason == "limit"
+    assert str(error).startswith(f"step 'summarise': template {template[:150]}")
+    assert "exceeds a limit of the sandbox" in str(error)
+
+
+def test_rendering_time_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A recursive macro doubles its work at each level without a loop: the clock stops it."""
+    from workers.workflow import templates
+
+    monkeypatch.setattr(templates, "MAX_RENDER_SECONDS", 0.05)
+    template = "{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(60) }}"
+    with pytest.raises(TemplateError) as caught:
+        render(template, CONTEXT, step="slow")
+    assert caught.value.reason == "limit" and caught.value.step == "slow"
+    assert "rendering took longer than 0.05 s" in str(caught.value)
+
+
+def test_templates_within_the_caps_still_work() -> None:
+    assert render("{{ 'a' | center(5) }}|{{ '%3s' % 'b' }}|{{ '{:>3}'.format('c') }}", CONTEXT) == "  a  |  b|  c"
+    assert len(render("{{ 'x' * 1000000 }}", CONTEXT)) == 1_000_000
+    assert render("{{ inputs.tags | join('-') }}{% for i in range(3) %}{{ i }}{% endfor %}", CONTEXT) == "b-a012"
+    assert render("{{ [inputs.tags] * 2 }}", CONTEXT) == [["b", "a"], ["b", "a"]]
+    assert render("{% for t in [1, 2] %}{% for u in [3, 4] %}{{ t * u }}{% endfor %}{% endfor %}", CONTEXT) == "3468"
+
+
+def test_dicts_and_lists_in_text_render_as_json() -> None:
+    assert render("steps: {{ steps }}", CONTEXT) == 'steps: {"list": {"output": {"data": ["x", "y"]}, ' \
+                                                   '"status": "succeeded"}}'
+    assert render("{{ inputs.tags }} and {{ inputs.obj }}", CONTEXT) == '["b", "a"] and {"a": true}'
+    assert render("{{ 'tags: ' ~ inputs.tags }}", CONTEXT) == 'tags: ["b", "a"]'
+    assert json.loads(render("[{{ steps }}, {{ steps.list.output.data }}]", CONTEXT)) == [CONTEXT["steps"], ["x", "y"]]
+    assert render("{{ steps }}", CONTEXT) == CONTEXT["steps"]  # one expression keeps its native value
+
+
+def test_if_truthiness_of_text_and_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As documented in docs/workflows.md: ``if`` reads the rendered text; ``not`` is Jinja's own truthiness."""
+    context = {**CONTEXT, "inputs": {"flag": "false", "real": False}}
+    for text in ("false", "False", " 0 ", "no", "None", "null", ""):
+        assert evaluate("{{ inputs.flag }}", {**context, "inputs": {"flag": text}}) is False, text
+    assert evaluate("{{ inputs.flag }}", context) is False
+    assert evaluate("{{ not inputs.flag }}", context) is False  # "false" is a non-empty string inside Jinja
+    assert evaluate("{{ not inputs.real }}", context) is True  # a declared boolean behaves as expected
+    workflow = parse_workflow("name: x\ninputs:\n  flag: {type: boolean}\nsteps:\n  - {id: a, action: list_models}\n")
+    assert workflow.coerce_inputs({"flag": "false"}) == {"flag": False}
+
+
+def test_templates_are_compiled_once() -> None:
+    from workers.workflow import templates as module
+
+    before = module.compiled.cache_info().hits
     for index in range(200):
         assert render("{{ item }}-{{ index }}", {"item": "x", "index": index}) == f"x-{index}"
-    assert module._compiled.cache_info().hits - before >= 199
+    assert module.compiled.cache_info().hits - before >= 199
 
 
 def test_conditions() -> None:

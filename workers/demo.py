@@ -29,7 +29,7 @@ def main() -> int:
     os.environ.pop("OPENAI_PACK_BROKER_URL", None)
     os.environ.pop("OPENAI_PACK_STORE_URL", None)
 
-    from actions._simulator import Simulator
+    from actions.simulator import Simulator
     from integration.model import Integration
     from integration.store import IntegrationStore
     from workers import app as worker_app

@@ -24,6 +24,8 @@ from rich.table import Table
 
 import actions
 from actions._docs import field_rows, render_action, render_reference
+from actions.simulator.options import CONTROL_ROUTE_HELP, DEFAULT_PORT, Placement
+from actions.simulator.options import HELP as SIM_HELP
 from integration.auth import api_key_from_text
 from integration.errors import ConfigError, InputError
 from integration.model import Integration
@@ -256,15 +258,23 @@ def integrations_rotate_key() -> None:
 # ---------------------------------------------------------------- simulator and docs
 
 
-@app.command("simulate")
+@app.command("simulate", epilog="\n\n".join(f"{route}: {text}" for route, text in CONTROL_ROUTE_HELP)
+             + "\n\nSee docs/simulator.md.")
 def simulate(
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 = any free port).")] = 8765,
-    latency: Annotated[float, typer.Option(help="Seconds before each answer.")] = 0.0,
+    port: Annotated[int, typer.Option(help=SIM_HELP["port"])] = DEFAULT_PORT,
+    latency: Annotated[float, typer.Option(help=SIM_HELP["latency"])] = 0.0,
+    api_key_env: Annotated[str | None, typer.Option(metavar="NAME", help=SIM_HELP["api_key_env"])] = None,
+    auth: Annotated[Placement, typer.Option(help=SIM_HELP["auth"])] = "bearer",
+    auth_name: Annotated[str | None, typer.Option(help=SIM_HELP["auth_name"])] = None,
+    auth_prefix: Annotated[str, typer.Option(help=SIM_HELP["auth_prefix"])] = "",
+    rate_limit_rpm: Annotated[int | None, typer.Option(help=SIM_HELP["rate_limit_rpm"])] = None,
+    no_legacy_edits: Annotated[bool, typer.Option("--no-legacy-edits", help=SIM_HELP["no_legacy_edits"])] = False,
 ) -> None:
     """Serve the loopback OpenAI API simulator (not the real API) until Ctrl-C."""
-    from actions import _simulator
+    from actions.simulator import serve
 
-    _simulator.main(["--port", str(port), "--latency", str(latency)])
+    serve(port, latency=latency, api_key_env=api_key_env, auth=auth, auth_name=auth_name, auth_prefix=auth_prefix,
+          rate_limit_rpm=rate_limit_rpm, legacy_edits=not no_legacy_edits)
 
 
 @app.command("docs")

@@ -1,0 +1,162 @@
+"""Load-time checks that JSON Schema cannot express: template names, literal inputs, integrations, defaults.
+
+Everything that can be checked before a run is checked when the file is loaded, so a mistake
+costs nothing: templates that do not compile or name unknown inputs or steps, literal inputs the
+action would refuse, a templated integration, a default its own input refuses. Each problem is a
+``WorkflowError`` naming the file, the step and the field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+from jinja2 import TemplateSyntaxError, meta, nodes
+
+import actions
+from actions._coerce import coerce_inputs
+from actions._validate import problems_for
+from workers.workflow.errors import WorkflowError
+from workers.workflow.model import input_schema
+from workers.workflow.templates import ITEM_NAMES, compiled, has_template, parsed, shown
+
+__all__ = ["Scope", "check_action", "check_defaults", "check_integrations", "check_literal_inputs",
+           "check_templates", "step_label", "suggest", "template_strings"]
+
+
+def step_label(data: dict[str, Any], index: int) -> str:
+    """A step as errors name it: its id, or ``#3`` when the id itself is missing or wrong."""
+    steps = data.get("steps")
+    raw = steps[index] if isinstance(steps, list) and index < len(steps) else None
+    sid = raw.get("id") if isinstance(raw, dict) else None
+    return sid if isinstance(sid, str) and sid else f"#{index + 1}"
+
+
+def suggest(word: str, choices: Any) -> str:
+    """A " (did you mean ...?)" for a typo, or nothing."""
+    hint = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {hint[0]!r}?)" if hint else ""
+
+
+class Scope(NamedTuple):
+    """What a template at one place of the file may name."""
+
+    names: frozenset[str]
+    inputs: frozenset[str]
+    steps: frozenset[str]
+
+
+def template_strings(value: Any, where: str) -> Iterator[tuple[str, str]]:
+    """Every template string inside a value, with its field path."""
+    if isinstance(value, str):
+        if has_template(value):
+            yield where, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from template_strings(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from template_strings(item, f"{where}[{index}]")
+
+
+def template_problem(text: str, scope: Scope) -> str | None:
+    """Why a template cannot work (syntax, unknown names), or None."""
+    quoted = shown(text)
+    try:
+        ast = parsed(text)
+        compiled(text)
+    except TemplateSyntaxError as exc:
+        return f"template {quoted}: syntax error on line {exc.lineno}: {exc.message}"
+    undeclared = meta.find_undeclared_variables(ast)
+    for name in sorted(undeclared - scope.names):
+        if name in ITEM_NAMES:
+            return f"template {quoted}: {name!r} exists only in the input of a step with with_items"
+        hint = " (Rewst's CTX is `vars` for published values and `inputs` for the run's inputs)" \
+            if name in ("CTX", "ctx") else suggest(name, scope.names)
+        return f"template {quoted}: unknown name {name!r}{hint}; templates see {', '.join(sorted(scope.names))}"
+    for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
+        base = node.node
+        if not isinstance(base, nodes.Name) or base.name not in undeclared or base.name not in ("inputs", "steps"):
+            continue
+        if isinstance(node, nodes.Getattr):
+            key = node.attr
+        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            key = node.arg.value
+        else:
+            continue
+        known = scope.inputs if base.name == "inputs" else scope.steps
+        if key in known or hasattr(dict, key):  # inputs.get('x', 'y') is a dict method, not a name
+            continue
+        what = "a declared input" if base.name == "inputs" else "a step of this workflow"
+        return f"template {quoted}: {base.name}.{key} is not {what}{suggest(key, known)}"
+    return None
+
+
+def check_templates(value: Any, where: str, scope: Scope, source: str, step: str | None) -> None:
+    """Every template inside ``value`` compiles and names only what ``scope`` offers."""
+    for path, text in template_strings(value, where):
+        problem = template_problem(text, scope)
+        if problem:
+            raise WorkflowError(problem, file=source, step=step, field=path or None)
+
+
+def _touches(problem_field: str, template_paths: list[str]) -> bool:
+    """Whether a problem is at, inside or above a templated value (whose value is only known at run time)."""
+    for path in template_paths:
+        if not problem_field or problem_field == path:
+            return True
+        for inner, outer in ((path, problem_field), (problem_field, path)):
+            if inner.startswith(outer) and inner[len(outer)] in ".[":
+                return True
+    return False
+
+
+def check_literal_inputs(step_input: dict[str, Any], action: str, source: str, step_id: str) -> None:
+    """Literal values are checked now: `temperature: 5` fails at load, not after three paid steps.
+
+    The whole input is validated against the action, and problems at, inside or above a templated
+    value are ignored: ``messages[0].role: robot`` is found even when ``messages[1].content`` is a template.
+    """
+    manifest = actions.get(action)
+    schema = manifest.input
+    step_input = {manifest.aliases.get(k, k): v for k, v in step_input.items()}  # the seed's old names
+    problems = problems_for(coerce_inputs(step_input, schema), schema)
+    templated = [path for path, _ in template_strings(step_input, "")]
+    problems = [p for p in problems if not _touches(p["field"], templated)]
+    if problems:
+        first = problems[0]
+        raise WorkflowError(first["reason"], file=source, step=step_id,
+                            field=f"input.{first['field']}" if first["field"] else "input")
+
+
+def check_integrations(data: dict[str, Any], source: str) -> None:
+    """A templated integration gets its own message (the schema's pattern error would not say why)."""
+    for index, raw in enumerate(data.get("steps") or []):
+        value = raw.get("integration") if isinstance(raw, dict) else None
+        if isinstance(value, str) and has_template(value):
+            raise WorkflowError("must be an integration name, not a template: which credentials a step uses is "
+                                "fixed when the workflow is written", file=source, step=step_label(data, index),
+                                field="integration")
+
+
+def check_action(action: str, source: str, step_id: str) -> None:
+    """The action exists in this pack (with a suggestion for a typo)."""
+    registry = actions.registry()
+    if action not in registry:
+        hint = suggest(action, registry) or " (see `openai-pack actions list`)"
+        raise WorkflowError(f"{action!r} is not an action of this pack{hint}", file=source, step=step_id,
+                            field="action")
+
+
+def check_defaults(inputs: dict[str, dict[str, Any]], source: str) -> None:
+    """A default the input's own schema refuses would fail every run that leaves it out."""
+    schema = input_schema(json.dumps(inputs, sort_keys=True))
+    for name, spec in inputs.items():
+        if "default" not in spec:
+            continue
+        problems = problems_for(spec["default"], schema["properties"][name])
+        if problems:
+            sub = f".{problems[0]['field']}" if problems[0]["field"] else ""
+            raise WorkflowError(f"default{sub}: {problems[0]['reason']}", file=source, field=f"inputs.{name}")
