@@ -23,7 +23,7 @@ from pydantic import SecretStr
 from rich.table import Table
 
 import actions
-from actions._docs import field_rows, render_action, render_reference
+from actions import field_rows, render_action, render_reference
 from actions.simulator.options import CONTROL_ROUTE_HELP, DEFAULT_PORT, Placement
 from actions.simulator.options import HELP as SIM_HELP
 from integration.auth import api_key_from_text
@@ -32,6 +32,7 @@ from integration.model import Integration
 from integration.redact import install_log_redaction
 from integration.store import IntegrationStore, open_store
 from workers.cli import boundary
+from workers.cli.inputs import read_json_object
 from workers.cli.output import console, emit
 from workers.cli.serve import register as register_serve_commands
 from workers.cli.workflows import register as register_workflow_commands
@@ -53,8 +54,8 @@ def _usage_error(field: str, reason: str) -> NoReturn:
 
 @actions_app.command("list")
 def actions_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
-    """Every action the pack ships."""
-    manifests = actions.registry()
+    """Every action: the pack's own and those of OPENAI_PACK_MANIFEST_PATH and installed extensions."""
+    manifests = actions.registry()  # a broken extra manifest directory: a JSON error naming it, exit 2
     if as_json:
         emit([{"name": m.name, "title": m.title, "category": m.category, "method": m.http.method,
                "path": m.http.path, "idempotent": m.is_idempotent} for m in manifests.values()])
@@ -113,22 +114,8 @@ def actions_docs() -> None:
 
 
 def _read_input(raw: str | None) -> dict[str, Any]:
-    if raw is None:
-        return {}
-    text = raw
-    if raw.startswith("@"):
-        path = Path(raw[1:])
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            _usage_error("--input", f"cannot read {str(path)!r}: {exc.strerror}")
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        _usage_error("--input", f"is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})")
-    if not isinstance(value, dict):
-        _usage_error("--input", "must be a JSON object of field values")
-    return value
+    """``--input`` as JSON text or ``@file``: strict UTF-8 and strict JSON (no NaN, bounded depth)."""
+    return read_json_object(raw, "--input")
 
 
 def _apply_sets(inputs: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
@@ -137,10 +124,7 @@ def _apply_sets(inputs: dict[str, Any], assignments: list[str]) -> dict[str, Any
         if not sep or not key:
             _usage_error("--set", f"{item!r} is not field=value")
         if value.startswith("@"):
-            try:
-                value = Path(value[1:]).read_text(encoding="utf-8")
-            except OSError as exc:
-                _usage_error(key, f"cannot read {value[1:]!r}: {exc.strerror}")
+            value = actions.read_text_file(value[1:], key)
         inputs[key] = value  # a string, coerced by the field's schema like any workflow input
     return inputs
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from actions._validate import problems_for
+from actions import problems_for
 from workers.workflow.checks import (
     Scope,
     check_action,

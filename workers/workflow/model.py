@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
-from actions._coerce import coerce_inputs
-from actions._validate import problems_for
+from actions import coerce_inputs, problems_for
 from integration.errors import InputError
 from workers.workflow.errors import WorkflowError
 from workers.workflow.templates import evaluate, render
