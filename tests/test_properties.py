@@ -18,7 +18,7 @@ from actions.simulator import Simulator
 from integration.errors import InputError
 from integration.model import Integration
 
-SAFE_TEXT = st.text(alphabet=string.ascii_letters + string.digits + " .,!?{}%#'\"\\", min_size=1, max_size=40)
+SAFE_TEXT = st.text(alphabet=string.ascii_letters + string.digits + " .,!?{}%#'\"\\", min_size=1, max_size=40).filter(str.strip)  # whitespace-only text means "not given"
 
 
 def _value(schema: dict[str, Any], depth: int = 0) -> st.SearchStrategy[Any]:

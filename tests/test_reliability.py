@@ -328,7 +328,8 @@ def test_6_redis_restart_mid_workflow(worker_env: dict[str, str], simulator: Sim
     import httpx
 
     import workers.app
-    from tests.test_triggers import ECHO, SECRET, Server, _post
+    from tests.fixtures.hooks import ECHO, SECRET, Server
+    from tests.fixtures.hooks import post_hook as _post
     from workers.triggers.webhooks import create_app
 
     server = RestartableRedis(tmp_path)

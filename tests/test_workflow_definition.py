@@ -582,3 +582,18 @@ steps:
     workflow = parse_workflow(text)
     assert workflow.step("ask").input["logit_bias"] == {"50256": -100}
     assert json.loads(json.dumps(workflow.to_dict())) == workflow.to_dict()
+
+
+@pytest.mark.parametrize(("raw", "words"), [
+    ('{"ticket": NaN}', "NaN"),
+    ({"ticket": float("inf")}, "finite"),
+    ({"ticket": "\ud800"}, "lone surrogate"),
+    ("[" * 100_000, "deeper"),
+    (b"\xff\xfe", "UTF-8"),
+])
+def test_workflow_inputs_refuse_what_json_cannot_carry(raw: Any, words: str) -> None:
+    """Run inputs (CLI, webhook, Python) are refused with the field named, never crash later in a record."""
+    workflow = parse_workflow("name: t\ninputs:\n  ticket: {type: string}\nsteps:\n  - id: a\n    action: list_models\n")
+    with pytest.raises(InputError) as caught:
+        workflow.coerce_inputs(raw)
+    assert words in str(caught.value)

@@ -29,6 +29,7 @@ from workers.state.budget import Budget
 from workers.state.kv import KV, StoreError, open_kv
 from workers.state.ledger import Ledger
 from workers.state.runs import RunStore
+from workers.triggers.beat import register_fire_task
 
 __all__ = ["STEP_TASK", "app", "engine", "settings"]
 
@@ -67,7 +68,6 @@ def _configure(app: Celery, settings: Settings) -> None:
         timezone="UTC",
         worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_connection_max_retries=None,
-        imports=("workers.triggers.beat",),  # the schedule-fire task
     )
 
 
@@ -202,6 +202,7 @@ def _plain(error: PackError) -> PackError:
 
 
 action_tasks = {name: _action_task(name) for name in actions.registry()}
+fire_schedule = register_fire_task(app, engine)  # workers.triggers.beat never imports this module
 
 
 @after_setup_logger.connect

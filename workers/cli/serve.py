@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from integration.errors import InputError
+from integration.errors import ConfigError
 from integration.redact import install_log_redaction
 from workers.cli import boundary
 from workers.cli.output import emit as _emit
@@ -32,6 +32,9 @@ def serve(
     = 300,
     rate_per_minute: Annotated[int, typer.Option("--rate-per-minute", help="Requests a minute each hook accepts.")]
     = 600,
+    failed_auth_per_minute: Annotated[int, typer.Option("--failed-auth-per-minute", help="Requests with a missing "
+                                                        "or wrong secret accepted from one address a minute (then "
+                                                        "429); they never count against a hook's rate.")] = 60,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Serve POST /hooks/<workflow>, GET /runs/<id> and GET /healthz.
@@ -45,17 +48,17 @@ def serve(
     from workers.triggers.webhooks import configure_logging
     from workers.triggers.webhooks import serve as run_server
 
-    if rate_per_minute < 1:
-        raise InputError([{"field": "--rate-per-minute", "reason": "must be at least 1"}])
-    if max_wait < 0:
-        raise InputError([{"field": "--max-wait", "reason": "must be at least 0"}])
+    for option, value, lowest in (("--rate-per-minute", rate_per_minute, 1), ("--max-wait", max_wait, 0),
+                                  ("--failed-auth-per-minute", failed_auth_per_minute, 1)):
+        if value < lowest:
+            raise ConfigError(f"{option} must be at least {lowest}, got {value}", field=option)
     configure_logging(log_level)
     if settings.embedded:
         logging.getLogger("openai_pack.webhooks").warning(
             "OPENAI_PACK_BROKER_URL is not set: this process runs the steps itself")
     with in_process_worker() if settings.embedded else nullcontext():
         run_server(workflows, host, port, max_wait=max_wait, rate_per_minute=rate_per_minute,
-                   log_level=log_level.lower())
+                   failed_auth_per_minute=failed_auth_per_minute, log_level=log_level.lower())
 
 
 def beat(
@@ -75,7 +78,10 @@ def beat(
         _emit({"ok": True, "file": str(schedules.resolve()),
                "schedules": describe_schedules(validate_schedules(schedules))})
         return
-    run_beat(schedules, loglevel=loglevel.upper(), schedule_db=schedule_db)
+    from workers import app as pack_app
+
+    settings = pack_app.reconfigure()  # whatever the environment says now
+    run_beat(pack_app.app, settings, schedules, loglevel=loglevel.upper(), schedule_db=schedule_db)
 
 
 def register(app: typer.Typer) -> None:

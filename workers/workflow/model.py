@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
-from actions import coerce_inputs, problems_for
+from actions import check_value, coerce_inputs, parse_json_text, problems_for
 from integration.errors import InputError
 from workers.workflow.errors import WorkflowError
 from workers.workflow.templates import evaluate, render
@@ -174,12 +174,15 @@ class Workflow:
     def coerce_inputs(self, raw: Any) -> dict[str, Any]:
         """Declared inputs only, string forms coerced, defaults filled; InputError names the field."""
         label = f"workflow {self.name}"
-        if isinstance(raw, str | bytes):
+        if isinstance(raw, bytes):
             try:
-                raw = json.loads(raw) if raw.strip() else {}
-            except json.JSONDecodeError as exc:
-                raise InputError([{"field": "", "reason": f"is not valid JSON ({exc.msg} at char {exc.pos})"}],
-                                 action=label) from None
+                raw = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InputError([{"field": "", "reason": "is not UTF-8 text"}], action=label) from None
+        if isinstance(raw, str):
+            raw = parse_json_text(raw, "", action=label) if raw.strip() else {}
+        else:  # values from a webhook body or Python: NaN, lone surrogates and absurd depth refused here too
+            check_value(raw, action=label)
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
