@@ -112,7 +112,7 @@ def workflow_run(
     from workers.embedded import in_process_worker
 
     embedded = settings.embedded
-    with in_process_worker() if embedded else nullcontext():
+    with in_process_worker(workflow=workflow) if embedded else nullcontext():
         run_id, _ = engine().start_run(workflow, inputs, trigger={"type": "manual", "file": str(file)})
         if not (wait or embedded):
             emit({"run_id": run_id, "status": "running"})
