@@ -18,6 +18,7 @@ from typing import Any
 from integration.redact import scrub_data
 from workers.state.kv import KV, Op
 from workers.state.leases import Leases
+from workers.state.signatures import SeenSignatures
 
 __all__ = ["FINISHED", "RunStore", "now_iso"]
 
@@ -56,6 +57,8 @@ class RunStore:
         self.kv = kv
         #: One live execution per step (or item), kept alive while it runs.
         self.leases = Leases(kv, prefix=f"{PREFIX}lease:")
+        #: Signed webhook requests already accepted (replays inside the signature window map to their run).
+        self.signatures = SeenSignatures(kv)
 
     # keys -------------------------------------------------------------------------------
     @staticmethod
