@@ -40,9 +40,6 @@ SKIPPED_DIRS = {".venv", "venv", "build", "dist", "node_modules", "__pycache__"}
 #: Cycles that exist only through function-local imports, each with why it is still there. Empty is
 #: the goal; an entry is a set of the modules in one strongly connected component.
 KNOWN_LAZY_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"workers.workflow.model", "workers.workflow.loader", "workers.workflow.checks"}):
-        "Workflow.from_dict (model) rebuilds a stored definition with loader.build, imported in the "
-        "method; the loader imports the model. Moving the rebuild into the loader removes the cycle.",
 }
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from workers.state.runs import FINISHED, RunStore
-from workers.workflow import Workflow
+from workers.workflow import Workflow, workflow_from_dict
 
 __all__ = ["TemplateContext"]
 
@@ -34,13 +34,13 @@ class TemplateContext:
             self._workflows.clear()
         if len(self._fixed) > 256:
             self._fixed.clear()
-        self._workflows[run_id] = Workflow.from_dict(header["definition"] or {})
+        self._workflows[run_id] = workflow_from_dict(header["definition"] or {})
         self._fixed[run_id] = (header["inputs"] or {}, header["trigger"])
 
     def workflow(self, run_id: str) -> Workflow:
         cached = self._workflows.get(run_id)
         if cached is None:
-            cached = Workflow.from_dict(self.store.definition(run_id))
+            cached = workflow_from_dict(self.store.definition(run_id))
             if len(self._workflows) > 512:
                 self._workflows.clear()
             self._workflows[run_id] = cached
