@@ -3,8 +3,17 @@
     >>> import actions
     >>> actions.run("create_moderation", {"input": "hello"})          # doctest: +SKIP
 
-Public modules in this package are handlers (``actions/<name>.py`` with ``run(call)``); the
-runtime lives in ``_``-prefixed modules.
+Public modules in this package are handlers (``actions/<name>.py`` with ``run(call)``, looked up
+only for a shipped manifest of that name); the runtime lives in ``_``-prefixed modules, and what
+other packages need from it is re-exported here, so nothing outside ``actions`` imports ``actions._*``:
+
+- the registry: ``registry``, ``get``, ``load_manifest``, ``ActionManifest`` (extra manifest
+  directories: ``MANIFEST_PATH_ENV``, ``ENTRY_POINT_GROUP``; names no action may take: ``RESERVED_NAMES``);
+- running: ``prepare``, ``execute``, ``run``, ``Call``, ``CallOptions``, ``ActionResult``;
+- values against a schema: ``coerce_inputs``, ``problems_for`` (``uses_fast_path`` says whether
+  the compiled check applies), and for raw outside input
+  ``parse_json_text``, ``check_value``, ``read_text_file``;
+- docs: ``render_reference``, ``render_action``, ``field_rows``.
 """
 
 from __future__ import annotations
@@ -17,20 +26,35 @@ from functools import cache
 from typing import Any
 
 from actions._binding import ActionResult, Call, CallOptions, prepare_inputs
-from actions._manifest import ActionManifest, load_all
+from actions._coerce import coerce_inputs
+from actions._docs import field_rows, render_action, render_reference
+from actions._inputs import MAX_DEPTH, check_value, parse_json_text, read_text_file
+from actions._manifest import (
+    ENTRY_POINT_GROUP,
+    MANIFEST_PATH_ENV,
+    RESERVED_NAMES,
+    ActionManifest,
+    load_all,
+    load_manifest,
+)
+from actions._validate import problems_for, uses_fast_path
 from integration.errors import InputError
 from integration.model import Integration
 from integration.redact import scrub_data
 from integration.store import resolve
 
-__all__ = ["ActionManifest", "ActionResult", "Call", "CallOptions", "execute", "get", "prepare",
-           "registry", "run"]
+__all__ = [
+    "ENTRY_POINT_GROUP", "MANIFEST_PATH_ENV", "MAX_DEPTH", "RESERVED_NAMES", "ActionManifest", "ActionResult",
+    "Call", "CallOptions", "check_value", "coerce_inputs", "execute", "field_rows", "get", "handler",
+    "load_manifest", "parse_json_text", "prepare", "problems_for", "read_text_file", "registry", "render_action",
+    "render_reference", "run", "uses_fast_path",
+]
 
 Handler = Callable[[Call], dict[str, Any]]
 
 
 def registry() -> dict[str, ActionManifest]:
-    """Every action the pack ships, by name."""
+    """Every action: the shipped ones and those of the extra manifest directories, by name."""
     return load_all()
 
 
@@ -45,9 +69,20 @@ def get(name: str) -> ActionManifest:
     raise InputError([{"field": "action", "reason": f"{name!r} {reason}"}])
 
 
-@cache
 def handler(name: str) -> Handler | None:
-    """The action's handler, when it has one (``actions/<name>.py``); most actions need none."""
+    """The action's handler, when it has one (``actions/<name>.py``); most actions need none.
+
+    Only a manifest the pack ships can have one: a user's extra manifest is a pass-through, and
+    runtime modules (``_*``, the simulator) are never mistaken for handlers.
+    """
+    manifest = load_all().get(name)
+    if manifest is None or not manifest.shipped:
+        return None
+    return _handler_module(name)
+
+
+@cache
+def _handler_module(name: str) -> Handler | None:
     if importlib.util.find_spec(f"actions.{name}") is None:
         return None
     module = importlib.import_module(f"actions.{name}")

@@ -2,11 +2,14 @@
 
 Nothing here knows a particular action; anything an action needs beyond its binding lives in
 its handler (``actions/<name>.py``), which receives a ``Call`` and uses the same ``send``.
+
+Bodies are JSON (``encoding: json``), none, or multipart form data (``encoding: multipart``):
+file fields (``format: binary``) become file parts read at call time, lists become repeated
+``name[]`` parts and objects ``name[key]`` parts (the form OpenAI's SDKs send), scalars text.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,6 +17,8 @@ from typing import Any
 from urllib.parse import quote
 
 from actions._coerce import coerce_inputs
+from actions._files import read_file_field
+from actions._inputs import check_value, parse_json_text
 from actions._manifest import ActionManifest
 from actions._streaming import assemble
 from actions._validate import problems_for
@@ -55,15 +60,12 @@ class ActionResult:
 def prepare_inputs(manifest: ActionManifest, raw: Any) -> dict[str, Any]:
     """Coerce then validate; raise one InputError listing every problem, before anything is sent."""
     if isinstance(raw, str):
-        try:
-            raw = json.loads(raw) if raw.strip() else {}
-        except json.JSONDecodeError as exc:
-            raise InputError([{"field": "", "reason": f"is not valid JSON ({exc.msg} at char {exc.pos})"}],
-                             action=manifest.name) from None
+        raw = parse_json_text(raw, "", action=manifest.name) if raw.strip() else {}
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise InputError([{"field": "", "reason": "must be an object of field values"}], action=manifest.name)
+    check_value(raw, action=manifest.name)  # NaN, lone surrogates, absurd depth: refused, naming the field
     for old, name in manifest.aliases.items():  # the seed's names keep working
         if old in raw:
             if name in raw:
@@ -75,6 +77,36 @@ def prepare_inputs(manifest: ActionManifest, raw: Any) -> dict[str, Any]:
     if problems:
         raise InputError(problems, action=manifest.name)
     return inputs
+
+
+def _form_parts(name: str, value: Any) -> list[tuple[str, str]]:
+    """One multipart field as (name, text) parts: lists as ``name[]``, objects as ``name[key]``."""
+    if isinstance(value, list):
+        return [part for item in value for part in _form_parts(f"{name}[]", item)]
+    if isinstance(value, dict):
+        return [part for key, item in value.items() for part in _form_parts(f"{name}[{key}]", item)]
+    if isinstance(value, bool):
+        return [(name, "true" if value else "false")]
+    return [(name, "" if value is None else str(value))]
+
+
+def multipart_body(manifest: ActionManifest, sendable: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Every part for httpx's ``files=``: file fields read now (a missing file is a field-named InputError).
+
+    Plain fields are parts without a file name, so the body is multipart even when no file is
+    given (httpx would send ``data=`` alone as a URL-encoded form).
+    """
+    parts: list[tuple[str, Any]] = []
+    for name, value in sendable.items():
+        if name in manifest.file_fields:
+            many = isinstance(value, list)
+            for index, item in enumerate(value if many else [value]):
+                where = f"{name}[{index}]" if many else name
+                upload = read_file_field(item, where, manifest.properties[name], action=manifest.name)
+                parts.append((f"{name}[]" if many else name, upload))
+        else:
+            parts.extend((part, (None, text)) for part, text in _form_parts(name, value))
+    return parts
 
 
 def _add_usage(total: dict[str, int], usage: Any) -> None:
@@ -106,7 +138,7 @@ class Call:
         json_body: Any = None,
         params: dict[str, Any] | None = None,
         files: Any = None,
-        data: dict[str, Any] | None = None,
+        data: Any = None,
         idempotent: bool | None = None,
         assemble_stream: str | None = None,
     ) -> ApiResponse:
@@ -141,7 +173,8 @@ class Call:
         stream = http.stream
         streaming = stream is not None and sendable.get(stream.flag) is True
         body = sendable if http.encoding == "json" else None
-        response = self.send(http.method, path, json_body=body, params=params,
+        parts = multipart_body(self.manifest, sendable) if http.encoding == "multipart" else None
+        response = self.send(http.method, path, json_body=body, params=params, files=parts or None,
                              assemble_stream=stream.assemble if streaming and stream else None)
         return self.expect_object(response)
 

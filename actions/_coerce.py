@@ -5,8 +5,13 @@ Rewst types every field "String (?)", templates render to text, webhooks deliver
 the field's schema asks for before validation. Rules:
 
 - Only strings are converted, and only when the schema does not accept the string as it is,
-  except that a JSON list/object text is parsed for a field that also takes a list/object, when
-  the parsed value fits that branch.
+  except for JSON list/object text given to a union field that takes a string and a list/object
+  (``stop``, ``input``, ``prompt``...): at the top level it is read as that list/object and then
+  validated, so ``'["a","b","c","d","e"]'`` for ``stop`` is refused for its 5 items rather than
+  sent as one literal stop string. Inside structured values (a message's ``content``) such text
+  is only read as JSON when the result fits, so a message can still say ``"[1, 2]"``.
+- JSON text is parsed strictly (no NaN/Infinity, bounded depth, no lone surrogates); text that
+  does not parse stays text and validation names the field.
 - ``""`` or ``null`` on an optional field that does not take them means "not given" and the
   field is dropped; a real ``0`` or ``false`` is never dropped.
 - A value that cannot be converted is left alone, so validation reports it with its field name.
@@ -14,12 +19,13 @@ the field's schema asks for before validation. Rules:
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from typing import Any
 
+from actions._inputs import parse_json_text
 from actions._validate import is_valid
+from integration.errors import InputError
 
 __all__ = ["coerce_inputs", "resolve_ref"]
 
@@ -124,32 +130,45 @@ def _from_text(text: str, kinds: set[str]) -> Any:
             return True
         if lowered in _FALSE:
             return False
-    if "integer" in kinds and _INTEGER.match(stripped):
-        return int(float(stripped)) if "." in stripped else int(stripped)
-    if "number" in kinds:
+    if "integer" in kinds and _INTEGER.match(stripped) and len(stripped) <= _MAX_DIGITS:
+        return int(stripped.split(".")[0])
+    if "number" in kinds and len(stripped) <= _MAX_DIGITS:
         try:
             number = float(stripped)
         except ValueError:
             number = math.nan
         if math.isfinite(number):
-            return int(number) if _INTEGER.match(stripped) else number
+            return int(stripped) if _INTEGER.match(stripped) and "." not in stripped else number
     if ("array" in kinds and stripped.startswith("[")) or ("object" in kinds and stripped.startswith("{")):
-        try:
-            parsed = json.loads(stripped)
-        except json.JSONDecodeError:
-            return _MISSING
+        parsed = _json_or_missing(stripped)
         if json_type(parsed) in kinds:
             return parsed
     return _MISSING
 
 
-def coerce_value(value: Any, schema: dict[str, Any], root: dict[str, Any]) -> Any:
+#: Longer numeric text is not a number anyone means (and Python refuses ints over 4,300 digits).
+_MAX_DIGITS = 400
+
+
+def _json_or_missing(text: str) -> Any:
+    """The strictly parsed JSON value, or _MISSING (validation then names the field)."""
+    try:
+        return parse_json_text(text, "")
+    except InputError:
+        return _MISSING
+
+
+def coerce_value(value: Any, schema: dict[str, Any], root: dict[str, Any], top_level: bool = False) -> Any:
     """Coerce one value against its (sub)schema; never raises, leaves what it can't convert."""
     schema = resolve_ref(schema, root)
     branches = schema.get("anyOf") or schema.get("oneOf")
     if branches:
-        return _coerce_union(value, [resolve_ref(b, root) for b in branches], root)
+        return _coerce_union(value, [resolve_ref(b, root) for b in branches], root, top_level)
     kinds = _types(schema)
+    if top_level and isinstance(value, str) and "string" in kinds and kinds & {"array", "object"}:
+        parsed = _container_text(value, [schema])  # "type": ["string", "array"] is a union too
+        if parsed is not _MISSING:
+            value = parsed
     if isinstance(value, str) and "string" not in kinds and kinds:
         converted = _from_text(value, kinds)
         if converted is _MISSING:
@@ -176,8 +195,29 @@ def _coerce_list(value: list[Any], schema: dict[str, Any], root: dict[str, Any])
     return out
 
 
-def _coerce_union(value: Any, branches: list[dict[str, Any]], root: dict[str, Any]) -> Any:
-    """Pick the branch the value fits after coercion; prefer keeping a string that a branch accepts."""
+def _container_text(value: Any, branches: list[dict[str, Any]]) -> Any:
+    """JSON list/object text for a union that takes that container: the parsed value, else _MISSING."""
+    if not isinstance(value, str) or not value.strip().startswith(("[", "{")):
+        return _MISSING
+    parsed = _json_or_missing(value.strip())
+    if parsed is _MISSING or not any(json_type(parsed) in _types(b) for b in branches):
+        return _MISSING
+    return parsed
+
+
+def _coerce_union(value: Any, branches: list[dict[str, Any]], root: dict[str, Any], top_level: bool = False) -> Any:
+    """Pick the branch the value fits after coercion; prefer keeping a string that a branch accepts.
+
+    At the top level, JSON list/object text is read as that container even when it does not fit
+    (validation then says why): a builder who writes a list means a list.
+    """
+    if top_level:
+        parsed = _container_text(value, branches)
+        if parsed is not _MISSING:
+            kind = json_type(parsed)
+            fitting = [b for b in branches if kind in _types(b)]
+            chosen = next((b for b in fitting if _fits(coerce_value(parsed, b, root), b, root)), fitting[0])
+            return coerce_value(parsed, chosen, root)
     for branch in branches:
         if _fits(value, branch, root):
             if not isinstance(value, str) or not value.strip().startswith(("[", "{")):
@@ -197,6 +237,7 @@ def coerce_object(value: dict[str, Any], schema: dict[str, Any], root: dict[str,
     """Coerce declared properties; drop optional ones given as "" or null when they don't take it."""
     properties: dict[str, Any] = schema.get("properties", {})
     required = set(schema.get("required", []))
+    top_level = schema is root
     extra = schema.get("additionalProperties")
     out: dict[str, Any] = {}
     for key, item in value.items():
@@ -206,7 +247,7 @@ def coerce_object(value: dict[str, Any], schema: dict[str, Any], root: dict[str,
             continue
         if key not in required and _means_not_given(item, sub, root):
             continue
-        out[key] = coerce_value(item, sub, root)
+        out[key] = coerce_value(item, sub, root, top_level)
     return out
 
 

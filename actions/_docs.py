@@ -54,6 +54,8 @@ def field_rows(manifest: ActionManifest) -> list[dict[str, str]]:
             notes.append(f"choices from `{schema['x-options-from']}`")
         if schema.get("x-pack-only"):
             notes.append("pack option, not sent to the API")
+        if name in manifest.file_fields:
+            notes.append("a file: local path, `@path` or `data:…;base64,…` URL (sent as multipart)")
         if schema.get("deprecated"):
             notes.append("deprecated")
         rows.append({
@@ -97,7 +99,13 @@ def render_reference(manifests: dict[str, ActionManifest]) -> str:
     """The whole reference: an index table, then one section per action."""
     lines = ["# Action reference", "",
              "Generated from `manifests/*.json` by `openai-pack docs`. Every field also accepts its value "
-             "as text (`\"0.7\"`, `\"true\"`, `'[\"a\"]'`); an empty string means \"not given\".", "",
+             "as text (`\"0.7\"`, `\"true\"`, `'[\"a\"]'`); an empty string means \"not given\", and JSON list "
+             "text given to a field that takes text or a list is read as the list. NaN, Infinity and text "
+             "that is not valid Unicode are refused.", "",
+             "Your own actions: put their manifests in a directory named by `OPENAI_PACK_MANIFEST_PATH` "
+             "(or ship them in a package with an `openai_pack.manifests` entry point); `openai-pack docs` "
+             "then documents them too. A field with `format: binary` is a file, sent as multipart: give a "
+             "local path, `@path` or a `data:…;base64,…` URL.", "",
              "| action | title | category | HTTP |", "| --- | --- | --- | --- |"]
     for m in manifests.values():
         lines.append(f"| `{m.name}` | {m.title} | {m.category} | `{m.http.method} {m.http.path}` |")

@@ -2,23 +2,45 @@
 
 The manifest is the action. Validation, coercion, CLI help, docs, the simulator's routes and
 the Celery task names are all derived from it, so it is checked strictly when loaded.
+
+Manifests come from the ``manifests`` package and from extra directories, so users can add
+actions (e.g. an OpenAI-compatible server's extras) without forking: the directories listed in
+``OPENAI_PACK_MANIFEST_PATH`` (``os.pathsep``-separated) and those named by installed
+distributions under the ``openai_pack.manifests`` entry point group. A name given twice is an
+error naming both files, never a silent override.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+from collections.abc import Iterator
 from functools import cache, cached_property
-from importlib import resources
+from importlib import metadata, resources
+from importlib.abc import Traversable
+from pathlib import Path
+from types import ModuleType
 from typing import Any, Literal
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from actions._validate import unsupported_keywords
 from integration.errors import ManifestError
 
-__all__ = ["ActionManifest", "Example", "HttpBinding", "Stream", "load_all", "load_manifest"]
+__all__ = ["ENTRY_POINT_GROUP", "MANIFEST_PATH_ENV", "ActionManifest", "Example", "HttpBinding", "Stream",
+           "load_all", "load_manifest", "manifest_sources"]
+
+#: Extra manifest directories, ``os.pathsep``-separated (read when the registry is first loaded).
+MANIFEST_PATH_ENV = "OPENAI_PACK_MANIFEST_PATH"
+#: Entry point group: each entry names a package holding ``*.json`` manifests, or a callable returning a directory.
+ENTRY_POINT_GROUP = "openai_pack.manifests"
+#: Module and package names in ``actions`` that are not handlers; no action may take one of them.
+RESERVED_NAMES = frozenset({"simulator"})
+#: Output tokens assumed when an action has an output cap field and none was given.
+DEFAULT_OUTPUT_TOKENS = 256
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _PATH_PARAM = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
@@ -28,15 +50,19 @@ PACK_KEYWORDS = {
     "x-options-from": "the field's choices come from this action's output (e.g. list_models)",
     "x-pack-only": "a pack option, never sent to the API",
     "x-aliases": "older names the field is still accepted under (e.g. the seed's model_id for model)",
+    "x-budget": "how the field counts for a token budget: 'output-cap' (caps the answer's tokens) or 'choices' "
+                "(the number of answers)",
+    "x-max-bytes": "largest file a file field (format: binary) accepts, in bytes",
 }
+_BUDGET_ROLES = {"output-cap", "choices"}
 
 
 class OpenApiRef(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     operationId: str  # noqa: N815 - OpenAPI's own spelling
-    spec: Literal["2026-08", "2023-12"] = Field(
-        "2026-08", description="Which file in shared/openapi holds the operation (2023-12 only for /edits).")
+    spec: str = Field("2026-08", pattern=r"^\d{4}-\d{2}$",
+                      description="Which spec version (shared/openapi/openai-<spec>.yaml) holds the operation.")
 
 
 class Stream(BaseModel):
@@ -89,6 +115,19 @@ class ActionManifest(BaseModel):
     output: dict[str, Any]
     examples: list[Example] = Field(min_length=1)
 
+    _source: str = PrivateAttr("<manifest>")
+    _shipped: bool = PrivateAttr(False)
+
+    @property
+    def source(self) -> str:
+        """Where the manifest was read from (a path, or ``manifests/<name>.json`` for shipped ones)."""
+        return self._source
+
+    @property
+    def shipped(self) -> bool:
+        """Whether the pack itself ships it (only those may have a handler module in ``actions``)."""
+        return self._shipped
+
     @property
     def is_idempotent(self) -> bool:
         return self.http.method == "GET" if self.idempotent is None else self.idempotent
@@ -106,15 +145,55 @@ class ActionManifest(BaseModel):
     def pack_only_fields(self) -> frozenset[str]:
         return frozenset(k for k, v in self.properties.items() if v.get("x-pack-only"))
 
+    @cached_property
+    def file_fields(self) -> frozenset[str]:
+        """Input fields that carry files (``format: binary``, or a list of them): sent as multipart files."""
+        return frozenset(name for name, schema in self.properties.items() if _is_file_schema(schema))
+
+    def budget_fields(self, role: str) -> list[str]:
+        """The input fields marked ``x-budget: <role>``, in declaration order."""
+        return [name for name, schema in self.properties.items() if schema.get("x-budget") == role]
+
+    def estimate_tokens(self, inputs: dict[str, Any]) -> int:
+        """A cheap upper-ish token estimate for a rate budget, from the manifest alone (no field names in code).
+
+        About 4 characters per token of what is sent, plus the answer's cap (the first ``x-budget:
+        output-cap`` field given, else ``DEFAULT_OUTPUT_TOKENS`` when the action has such a field)
+        times the number of answers (an ``x-budget: choices`` field, default 1).
+        """
+        sent = {k: v for k, v in inputs.items() if k not in self.pack_only_fields and k not in self.file_fields}
+        prompt = len(json.dumps(sent, ensure_ascii=False, default=str)) // 4
+        caps = self.budget_fields("output-cap")
+        if not caps:
+            return prompt
+        given = next((inputs[k] for k in caps if isinstance(inputs.get(k), int)), DEFAULT_OUTPUT_TOKENS)
+        choices = next((inputs[k] for k in self.budget_fields("choices") if isinstance(inputs.get(k), int)), 1)
+        return prompt + int(given) * max(1, int(choices))
+
     @model_validator(mode="after")
     def _check(self) -> ActionManifest:
         if not _NAME.match(self.name):
             raise ValueError("name must be snake_case")
+        if self.name in RESERVED_NAMES:
+            raise ValueError(f"name {self.name!r} is reserved for the pack's own modules")
         for label, schema in (("input", self.input), ("output", self.output)):
             try:
                 Draft202012Validator.check_schema(schema)
             except SchemaError as exc:
                 raise ValueError(f"{label} is not a valid JSON Schema: {exc.message}") from None
+            unknown = unsupported_keywords(schema)
+            if unknown:
+                where, keyword, hint = unknown[0]
+                raise ValueError(f"{label}{where}: {keyword!r} is not a JSON Schema 2020-12 keyword{hint} "
+                                 "(pack extensions start with 'x-')")
+        for name, schema in self.properties.items():
+            role = schema.get("x-budget")
+            if role is not None and role not in _BUDGET_ROLES:
+                raise ValueError(f"input.properties.{name}.x-budget must be one of {sorted(_BUDGET_ROLES)}")
+        if self.file_fields and self.http.encoding != "multipart":
+            raise ValueError(f"file fields {sorted(self.file_fields)} need http.encoding 'multipart'")
+        if self.http.encoding == "multipart" and self.http.method == "GET":
+            raise ValueError("a GET request has no multipart body")
         if self.input.get("type") != "object" or self.input.get("additionalProperties") is not False:
             raise ValueError("input must be an object schema with additionalProperties: false")
         props = self.properties
@@ -124,6 +203,16 @@ class ActionManifest(BaseModel):
         if self.http.stream and self.http.stream.flag not in props:
             raise ValueError(f"http.stream.flag {self.http.stream.flag!r} is not an input field")
         return self
+
+
+def _is_file_schema(schema: Any) -> bool:
+    if not isinstance(schema, dict):
+        return False
+    if schema.get("type") == "string" and schema.get("format") == "binary":
+        return True
+    if schema.get("type") == "array":
+        return _is_file_schema(schema.get("items"))
+    return any(_is_file_schema(b) for b in schema.get("anyOf", []) + schema.get("oneOf", []))
 
 
 def _parse(text: str, source: str) -> ActionManifest:
@@ -142,15 +231,65 @@ def load_manifest(path_or_text: str, source: str = "<manifest>") -> ActionManife
     return _parse(path_or_text, source)
 
 
-@cache
-def load_all() -> dict[str, ActionManifest]:
-    """Every manifest shipped in the ``manifests`` package, by name (cached: they are read-only)."""
-    found: dict[str, ActionManifest] = {}
-    for entry in sorted(resources.files("manifests").iterdir(), key=lambda e: e.name):
-        if not entry.name.endswith(".json") or entry.name.startswith("_"):
+def _json_files(directory: Traversable) -> Iterator[Traversable]:
+    for entry in sorted(directory.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".json") and not entry.name.startswith("_") and entry.is_file():
+            yield entry
+
+
+def _entry_point_dirs() -> Iterator[tuple[str, Traversable]]:
+    """Directories named by installed distributions (a package of manifests, or a callable returning one)."""
+    for entry_point in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        label = f"entry point {entry_point.name!r} ({entry_point.value})"
+        try:
+            target = entry_point.load()
+            if callable(target) and not isinstance(target, ModuleType):
+                target = target()
+            directory = resources.files(target) if isinstance(target, ModuleType) else Path(target)
+        except Exception as exc:  # a broken third-party plugin is reported, not a traceback
+            raise ManifestError(f"{label}: cannot be loaded: {exc}") from None
+        if not directory.is_dir():
+            raise ManifestError(f"{label}: {directory} is not a directory")
+        yield label, directory
+
+
+def manifest_sources(extra_path: str | None = None) -> list[tuple[str, Traversable]]:
+    """Where manifests are read from, in order: the pack's own, ``OPENAI_PACK_MANIFEST_PATH``, entry points."""
+    extra_path = os.environ.get(MANIFEST_PATH_ENV, "") if extra_path is None else extra_path
+    sources: list[tuple[str, Traversable]] = [("manifests", resources.files("manifests"))]
+    for part in extra_path.split(os.pathsep):
+        if not part.strip():
             continue
-        manifest = _parse(entry.read_text(encoding="utf-8"), f"manifests/{entry.name}")
-        if manifest.name != entry.name.removesuffix(".json"):
-            raise ManifestError(f"manifests/{entry.name}: name {manifest.name!r} does not match the file name")
-        found[manifest.name] = manifest
+        directory = Path(part).expanduser()
+        if not directory.is_dir():
+            raise ManifestError(f"{MANIFEST_PATH_ENV}: {part!r} is not a directory")
+        sources.append((str(directory.resolve()), directory))
+    sources.extend(_entry_point_dirs())
+    return sources
+
+
+def load_all() -> dict[str, ActionManifest]:
+    """Every action: the shipped manifests plus the extra directories (cached per ``OPENAI_PACK_MANIFEST_PATH``)."""
+    return _load_all(os.environ.get(MANIFEST_PATH_ENV, ""))
+
+
+@cache
+def _load_all(extra_path: str) -> dict[str, ActionManifest]:
+    found: dict[str, ActionManifest] = {}
+    for label, directory in manifest_sources(extra_path):
+        shipped = label == "manifests"
+        for entry in _json_files(directory):
+            source = f"manifests/{entry.name}" if shipped else str(Path(str(directory)) / entry.name)
+            try:
+                text = entry.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ManifestError(f"{source}: cannot be read: {exc}") from None
+            manifest = _parse(text, source)
+            if manifest.name != entry.name.removesuffix(".json"):
+                raise ManifestError(f"{source}: name {manifest.name!r} does not match the file name")
+            if manifest.name in found:
+                raise ManifestError(f"action {manifest.name!r} is defined twice: {found[manifest.name].source} "
+                                    f"and {source} (rename one; a manifest never silently replaces another)")
+            manifest._source, manifest._shipped = source, shipped
+            found[manifest.name] = manifest
     return found

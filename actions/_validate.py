@@ -2,6 +2,12 @@
 
 jsonschema's own messages ("'robot' is not valid under any of the given schemas") are written for
 schema authors; automation builders need ``messages[1].role: must be one of: system, user, ...``.
+
+Manifests are JSON Schema 2020-12. The compiled fast path (fastjsonschema) implements draft-07,
+so it is used only for schemas whose every keyword means the same in both drafts; a schema
+with ``prefixItems``, ``dependentRequired``, a ``$ref`` with validating siblings and the like is
+checked by the complete 2020-12 validator instead. Nothing is ever skipped: the choice only
+changes speed, never the verdict.
 """
 
 from __future__ import annotations
@@ -14,7 +20,91 @@ import fastjsonschema
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
-__all__ = ["field_path", "problems_for", "validator_for"]
+__all__ = ["field_path", "is_valid", "problems_for", "unsupported_keywords", "uses_fast_path", "validator_for"]
+
+#: Keywords whose draft-07 meaning (what fastjsonschema implements) equals their 2020-12 meaning.
+_SAME_IN_DRAFT_07 = frozenset({
+    "type", "enum", "const", "properties", "required", "additionalProperties", "patternProperties",
+    "propertyNames", "minProperties", "maxProperties", "items", "minItems", "maxItems", "uniqueItems",
+    "contains", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "minLength",
+    "maxLength", "pattern", "allOf", "anyOf", "oneOf", "not", "if", "then", "else", "$ref", "$defs",
+})
+#: 2020-12 keywords the draft-07 fast path would ignore or misread.
+_ONLY_IN_2020_12 = frozenset({
+    "prefixItems", "dependentRequired", "dependentSchemas", "unevaluatedProperties", "unevaluatedItems",
+    "minContains", "maxContains", "$dynamicRef", "$dynamicAnchor", "$anchor", "$id", "$vocabulary",
+    "contentSchema",
+})
+#: Keywords that only annotate (never change a verdict), in both drafts.
+_ANNOTATIONS = frozenset({
+    "title", "description", "default", "examples", "deprecated", "readOnly", "writeOnly", "$comment",
+    "$schema", "format", "contentMediaType", "contentEncoding",
+})
+_HINTS = {
+    "nullable": " (OpenAPI 3.0's form: write \"type\": [..., \"null\"] or an anyOf with {\"type\": \"null\"})",
+    "definitions": " (draft-07's name: use \"$defs\")",
+    "dependencies": " (draft-07's: use \"dependentRequired\" or \"dependentSchemas\")",
+    "additionalItems": " (draft-07's: use \"prefixItems\" with \"items\")",
+    "discriminator": " (OpenAPI's annotation: drop it, the anyOf/oneOf decides)",
+}
+#: Keywords whose value is one subschema, a list of them, or a name -> subschema map.
+_ONE_SCHEMA = ("items", "additionalProperties", "not", "contains", "propertyNames", "if", "then", "else",
+               "unevaluatedProperties", "unevaluatedItems", "contentSchema")
+_SCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems")
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "dependentSchemas")
+
+
+def _subschemas(schema: dict[str, Any]) -> Iterable[tuple[str, Any]]:
+    """(JSON-pointer-ish location, subschema) for every schema directly inside ``schema``."""
+    for key in _ONE_SCHEMA:
+        if key in schema:
+            yield f".{key}", schema[key]
+    for key in _SCHEMA_LISTS:
+        for index, sub in enumerate(schema.get(key) or []):
+            yield f".{key}[{index}]", sub
+    for key in _SCHEMA_MAPS:
+        for name, sub in (schema.get(key) or {}).items():
+            yield f".{key}.{name}", sub
+
+
+def _walk(schema: Any, where: str = "") -> Iterable[tuple[str, dict[str, Any]]]:
+    stack = [(where, schema)]
+    while stack:
+        location, current = stack.pop()
+        if isinstance(current, dict):
+            yield location, current
+            stack.extend((location + sub_where, sub) for sub_where, sub in _subschemas(current))
+
+
+def unsupported_keywords(schema: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(location, keyword, hint) for each keyword that is not JSON Schema 2020-12 nor a pack ``x-`` extension.
+
+    A misspelt or foreign keyword (OpenAPI's ``nullable``) would be silently ignored by every
+    validator, so manifests are refused with it instead.
+    """
+    known = _SAME_IN_DRAFT_07 | _ONLY_IN_2020_12 | _ANNOTATIONS
+    return [(where, key, _HINTS.get(key, "")) for where, sub in _walk(schema) for key in sub
+            if key not in known and not key.startswith("x-")]
+
+
+def uses_fast_path(schema: dict[str, Any]) -> bool:
+    """Whether the draft-07 compiled check gives exactly the 2020-12 verdict for this schema.
+
+    Every keyword must mean the same in both drafts, and a ``$ref`` must be local with only
+    annotations beside it (draft-07 ignores a ``$ref``'s siblings; 2020-12 applies them).
+    """
+    for _, sub in _walk(schema):
+        for key in sub:
+            if key in _ANNOTATIONS or key.startswith("x-"):
+                continue
+            if key not in _SAME_IN_DRAFT_07:
+                return False
+        if "$ref" in sub:
+            if not str(sub["$ref"]).startswith("#/"):
+                return False
+            if any(k not in _ANNOTATIONS and k != "$ref" and not k.startswith("x-") for k in sub):
+                return False
+    return True
 
 _TYPE_WORDS = {
     "string": "text",
@@ -35,15 +125,18 @@ def fast_check(schema: dict[str, Any]) -> Callable[[Any], Any] | None:
     """A compiled (fastjsonschema) validity check for the common case: valid input.
 
     It only answers "valid or not"; the explanations come from ``jsonschema``. Defaults are never
-    injected (``use_default=False``): only what was given is sent. None when the schema uses
-    something the compiler cannot handle, and then ``jsonschema`` does everything.
+    injected (``use_default=False``): only what was given is sent. None when the schema uses a
+    keyword the draft-07 compiler would read differently (see ``uses_fast_path``) or cannot
+    handle, and then the complete 2020-12 validator does everything.
     """
     cached = _fast.get(id(schema))
     if cached is None or cached[0] is not schema:
-        try:
-            compiled = fastjsonschema.compile(schema, use_default=False, use_formats=False)
-        except Exception:  # an unsupported construct: fall back to the slower, complete validator
-            compiled = None
+        compiled: Callable[[Any], Any] | None = None
+        if uses_fast_path(schema):
+            try:
+                compiled = fastjsonschema.compile(schema, use_default=False, use_formats=False)
+            except Exception:  # an unsupported construct: fall back to the slower, complete validator
+                compiled = None
         cached = (schema, compiled)
         _fast[id(schema)] = cached
     return cached[1]
@@ -161,6 +254,11 @@ def _reason(err: ValidationError) -> tuple[list[Any], str]:
         return path, f"must match the pattern {err.validator_value} (got {_describe(value)})"
     if kind == "uniqueItems":
         return path, "must not repeat items"
+    if kind == "dependentRequired" and isinstance(value, dict):
+        for given, needs in err.validator_value.items():
+            missing = [n for n in needs if given in value and n not in value]
+            if missing:
+                return [*path, missing[0]], f"is required when {given!r} is given"
     if kind == "propertyNames":
         return path, f"has a key that is not allowed: {err.message}"
     return path, err.message[:200]

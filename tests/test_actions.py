@@ -4,10 +4,17 @@ create_edit, create_image, and the secret canary."""
 from __future__ import annotations
 
 import base64
+import email.policy
 import json
 import logging
 import os
+import re
+import subprocess
+import sys
+import threading
 import time
+from email.parser import BytesParser
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +26,7 @@ from integration import errors
 from integration.client import close_all_clients
 from integration.model import Integration
 from integration.store import IntegrationStore
-from tests.conftest import CANARY_KEY, run_cli
+from tests.conftest import CANARY_KEY, REPO_ROOT, run_cli
 
 
 def _cli_env(home: Path) -> dict[str, str]:
@@ -164,7 +171,7 @@ def test_timeout_on_a_paid_call_is_not_repeated(simulator: Simulator) -> None:
     integration = Integration(name="slow", base_url=simulator.url, auth={"placement": "none"},
                               timeout={"connect": 2, "read": 0.3}, max_retries=3)
     simulator.add_fault({"path": "/chat/completions", "kind": "hang", "latency": 2, "times": 1})
-    with pytest.raises(errors.TimeoutError) as caught:
+    with pytest.raises(errors.NoAnswerError) as caught:
         actions.run("create_chat_completion", CHAT, integration)
     assert not caught.value.retryable and "outcome is unknown" in str(caught.value)
     assert simulator.calls == 1
@@ -180,7 +187,7 @@ def test_timeout_on_an_idempotent_call_is_retried(simulator: Simulator) -> None:
 def test_dropped_connection_on_a_paid_call_is_outcome_unknown(sim_integration: Integration,
                                                               simulator: Simulator) -> None:
     simulator.add_fault({"path": "/images/generations", "kind": "drop", "times": 1})
-    with pytest.raises(errors.TimeoutError):
+    with pytest.raises(errors.NoAnswerError):
         actions.run("create_image", {"prompt": "a cat"}, sim_integration)
     assert simulator.calls == 1
 
@@ -316,3 +323,352 @@ def test_the_key_never_appears_in_logs_errors_results_or_the_store(
     assert CANARY_KEY not in haystack
     assert CANARY_KEY[::-1] not in haystack
     close_all_clients()
+
+
+# ---------------------------------------------------------------- bad input from the command line (D7, D9)
+
+
+def _cli_with_simulator(simulator: Simulator, tmp_path: Path) -> dict[str, str]:
+    env = _cli_env(tmp_path / "home")
+    IntegrationStore(path=tmp_path / "home" / "integrations.json").add(
+        Integration(name="sim", base_url=simulator.url, auth={"placement": "none"}), make_default=True)
+    return env
+
+
+def _refused(result: Any) -> dict[str, Any]:
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr
+    return json.loads(result.stderr)["error"]  # type: ignore[no-any-return]
+
+
+CHAT_TEXT = '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]'
+
+
+@pytest.mark.parametrize(("args", "field"), [
+    (["--input", CHAT_TEXT + ', "temperature": NaN}'], "--input"),
+    (["--input", CHAT_TEXT + ', "temperature": -Infinity}'], "--input"),
+    (["--input", CHAT_TEXT + "}", "--set", "temperature=NaN"], "temperature"),
+    (["--input", '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "\\ud800"}]}'],
+     "messages[0].content"),
+    (["--input", "@DEEP"], "--input"),
+    (["--input", CHAT_TEXT + ', "stop": ["a", "b", "c", "d", "e"]}'], "stop"),
+    (["--input", CHAT_TEXT + ', "stop": "[\\"a\\", \\"b\\", \\"c\\", \\"d\\", \\"e\\"]"}'], "stop"),
+    (["--input", CHAT_TEXT + "}", "--set", 'stop=["a","b","c","d","e"]'], "stop"),
+])
+def test_malformed_cli_input_exits_2_naming_the_field(args: list[str], field: str, simulator: Simulator,
+                                                      tmp_path: Path) -> None:
+    deep = tmp_path / "deep.json"  # 200 kB: too long for one command-line argument
+    deep.write_text('{"model": "gpt-4o-mini", "messages": ' + "[" * 100_000 + "]" * 100_000 + "}", encoding="utf-8")
+    args = [f"@{deep}" if a == "@DEEP" else a for a in args]
+    error = _refused(run_cli(_cli_with_simulator(simulator, tmp_path), "run", "create_chat_completion", *args))
+    assert error["problems"][0]["field"] == field, error
+    assert simulator.calls == 0
+
+
+def test_input_files_that_are_not_utf8_are_refused(simulator: Simulator, tmp_path: Path) -> None:
+    env = _cli_with_simulator(simulator, tmp_path)
+    latin = tmp_path / "input.json"
+    latin.write_bytes('{"input": "caf\u00e9"}'.encode("latin-1"))
+    error = _refused(run_cli(env, "run", "create_moderation", "--input", f"@{latin}"))
+    assert error["problems"][0]["field"] == "--input" and "not UTF-8" in error["problems"][0]["reason"]
+    text = tmp_path / "text.txt"
+    text.write_bytes(b"\xff\xfeh\x00i\x00")  # UTF-16, as Windows tools write it
+    error = _refused(run_cli(env, "run", "create_moderation", "--set", f"input=@{text}"))
+    assert error["problems"][0]["field"] == "input" and "not UTF-8" in error["problems"][0]["reason"]
+    error = _refused(run_cli(env, "run", "create_moderation", "--input", f"@{tmp_path / 'missing.json'}"))
+    assert error["problems"][0]["field"] == "--input"
+    good = tmp_path / "good.txt"
+    good.write_text("caf\u00e9", encoding="utf-8")
+    assert run_cli(env, "run", "create_moderation", "--set", f"input=@{good}").returncode == 0
+    assert simulator.requests[-1]["body"]["input"] == "caf\u00e9"
+
+
+# ---------------------------------------------------------------- multipart bodies against a real loopback server
+
+
+TRANSCRIPTION = {
+    "name": "create_transcription", "title": "Create Transcription", "category": "Audio",
+    "description": "Transcribe audio into the input language.",
+    "openapi": {"operationId": "createTranscription"},
+    "http": {"method": "POST", "path": "/audio/transcriptions", "encoding": "multipart"},
+    "idempotent": False,
+    "input": {
+        "type": "object", "additionalProperties": False, "required": ["file", "model"],
+        "properties": {
+            "file": {"type": "string", "format": "binary", "x-max-bytes": 64, "description": "The audio file."},
+            "model": {"type": "string", "minLength": 1, "description": "The model, e.g. whisper-1."},
+            "temperature": {"type": "number", "minimum": 0, "maximum": 1, "description": "Sampling temperature."},
+            "timestamp_granularities": {"type": "array", "items": {"enum": ["word", "segment"]},
+                                        "description": "Timestamp detail."},
+        },
+    },
+    "output": {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}},
+    "examples": [{"title": "Transcribe a call", "input": {"file": "call.mp3", "model": "whisper-1"},
+                  "output": {"text": "Hello."}}],
+}
+
+
+class _FormServer(ThreadingHTTPServer):
+    """Records each POST's multipart parts and answers like the API; 127.0.0.1 only."""
+
+    def __init__(self) -> None:
+        self.received: list[list[tuple[str, str | None, bytes]]] = []
+        self.content_types: list[str] = []
+        super().__init__(("127.0.0.1", 0), _FormHandler)
+
+
+class _FormHandler(BaseHTTPRequestHandler):
+    server: _FormServer
+
+    def do_POST(self) -> None:  # noqa: N802 - the stdlib's spelling
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.content_types.append(self.headers["Content-Type"])
+        head = f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode()
+        message = BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+        self.server.received.append([(part.get_param("name", header="content-disposition"), part.get_filename(),
+                                      part.get_payload(decode=True)) for part in message.iter_parts()])
+        answer = json.dumps({"text": "Hello."}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def form_server() -> Any:
+    server = _FormServer()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.fixture
+def transcription(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> actions.ActionManifest:
+    (tmp_path / "extra").mkdir()
+    (tmp_path / "extra" / "create_transcription.json").write_text(json.dumps(TRANSCRIPTION), encoding="utf-8")
+    monkeypatch.setenv(actions.MANIFEST_PATH_ENV, str(tmp_path / "extra"))
+    return actions.get("create_transcription")
+
+
+def test_multipart_sends_files_and_form_fields(transcription: actions.ActionManifest, form_server: _FormServer,
+                                               tmp_path: Path) -> None:
+    integration = Integration(name="form", base_url=f"http://127.0.0.1:{form_server.server_port}/v1",
+                              auth={"placement": "none"}, max_retries=0)
+    audio = tmp_path / "call.mp3"
+    audio.write_bytes(b"ID3\x00fake-mp3")
+    output = actions.run("create_transcription", {"file": f"@{audio}", "model": "whisper-1", "temperature": "0.2",
+                                                  "timestamp_granularities": '["word", "segment"]'}, integration)
+    assert output == {"text": "Hello."}
+    parts = form_server.received[-1]
+    assert ("file", "call.mp3", b"ID3\x00fake-mp3") in parts
+    assert ("model", None, b"whisper-1") in parts and ("temperature", None, b"0.2") in parts
+    assert [p[2] for p in parts if p[0] == "timestamp_granularities[]"] == [b"word", b"segment"]
+    assert transcription.file_fields == {"file"}
+    encoded = base64.b64encode(b"RIFF-wav").decode()
+    actions.run("create_transcription", {"file": f"data:audio/wav;base64,{encoded}", "model": "whisper-1"},
+                integration)
+    assert [p for p in form_server.received[-1] if p[0] == "file"][0][2] == b"RIFF-wav"
+    actions.run("create_transcription", {"file": str(audio), "model": "whisper-1"}, integration)  # a plain path
+    assert len(form_server.received) == 3
+    assert all(content_type.startswith("multipart/form-data") for content_type in form_server.content_types)
+
+
+def test_multipart_without_a_file_part_is_still_multipart(form_server: _FormServer, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """An operation whose file is optional (a file id instead) still gets a multipart body."""
+    optional = json.loads(json.dumps(TRANSCRIPTION)) | {"name": "create_container_file"}
+    optional["input"]["required"] = ["model"]
+    (tmp_path / "create_container_file.json").write_text(json.dumps(optional), encoding="utf-8")
+    monkeypatch.setenv(actions.MANIFEST_PATH_ENV, str(tmp_path))
+    integration = Integration(name="form", base_url=f"http://127.0.0.1:{form_server.server_port}/v1",
+                              auth={"placement": "none"}, max_retries=0)
+    actions.run("create_container_file", {"model": "whisper-1"}, integration)
+    assert form_server.content_types[-1].startswith("multipart/form-data")
+    assert form_server.received[-1] == [("model", None, b"whisper-1")]
+
+
+@pytest.mark.parametrize(("value", "words"), [
+    ("@/nonexistent/call.mp3", "does not exist"),
+    ("data:audio/wav;base64,@@@", "does not decode"),
+    ("BIG", "more than the 64"),
+    ("DIR", "is not a file"),
+])
+def test_a_bad_file_field_is_named_before_any_request(value: str, words: str, transcription: actions.ActionManifest,
+                                                      form_server: _FormServer, tmp_path: Path) -> None:
+    integration = Integration(name="form", base_url=f"http://127.0.0.1:{form_server.server_port}/v1",
+                              auth={"placement": "none"}, max_retries=0)
+    big = tmp_path / "big.mp3"
+    big.write_bytes(b"x" * 65)
+    value = {"BIG": str(big), "DIR": str(tmp_path)}.get(value, value)
+    with pytest.raises(errors.InputError) as caught:
+        actions.run("create_transcription", {"file": value, "model": "whisper-1"}, integration)
+    assert caught.value.problems[0]["field"] == "file" and words in caught.value.problems[0]["reason"]
+    assert form_server.received == []
+
+
+# ---------------------------------------------------------------- a new action is one manifest file
+
+
+EMBEDDING = {
+    "name": "create_embedding", "title": "Create Embedding", "category": "Embeddings",
+    "description": "Turn text into a vector of numbers that captures its meaning (for search and clustering).",
+    "openapi": {"operationId": "createEmbedding", "spec": "2026-08"},
+    "http": {"method": "POST", "path": "/embeddings", "encoding": "json"},
+    "idempotent": False,
+    "input": {
+        "type": "object", "additionalProperties": False, "required": ["model", "input"],
+        "properties": {
+            "input": {
+                "description": "Text to embed: a string, a list of strings, or token arrays.",
+                "anyOf": [
+                    {"type": "string", "minLength": 1},
+                    {"type": "array", "minItems": 1, "maxItems": 2048, "items": {"type": "string"}},
+                    {"type": "array", "minItems": 1, "maxItems": 2048, "items": {"type": "integer"}},
+                    {"type": "array", "minItems": 1, "maxItems": 2048,
+                     "items": {"type": "array", "minItems": 1, "items": {"type": "integer"}}},
+                ],
+            },
+            "model": {"type": "string", "minLength": 1, "x-options-from": "list_models",
+                      "examples": ["text-embedding-3-small"], "description": "ID of the embedding model."},
+            "encoding_format": {"enum": ["float", "base64"], "default": "float",
+                                "description": "Return the embeddings as floats or base64."},
+            "dimensions": {"type": "integer", "minimum": 1, "description": "How many dimensions to return."},
+            "user": {"type": "string", "description": "Your end user's id, for abuse monitoring."},
+        },
+    },
+    "output": {
+        "type": "object", "required": ["object", "data", "model", "usage"],
+        "properties": {
+            "object": {"const": "list"}, "model": {"type": "string"},
+            "data": {"type": "array", "items": {"type": "object", "required": ["index", "embedding", "object"],
+                                                "properties": {"index": {"type": "integer"},
+                                                               "object": {"const": "embedding"},
+                                                               "embedding": {"type": "array",
+                                                                             "items": {"type": "number"}}}}},
+            "usage": {"type": "object", "properties": {"prompt_tokens": {"type": "integer"},
+                                                       "total_tokens": {"type": "integer"}}},
+        },
+    },
+    "examples": [{"title": "Embed a ticket subject", "input": {"model": "text-embedding-3-small",
+                                                               "input": "Printer on fire"},
+                  "output": {"object": "list", "model": "text-embedding-3-small",
+                             "data": [{"index": 0, "object": "embedding", "embedding": [0.01, -0.02]}],
+                             "usage": {"prompt_tokens": 3, "total_tokens": 3}}}],
+}
+
+
+@pytest.fixture
+def extra_embedding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A directory of the user's own holding one new manifest, named by OPENAI_PACK_MANIFEST_PATH."""
+    extra = tmp_path / "my-actions"
+    extra.mkdir()
+    (extra / "create_embedding.json").write_text(json.dumps(EMBEDDING, indent=2) + "\n", encoding="utf-8")
+    monkeypatch.setenv(actions.MANIFEST_PATH_ENV, str(extra))
+    return extra
+
+
+def test_a_new_action_is_one_manifest_file(extra_embedding: Path, tmp_path: Path) -> None:
+    """Written as a new contributor would: one JSON file in a directory of their own, nothing else.
+
+    The simulator is started after the directory is named, as ``openai-pack simulate`` would be.
+    (The Celery task ``openai.create_embedding`` is the workers' side of this proof.)
+    """
+    with Simulator(port=0) as simulator:
+        _one_manifest_file_is_enough(extra_embedding, simulator, tmp_path)
+
+
+def _one_manifest_file_is_enough(extra: Path, simulator: Simulator, tmp_path: Path) -> None:
+    env = _cli_with_simulator(simulator, tmp_path) | {actions.MANIFEST_PATH_ENV: str(extra)}
+
+    # the registry and the CLI's listing
+    assert actions.get("create_embedding").http.path == "/embeddings"
+    listed = run_cli(env, "actions", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert "create_embedding" in {a["name"] for a in json.loads(listed.stdout)}
+    shown = run_cli(env | {"COLUMNS": "240"}, "actions", "show", "create_embedding")
+    assert shown.returncode == 0 and "encoding_format" in shown.stdout and "POST /embeddings" in shown.stdout
+    as_json = run_cli(env, "actions", "show", "create_embedding", "--json")
+    assert json.loads(as_json.stdout)["input"] == EMBEDDING["input"]
+
+    # the docs
+    docs = run_cli(env, "docs", "--action", "create_embedding")
+    assert docs.returncode == 0 and "## Create Embedding (`create_embedding`)" in docs.stdout
+    assert "`create_embedding`" in run_cli(env, "docs").stdout
+
+    # run against the loopback simulator, and a bad value refused naming the field
+    ran = run_cli(env, "run", "create_embedding", "--input", json.dumps(EMBEDDING["examples"][0]["input"]))
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)["data"][0]["object"] == "embedding"
+    assert simulator.requests[-1]["path"] == "/v1/embeddings"
+    bad = run_cli(env, "run", "create_embedding", "--set", "model=text-embedding-3-small", "--set", "dimensions=0")
+    assert bad.returncode == 2 and json.loads(bad.stderr)["error"]["problems"][0]["field"] == "dimensions"
+
+    # the generated standard tests pick it up
+    standard = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "create_embedding",
+         "tests/test_manifests.py", "tests/test_properties.py",
+         "tests/test_actions.py::test_every_example_runs_end_to_end"],
+        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert standard.returncode == 0, standard.stdout[-3000:]
+    summary = standard.stdout.strip().splitlines()[-1]
+    counts = {word: int(number) for number, word in re.findall(r"(\d+) (passed|skipped)", summary)}
+    assert counts.get("passed", 0) >= 8 and sum(counts.values()) >= 14, summary
+
+
+def test_an_extra_manifest_is_a_celery_task_on_a_real_worker(extra_embedding: Path, redis_server: str,
+                                                             worker_env: dict[str, str], tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The workers' side of the one-file proof: ``openai.create_embedding`` exists on a worker started
+    with the directory named, and runs against the simulator with nothing else added."""
+    import redis
+
+    import workers.app
+    from tests.conftest import WorkerProcess
+
+    base = redis_server.rsplit("/", 1)[0]
+    env = dict(worker_env) | {"OPENAI_PACK_BROKER_URL": base + "/6", "OPENAI_PACK_RESULT_BACKEND": base + "/7",
+                              actions.MANIFEST_PATH_ENV: str(extra_embedding)}
+    for db in (6, 7):
+        redis.Redis.from_url(f"{base}/{db}").flushdb()
+    for key, value in env.items():
+        if key.startswith("OPENAI_PACK"):
+            monkeypatch.setenv(key, value)
+    with Simulator(port=0) as simulator:
+        store = IntegrationStore(path=Path(env["OPENAI_PACK_HOME"]) / "integrations.json")
+        store.add(Integration(name="extra-actions", base_url=simulator.url, auth={"placement": "none"}),
+                  replace=True)
+        workers.app.reconfigure()
+        worker = WorkerProcess(env, concurrency=2, name="extra")
+        try:
+            result = workers.app.app.send_task("openai.create_embedding",
+                                               args=[EMBEDDING["examples"][0]["input"], "extra-actions"])
+            output = result.get(timeout=60)
+            assert output["data"][0]["object"] == "embedding"
+            assert [r["path"] for r in simulator.requests] == ["/v1/embeddings"]
+        finally:
+            worker.stop()
+            monkeypatch.undo()  # the environment as it was, then the app re-read from it
+            workers.app.reconfigure()
+
+
+def test_a_broken_extra_directory_is_a_json_error_not_a_traceback(tmp_path: Path) -> None:
+    env = _cli_env(tmp_path / "home") | {actions.MANIFEST_PATH_ENV: str(tmp_path / "missing")}
+    for args in (["actions", "list"], ["actions", "show", "list_models"], ["run", "list_models"]):
+        error = _refused(run_cli(env, *args))
+        assert actions.MANIFEST_PATH_ENV in error["message"] and "missing" in error["message"], args
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "broken.json").write_text("{", encoding="utf-8")
+    error = _refused(run_cli(env | {actions.MANIFEST_PATH_ENV: str(tmp_path / "mine")}, "actions", "list"))
+    assert "broken.json" in error["message"] and "not valid JSON" in error["message"]
+
+
+# ---------------------------------------------------------------- the public surface

@@ -152,8 +152,8 @@ def test_two_fires_of_one_tick_start_one_run(pack: Any, tmp_path: Path, simulato
 
     name = f"tick-{uuid.uuid4().hex[:8]}"
     path = _schedules(tmp_path, name=name)
-    first = fire_schedule(name, str(path), datetime(2026, 11, 23, 1, 0, 0, 30000, tzinfo=UTC).isoformat())
-    second = fire_schedule(name, str(path), datetime(2026, 11, 23, 1, 0, 4, tzinfo=UTC).isoformat())
+    first = fire_schedule(pack.engine(), name, str(path), datetime(2026, 11, 23, 1, 0, 0, 30000, tzinfo=UTC).isoformat())
+    second = fire_schedule(pack.engine(), name, str(path), datetime(2026, 11, 23, 1, 0, 4, tzinfo=UTC).isoformat())
     assert first["created"] is True and second["created"] is False
     assert first["run_id"] == second["run_id"] and first["tick"] == "2026-11-23T02:00:00+01:00"
     header = pack.engine().wait(first["run_id"], 30)
@@ -165,7 +165,7 @@ def test_two_fires_of_one_tick_start_one_run(pack: Any, tmp_path: Path, simulato
     assert runs[0]["inputs"] == {"text": "scheduled", "limit": 100}
     time.sleep(0.2)
     assert simulator.calls == 1
-    following = fire_schedule(name, str(path), datetime(2026, 11, 24, 1, 0, 1, tzinfo=UTC).isoformat())
+    following = fire_schedule(pack.engine(), name, str(path), datetime(2026, 11, 24, 1, 0, 1, tzinfo=UTC).isoformat())
     assert following["created"] is True and following["tick"] == "2026-11-24T02:00:00+01:00"
     assert pack.engine().wait(following["run_id"], 30)["status"] == "succeeded"
 
@@ -200,7 +200,7 @@ def test_a_beat_process_starts_runs_every_tick(pack: Any, worker_env: dict[str, 
     path = _schedules(tmp_path, name=name, cron="* * * * * */2",
                       extra="    timezone: America/New_York\n    workflow: flows/nightly.yaml\n"
                             "    inputs: {text: from beat}\n")
-    process = subprocess.Popen([sys.executable, "-m", "workers.cli.serve", "beat", "--schedules", str(path),
+    process = subprocess.Popen([sys.executable, "-m", "workers.cli", "beat", "--schedules", str(path),
                                 "--schedule", str(tmp_path / "beat-state")],
                                env=worker_env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
@@ -223,6 +223,16 @@ def test_a_beat_process_starts_runs_every_tick(pack: Any, worker_env: dict[str, 
     assert run_cli(worker_env, "runs", "show", runs[0]["id"]).returncode == 0
 
 
+def test_beat_never_imports_the_celery_app() -> None:
+    """Issue 9 item 5: the app registers the fire task; nothing in the triggers imports the app back."""
+    probe = ("import sys, workers.triggers.beat, workers.triggers.webhooks\n"
+             "assert 'workers.app' not in sys.modules, 'imported workers.app'\n"
+             "import workers.app\n"
+             "assert 'openai_pack.fire_schedule' in workers.app.app.tasks\n")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
 def test_beat_entries_carry_the_moment_they_fire(tmp_path: Path) -> None:
     from celery.beat import ScheduleEntry
 
@@ -232,7 +242,7 @@ def test_beat_entries_carry_the_moment_they_fire(tmp_path: Path) -> None:
     before = app.conf.beat_schedule
     try:
         path = _schedules(tmp_path)
-        configure_beat(path)
+        configure_beat(app, path)
         conf = app.conf.beat_schedule["openai-pack:nightly-classification"]
         assert conf["task"] == FIRE_TASK and conf["args"] == ["nightly-classification", str(path.resolve())]
         assert isinstance(conf["schedule"], CronSchedule)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 
 import actions
-from actions._coerce import coerce_inputs
-from actions._validate import problems_for
+from actions import coerce_inputs, problems_for
 from integration.errors import InputError
 
 SCHEMA = {
@@ -136,3 +138,142 @@ def test_manifest_inputs_rejected_before_any_request(simulator, sim_integration)
     assert "messages[0].role" in fields and "temperature" in fields
     assert caught.value.field == fields[0]
     assert simulator.calls == 0
+
+
+# ---------------------------------------------------------------- no validation hole (2020-12 keywords)
+
+
+@pytest.mark.parametrize(("schema", "value", "field", "words"), [
+    ({"type": "object", "properties": {"pair": {"type": "array", "prefixItems": [{"type": "string"},
+                                                                                   {"type": "integer"}]}}},
+     {"pair": ["a", "b"]}, "pair[1]", "must be a whole number"),
+    ({"type": "object", "dependentRequired": {"start": ["end"]}, "properties": {"start": {}, "end": {}}},
+     {"start": 1}, "end", "is required when 'start' is given"),
+    ({"type": "object", "$defs": {"L": {"type": "array"}}, "properties": {"xs": {"$ref": "#/$defs/L", "maxItems": 1}}},
+     {"xs": [1, 2]}, "xs", "at most 1 item(s)"),
+    ({"type": "object", "properties": {"o": {"type": "object", "unevaluatedProperties": False,
+                                             "properties": {"a": {}}}}},
+     {"o": {"a": 1, "b": 2}}, "o", "nevaluated"),
+])
+def test_2020_12_only_keywords_are_enforced(schema: dict, value: dict, field: str, words: str) -> None:
+    """The draft-07 compiled check would pass each of these; the verdict must not depend on the draft."""
+    assert not actions.uses_fast_path(schema)
+    problems = problems_for(value, schema)
+    assert problems and problems[0]["field"] == field and words in problems[0]["reason"], problems
+
+
+# ---------------------------------------------------------------- D9: JSON text for a union field
+
+
+@pytest.mark.parametrize("given", ['["a","b","c","d","e"]', ' ["a", "b", "c", "d", "e"] '])
+def test_json_array_text_for_a_union_field_is_read_as_the_array_and_validated(given: str) -> None:
+    with pytest.raises(InputError) as caught:
+        actions.prepare("create_chat_completion", {"model": "m", "messages": MSG, "stop": given})
+    assert caught.value.problems == [{"field": "stop", "reason": "must have at most 4 item(s) (got 5)"}]
+    assert actions.prepare("create_completion", {"model": "m", "prompt": "p", "stop": '["a","b"]'})["stop"] == ["a", "b"]
+    assert actions.prepare("create_completion", {"model": "m", "prompt": "p", "stop": "[END]"})["stop"] == "[END]"
+
+
+def test_every_top_level_union_field_reads_json_text_as_a_list() -> None:
+    """Whatever the manifest: a union taking text and a list reads list text as that list."""
+    checked = 0
+    for name, manifest in actions.registry().items():
+        for field, schema in manifest.properties.items():
+            branches = schema.get("anyOf") or schema.get("oneOf") or []
+            kinds = {b.get("type") for b in branches}
+            if {"string", "array"} <= kinds:
+                coerced = coerce_inputs({field: '["x", "y"]'}, manifest.input)[field]
+                assert isinstance(coerced, list), (name, field)
+                checked += 1
+    assert checked >= 3
+
+
+def test_a_type_list_union_reads_json_text_too() -> None:
+    schema = {"type": "object", "properties": {"tags": {"type": ["string", "array"], "maxItems": 2}}}
+    assert coerce_inputs({"tags": '["a", "b", "c"]'}, schema) == {"tags": ["a", "b", "c"]}
+    assert problems_for(coerce_inputs({"tags": '["a", "b", "c"]'}, schema), schema)[0]["field"] == "tags"
+    assert coerce_inputs({"tags": "[a"}, schema) == {"tags": "[a"}
+
+
+def test_json_text_inside_a_message_stays_text_unless_it_fits() -> None:
+    prepared = actions.prepare("create_chat_completion",
+                               {"model": "m", "messages": [{"role": "user", "content": "[1, 2, 3]"}]})
+    assert prepared["messages"][0]["content"] == "[1, 2, 3]"
+
+
+# ---------------------------------------------------------------- D7: what JSON cannot carry
+
+
+@pytest.mark.parametrize("text", ['{"temperature": NaN}', '{"temperature": Infinity}', '{"temperature": -Infinity}'])
+def test_nan_and_infinity_in_json_text_are_refused(text: str) -> None:
+    with pytest.raises(InputError, match="NaN or Infinity") as caught:
+        actions.parse_json_text(text, "--input")
+    assert caught.value.problems[0]["field"] == "--input"
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_nan_and_infinity_as_values_are_refused_naming_the_field(value: float) -> None:
+    with pytest.raises(InputError) as caught:
+        actions.prepare("create_chat_completion", {"model": "m", "messages": MSG, "temperature": value})
+    assert caught.value.problems[0]["field"] == "temperature"
+    assert "finite" in caught.value.problems[0]["reason"]
+    with pytest.raises(InputError) as nested:
+        actions.prepare("create_chat_completion", {"model": "m", "messages": MSG, "logit_bias": {"1": value}})
+    assert nested.value.problems[0]["field"] == "logit_bias.1"
+
+
+@pytest.mark.parametrize("text", ["NaN", "inf", "-Infinity", "1e999", "9" * 5000])
+def test_non_finite_or_absurd_number_text_is_named_not_crashed(text: str) -> None:
+    with pytest.raises(InputError) as caught:
+        actions.prepare("create_chat_completion", {"model": "m", "messages": MSG, "temperature": text,
+                                                   "max_tokens": text})
+    assert {p["field"] for p in caught.value.problems} == {"temperature", "max_tokens"}
+
+
+def test_a_lone_surrogate_is_refused_never_replaced() -> None:
+    parsed_text = '{"model": "m", "messages": [{"role": "user", "content": "hi \\ud800 there"}]}'
+    with pytest.raises(InputError) as caught:
+        actions.prepare("create_chat_completion", parsed_text)
+    assert caught.value.problems[0]["field"] == "messages[0].content"
+    assert "lone surrogate (U+D800)" in caught.value.problems[0]["reason"]
+    with pytest.raises(InputError) as in_key:
+        actions.prepare("create_chat_completion", {"model": "m", "messages": MSG, "logit_bias": {"\udc80": 1}})
+    assert in_key.value.problems[0]["field"] == "logit_bias.\\udc80"
+    with pytest.raises(InputError) as plain:
+        actions.prepare("create_moderation", {"input": "x\udfff"})
+    assert plain.value.problems[0]["field"] == "input"
+
+
+def test_json_nested_100000_deep_is_refused_without_recursion() -> None:
+    deep = '{"model": "m", "messages": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    with pytest.raises(InputError, match=f"deeper than {actions.MAX_DEPTH}") as caught:
+        actions.parse_json_text(deep, "--input")
+    assert caught.value.problems[0]["field"] == "--input"
+    with pytest.raises(InputError, match="deeper"):
+        actions.prepare("create_chat_completion", deep)
+    value: list = []
+    for _ in range(100_000):
+        value = [value]
+    with pytest.raises(InputError) as as_value:
+        actions.prepare("create_chat_completion", {"model": "m", "messages": MSG, "stop": value})
+    assert as_value.value.problems[0]["field"].startswith("stop[0]")
+    assert actions.parse_json_text("[" * actions.MAX_DEPTH + "]" * actions.MAX_DEPTH, "x")  # the limit itself is fine
+
+
+def test_deep_json_text_given_to_a_list_field_is_named() -> None:
+    with pytest.raises(InputError) as caught:
+        actions.prepare("create_chat_completion", {"model": "m", "messages": "[" * 5000 + "]" * 5000})
+    assert caught.value.problems[0]["field"] == "messages"
+
+
+def test_input_files_must_be_utf8(tmp_path) -> None:
+    latin = tmp_path / "latin1.json"
+    latin.write_bytes('{"input": "café"}'.encode("latin-1"))
+    with pytest.raises(InputError, match="not UTF-8 text") as caught:
+        actions.read_text_file(latin, "--input")
+    assert caught.value.problems[0]["field"] == "--input"
+    good = tmp_path / "ok.json"
+    good.write_bytes(b"\xef\xbb\xbf" + json.dumps({"input": "café"}, ensure_ascii=False).encode())
+    assert json.loads(actions.read_text_file(good, "--input")) == {"input": "café"}
+    with pytest.raises(InputError, match="cannot read"):
+        actions.read_text_file(tmp_path / "missing.json", "--input")

@@ -8,6 +8,9 @@ Rewst fields. Running every example end to end lives in ``tests/test_actions.py`
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -17,15 +20,13 @@ import yaml
 from jsonschema import Draft202012Validator
 
 import actions
-from actions._coerce import coerce_inputs
-from actions._manifest import ActionManifest, load_all, load_manifest
+from actions import ActionManifest, coerce_inputs, load_manifest
 from integration.errors import InputError, ManifestError
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST_DIR = REPO / "manifests"
 SPEC_DIR = REPO.parent / "shared" / "openapi"
-EXPECTED = ["create_chat_completion", "create_completion", "create_edit", "create_image", "create_moderation",
-            "list_models", "retrieve_model"]
+#: Every action in the registry, extra manifest directories included (OPENAI_PACK_MANIFEST_PATH).
 NAMES = sorted(actions.registry())
 #: Bounds at the int64 edge (``seed``) say "any integer", not a range worth copying.
 _HUGE = 2**53
@@ -119,7 +120,8 @@ def _spec_fields(manifest: ActionManifest) -> tuple[dict[str, Any], dict[str, An
     spec = _spec(manifest.openapi.spec)
     _, _, operation = _operation(spec, manifest.openapi.operationId)
     parameters = {p["name"]: p for p in (_resolve(p, spec) for p in operation.get("parameters", []))}
-    body = (operation.get("requestBody") or {}).get("content", {}).get("application/json", {}).get("schema")
+    content_type = "multipart/form-data" if manifest.http.encoding == "multipart" else "application/json"
+    body = (operation.get("requestBody") or {}).get("content", {}).get(content_type, {}).get("schema")
     properties = _body_properties(body, spec) if body else {}
     required = (_body_required(body, spec) if body else set()) | {n for n, p in parameters.items() if p.get("required")}
     return properties, parameters, required
@@ -137,15 +139,21 @@ def _sent_fields(manifest: ActionManifest) -> list[str]:
 # ---------------------------------------------------------------- the manifests themselves
 
 
-def test_the_seven_actions_ship() -> None:
-    assert sorted(load_all()) == NAMES == EXPECTED
-    assert sorted(p.stem for p in MANIFEST_DIR.glob("*.json")) == EXPECTED
+def _file_of(manifest: ActionManifest) -> Path:
+    return REPO / manifest.source if manifest.shipped else Path(manifest.source)
+
+
+def test_the_seven_seed_actions_exist() -> None:
+    """The one hard-coded list: the seed's actions must keep existing (their Rewst fields are below)."""
+    assert set(SEED_INPUTS) <= set(NAMES)
+    shipped = sorted(n for n, m in actions.registry().items() if m.shipped)
+    assert shipped == sorted(p.stem for p in MANIFEST_DIR.glob("*.json") if not p.stem.startswith("_"))
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_manifest_is_valid_and_named_after_its_file(name: str) -> None:
     manifest = actions.get(name)
-    text = (MANIFEST_DIR / f"{name}.json").read_text(encoding="utf-8")
+    text = _file_of(manifest).read_text(encoding="utf-8")
     assert load_manifest(text, name).name == name == json.loads(text)["name"]
     assert text == json.dumps(json.loads(text), indent=2, ensure_ascii=False) + "\n", "keep 2-space JSON"
     Draft202012Validator.check_schema(manifest.input)
@@ -189,11 +197,17 @@ def test_binding_conventions(name: str) -> None:
 
 
 def test_handlers_belong_to_manifests() -> None:
-    """Public modules in actions/ are handlers, one per manifest that needs code (no orphans)."""
+    """Public modules in actions/ are handlers, one per shipped manifest that needs code (no orphans);
+    public packages (the simulator) are reserved names no manifest may take."""
+    shipped = {n for n, m in actions.registry().items() if m.shipped}
     handlers = {p.stem for p in (REPO / "actions").glob("*.py") if not p.stem.startswith("_")}
-    assert handlers <= set(NAMES), f"handler without a manifest: {sorted(handlers - set(NAMES))}"
+    assert handlers <= shipped, f"handler without a manifest: {sorted(handlers - shipped)}"
     for handler in handlers:
         assert callable(actions.handler(handler))
+    packages = {p.name for p in (REPO / "actions").iterdir()
+                if p.is_dir() and (p / "__init__.py").exists() and not p.name.startswith("_")}
+    assert packages <= actions.RESERVED_NAMES
+    assert not actions.RESERVED_NAMES & set(NAMES)
 
 
 # ---------------------------------------------------------------- against OpenAI's spec
@@ -269,7 +283,9 @@ SEED_INPUTS: dict[str, dict[str, Any]] = {
     "retrieve_model": {"model_id": "gpt-4o-mini"},
     "create_moderation": {"input": "I want to kill them.", "model": "text-moderation-latest"},
 }
-@pytest.mark.parametrize("name", EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(SEED_INPUTS))
 def test_seed_fields_are_still_accepted_as_text(name: str) -> None:
     prepared = actions.prepare(name, SEED_INPUTS[name])
     renamed = {actions.get(name).aliases.get(k, k) for k in SEED_INPUTS[name]}  # e.g. the seed's model_id
@@ -308,12 +324,134 @@ def test_a_broken_manifest_is_reported_with_its_location() -> None:
         load_manifest(json.dumps(broken), "x.json")
     with pytest.raises(ManifestError, match="not valid JSON"):
         load_manifest("{", "x.json")
-    assert load_all() is load_all()
+    assert actions.registry() is actions.registry()
 
 
 def test_docs_actions_md_is_current() -> None:
-    """docs/actions.md is `openai-pack docs` output; regenerate it when a manifest changes."""
-    from actions._docs import render_reference
-
+    """docs/actions.md is `openai-pack docs` output for the shipped actions; regenerate it when one changes."""
+    shipped = {n: m for n, m in actions.registry().items() if m.shipped}
     committed = (REPO / "docs" / "actions.md").read_text(encoding="utf-8")
-    assert committed == render_reference(actions.registry()), "run: openai-pack docs --output docs/actions.md"
+    assert committed == actions.render_reference(shipped), "run: openai-pack docs --output docs/actions.md"
+
+
+# ---------------------------------------------------------------- extra manifest directories
+
+
+def _write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{manifest['name']}.json"
+    path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def _renamed_copy(source: str, name: str) -> dict[str, Any]:
+    manifest = json.loads((MANIFEST_DIR / f"{source}.json").read_text(encoding="utf-8"))
+    manifest["name"] = name
+    return manifest
+
+
+def test_an_extra_directory_adds_actions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    extra = tmp_path / "extra"
+    path = _write_manifest(extra, _renamed_copy("list_models", "list_models_again"))
+    monkeypatch.setenv(actions.MANIFEST_PATH_ENV, f"{tmp_path / 'empty-but-listed'}{os.pathsep}")
+    with pytest.raises(ManifestError, match="empty-but-listed.*not a directory"):
+        actions.registry()
+    monkeypatch.setenv(actions.MANIFEST_PATH_ENV, str(extra))
+    added = actions.get("list_models_again")
+    assert not added.shipped and Path(added.source) == path.resolve()
+    assert actions.handler("list_models_again") is None  # extra manifests are pass-throughs
+    assert set(NAMES) < set(actions.registry())
+    monkeypatch.delenv(actions.MANIFEST_PATH_ENV)
+    assert "list_models_again" not in actions.registry()
+
+
+def test_a_name_given_twice_is_an_error_naming_both_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clash = _write_manifest(tmp_path / "mine", _renamed_copy("list_models", "list_models"))
+    monkeypatch.setenv(actions.MANIFEST_PATH_ENV, str(tmp_path / "mine"))
+    with pytest.raises(ManifestError) as caught:
+        actions.registry()
+    assert "manifests/list_models.json" in str(caught.value) and str(clash.resolve()) in str(caught.value)
+    second = _write_manifest(tmp_path / "other", _renamed_copy("list_models", "mine_only"))
+    first = _write_manifest(tmp_path / "third", _renamed_copy("list_models", "mine_only"))
+    monkeypatch.setenv(actions.MANIFEST_PATH_ENV, os.pathsep.join([str(tmp_path / "other"), str(tmp_path / "third")]))
+    with pytest.raises(ManifestError) as caught:
+        actions.registry()
+    assert str(second.resolve()) in str(caught.value) and str(first.resolve()) in str(caught.value)
+
+
+def test_a_reserved_name_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _write_manifest(tmp_path, _renamed_copy("list_models", "simulator"))
+    monkeypatch.setenv(actions.MANIFEST_PATH_ENV, str(tmp_path))
+    with pytest.raises(ManifestError, match="reserved"):
+        actions.registry()
+
+
+def test_an_entry_point_adds_a_package_of_manifests(tmp_path: Path) -> None:
+    """An installed distribution declaring ``[openai_pack.manifests]`` adds its package's manifests."""
+    package = tmp_path / "acme_extras"
+    _write_manifest(package, _renamed_copy("list_models", "list_acme_models"))
+    (package / "__init__.py").write_text("", encoding="utf-8")
+    info = tmp_path / "acme_extras-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-extras\nVersion: 1.0\n", encoding="utf-8")
+    (info / "entry_points.txt").write_text(f"[{actions.ENTRY_POINT_GROUP}]\nacme = acme_extras\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != actions.MANIFEST_PATH_ENV}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(REPO)])
+    probe = ("import actions; m = actions.get('list_acme_models'); "
+             "print(m.shipped, m.source.endswith('list_acme_models.json'), len(actions.registry()))")
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True", str(len(NAMES) + 1)]
+
+
+# ---------------------------------------------------------------- the meta-schema's other refusals
+
+
+def test_a_foreign_or_misspelt_keyword_is_refused_at_load() -> None:
+    manifest = _renamed_copy("create_moderation", "create_moderation")
+    manifest["input"]["properties"]["model"]["nullable"] = True
+    with pytest.raises(ManifestError, match=r"input\.properties\.model: 'nullable' is not a JSON Schema 2020-12"):
+        load_manifest(json.dumps(manifest), "x.json")
+    manifest["input"]["properties"]["model"].pop("nullable")
+    manifest["output"]["maxitems"] = 3
+    with pytest.raises(ManifestError, match="output: 'maxitems'"):
+        load_manifest(json.dumps(manifest), "x.json")
+
+
+def test_a_file_field_needs_a_multipart_binding() -> None:
+    manifest = _renamed_copy("create_moderation", "create_moderation")
+    manifest["input"]["properties"]["input"] = {"type": "string", "format": "binary", "description": "A file."}
+    with pytest.raises(ManifestError, match="multipart"):
+        load_manifest(json.dumps(manifest), "x.json")
+    manifest["http"]["encoding"] = "multipart"
+    assert load_manifest(json.dumps(manifest), "x.json").file_fields == {"input"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_manifest_schema_takes_the_compiled_fast_path(name: str) -> None:
+    """Not a correctness rule (a 2020-12-only keyword is validated completely, see test_coerce_validate)
+    but a speed one: shipped schemas stay in the subset the compiled check implements exactly."""
+    manifest = actions.get(name)
+    assert actions.uses_fast_path(manifest.input), "input uses a keyword only the slow complete validator knows"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_token_estimate_comes_from_the_manifest(name: str) -> None:
+    manifest = actions.get(name)
+    for example in manifest.examples:
+        estimate = manifest.estimate_tokens(example.input)
+        assert estimate >= len(json.dumps(example.input)) // 8
+        caps = [f for f in manifest.budget_fields("output-cap") if isinstance(example.input.get(f), int)]
+        if caps:
+            assert estimate >= example.input[caps[0]]
+    for field in manifest.budget_fields("output-cap") + manifest.budget_fields("choices"):
+        assert manifest.properties[field].get("type") == "integer", field
+
+
+def test_budget_hints_drive_the_estimate() -> None:
+    chat = actions.get("create_chat_completion")
+    base = {"model": "m", "messages": [{"role": "user", "content": "x" * 400}]}
+    prompt_only = actions.get("create_moderation").estimate_tokens({"input": "x" * 400})
+    assert 100 <= prompt_only < 120
+    assert chat.estimate_tokens(base | {"max_tokens": 1000, "n": 3}) >= 3000
+    assert chat.estimate_tokens(base) >= 100 + 256  # an answer cap exists but none was given

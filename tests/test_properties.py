@@ -18,7 +18,7 @@ from actions.simulator import Simulator
 from integration.errors import InputError
 from integration.model import Integration
 
-SAFE_TEXT = st.text(alphabet=string.ascii_letters + string.digits + " .,!?{}%#'\"\\", min_size=1, max_size=40)
+SAFE_TEXT = st.text(alphabet=string.ascii_letters + string.digits + " .,!?{}%#'\"\\", min_size=1, max_size=40).filter(str.strip)  # whitespace-only text means "not given"
 
 
 def _value(schema: dict[str, Any], depth: int = 0) -> st.SearchStrategy[Any]:
@@ -59,17 +59,32 @@ SKIP = {"stream", "stream_options", "tools", "tool_choice", "parallel_tool_calls
         "output_compression", "logit_bias", "messages", "model"}
 
 
+def _from_examples(manifest: actions.ActionManifest, field: str) -> st.SearchStrategy[Any] | None:
+    """Values the manifest itself vouches for: the field's JSON Schema ``examples``, else its example inputs."""
+    schema = manifest.properties[field]
+    values = list(schema.get("examples") or []) or [e.input[field] for e in manifest.examples if field in e.input]
+    return st.sampled_from(values) if values else None
+
+
 def _inputs(name: str) -> st.SearchStrategy[dict[str, Any]]:
+    """Generated inputs for any manifest: fields whose valid values depend on the server (path ids, model
+    ids) or on each other (SKIP) come from the manifest's own examples; the rest from the schema."""
     manifest = actions.get(name)
     required = manifest.input.get("required", [])
+    vouched = {*manifest.http.path_params, *(f for f, s in manifest.properties.items() if s.get("x-options-from"))}
     fixed: dict[str, Any] = {}
-    if "model" in manifest.properties:
-        fixed["model"] = st.sampled_from(manifest.properties["model"]["examples"])
+    for field in manifest.properties:
+        if field in vouched or (field in SKIP and field in required):
+            strategy = _from_examples(manifest, field)
+            if strategy is not None:
+                fixed[field] = strategy
     if "messages" in manifest.properties:
         fixed["messages"] = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "system"]),
                                                             "content": SAFE_TEXT}), min_size=1, max_size=3)
-    optional = {k: _value(v) for k, v in manifest.properties.items() if k not in required and k not in SKIP}
-    mandatory = {k: _value(v) for k, v in manifest.properties.items() if k in required and k not in fixed}
+    free = {k: v for k, v in manifest.properties.items()
+            if k not in fixed and k not in SKIP and k not in manifest.pack_only_fields and k not in manifest.file_fields}
+    optional = {k: _value(v) for k, v in free.items() if k not in required}
+    mandatory = {k: _value(v) for k, v in free.items() if k in required}
     return st.fixed_dictionaries({**mandatory, **fixed}, optional=optional)
 
 
@@ -79,16 +94,13 @@ def sim() -> Any:
         yield simulator
 
 
-@pytest.mark.parametrize("name", ["create_chat_completion", "create_completion", "create_edit", "create_moderation",
-                                  "create_image", "retrieve_model"])
+@pytest.mark.parametrize("name", sorted(actions.registry()))
 def test_valid_generated_inputs_succeed_against_the_server(name: str, sim: Simulator) -> None:
     integration = Integration(name="sim", base_url=sim.url, auth={"placement": "none"}, max_retries=0)
 
     @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
     @given(_inputs(name))
     def check(inputs: dict[str, Any]) -> None:
-        if name == "retrieve_model":
-            inputs = {"model": "gpt-4o-mini"}
         as_strings = {k: (v if isinstance(v, str | list | dict) else str(v).lower() if isinstance(v, bool) else str(v))
                       for k, v in inputs.items()}
         for variant in (inputs, as_strings):  # typed values, and the Rewst string forms

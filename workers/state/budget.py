@@ -10,10 +10,8 @@ integration until the reset it announced.
 
 from __future__ import annotations
 
-import json
 import re
 import time
-from typing import Any
 
 from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.storage import MemoryStorage, Storage, storage_from_string
@@ -22,7 +20,7 @@ from limits.strategies import MovingWindowRateLimiter
 from actions import Call
 from integration.client import ApiResponse
 from workers.requeue import Requeue
-from workers.state.kv import KV
+from workers.state.kv import KV, store_failures
 
 __all__ = ["Budget", "parse_reset"]
 
@@ -44,14 +42,6 @@ def parse_reset(value: str | None) -> float | None:
     if not parts:
         return None
     return sum(float(number) * _UNIT[unit] for number, unit in parts)
-
-
-def estimate_tokens(inputs: dict[str, Any]) -> int:
-    """A cheap upper-ish estimate of a request's tokens: ~4 characters per token plus the output cap."""
-    text = json.dumps({k: v for k, v in inputs.items() if k in ("messages", "prompt", "input", "instruction")},
-                      ensure_ascii=False)
-    output = inputs.get("max_completion_tokens") or inputs.get("max_tokens") or 256
-    return len(text) // 4 + int(output) * int(inputs.get("n") or 1)
 
 
 def window_for(per_minute: int) -> RateLimitItem:
@@ -88,12 +78,13 @@ class Budget:
             self._take(window_for(limits.requests_per_minute), name, "requests", 1)
         if limits.tokens_per_minute:
             item = window_for(limits.tokens_per_minute)
-            self._take(item, name, "tokens", min(estimate_tokens(call.inputs), item.amount))
+            self._take(item, name, "tokens", min(call.manifest.estimate_tokens(call.inputs), item.amount))
 
     def _take(self, item: RateLimitItem, name: str, what: str, cost: int) -> None:
-        if self.limiter.hit(item, "openai-pack", name, what, cost=cost):
-            return
-        stats = self.limiter.get_window_stats(item, "openai-pack", name, what)
+        with store_failures():  # the window lives in Redis: its failures are the store's, not the step's
+            if self.limiter.hit(item, "openai-pack", name, what, cost=cost):
+                return
+            stats = self.limiter.get_window_stats(item, "openai-pack", name, what)
         wait = max(0.05, stats.reset_time - time.time())
         # The window frees up gradually; come back a little after the oldest hit expires.
         raise Requeue(min(wait, 60.0), f"{what}-per-minute budget of {name!r} spent")

@@ -15,6 +15,10 @@ the run with the idempotency key ``schedule:<name>:<tick>``. Two beat processes,
 mid-tick or a redelivered message all land on the same key: one run per tick. A beat that was
 down over several ticks fires once, for the latest one. Ticks are instants: on the night clocks go
 back, a wall-clock time that happens twice (02:30 in Paris) is two ticks.
+
+This module never imports the Celery app: the app registers the fire task by calling
+``register_fire_task(app, engine)``, and ``configure_beat``/``run_beat`` are handed the app, so the
+dependency points one way (``workers.app`` -> here).
 """
 
 from __future__ import annotations
@@ -22,26 +26,29 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from celery import Task
+from celery import Celery, Task
 from celery.beat import BeatLazyFunc
 from celery.schedules import BaseSchedule, schedstate
 from croniter import croniter
 
-import workers.app as pack_app
 from integration.errors import ConfigError, InputError
 from integration.store import default_home
-from workers.app import app, engine
+from workers.settings import Settings
 from workers.state.kv import StoreError
 from workers.workflow import WorkflowError, load_workflow, load_yaml
 
+if TYPE_CHECKING:
+    from workers.engine import Engine
+
 __all__ = ["FIRE_TASK", "CronSchedule", "Schedule", "configure_beat", "describe_schedules", "fire_schedule",
-           "load_schedules", "run_beat", "validate_schedules"]
+           "load_schedules", "register_fire_task", "run_beat", "validate_schedules"]
 
 log = logging.getLogger("openai_pack.beat")
 
@@ -220,7 +227,7 @@ def _fired_at() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def configure_beat(schedules_path: str | Path) -> dict[str, Schedule]:
+def configure_beat(app: Celery, schedules_path: str | Path) -> dict[str, Schedule]:
     """Validate the file and put its entries into ``app.conf.beat_schedule``."""
     path = Path(schedules_path).resolve()
     entries = load_schedules(path)
@@ -232,15 +239,15 @@ def configure_beat(schedules_path: str | Path) -> dict[str, Schedule]:
     return entries
 
 
-def run_beat(schedules_path: str | Path, *, loglevel: str = "INFO", schedule_db: str | Path | None = None) -> None:
-    """Run Celery beat for the file's entries; it sends to the shared broker the workers read."""
-    settings = pack_app.reconfigure()  # whatever the environment says now
+def run_beat(app: Celery, settings: Settings, schedules_path: str | Path, *, loglevel: str = "INFO",
+             schedule_db: str | Path | None = None) -> None:
+    """Run Celery beat for the file's entries; it sends to the shared broker (``settings``) the workers read."""
     if settings.embedded:
         raise ConfigError("beat needs a shared broker that workers read: set OPENAI_PACK_BROKER_URL "
                           "(e.g. redis://127.0.0.1:6379/0); the embedded memory:// broker lives in one process",
                           field="OPENAI_PACK_BROKER_URL")
     path = Path(schedules_path).resolve()
-    entries = configure_beat(path)
+    entries = configure_beat(app, path)
     if schedule_db is None:
         # One state file per schedules file: two beats for two files never share (or lock) one.
         digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
@@ -254,8 +261,7 @@ def run_beat(schedules_path: str | Path, *, loglevel: str = "INFO", schedule_db:
 # ---------------------------------------------------------------- the worker's side
 
 
-@app.task(name=FIRE_TASK, bind=True, acks_late=True, max_retries=12)
-def fire_schedule(self: Task, name: str, schedules_path: str, fired_at: str | None = None) -> dict[str, Any]:
+def fire_schedule(engine: Engine, name: str, schedules_path: str, fired_at: str | None = None) -> dict[str, Any]:
     """Start the run of the tick this fire belongs to (once per tick, however many times it fires)."""
     entries = load_schedules(schedules_path)
     entry = entries.get(name)
@@ -264,15 +270,25 @@ def fire_schedule(self: Task, name: str, schedules_path: str, fired_at: str | No
                             file=str(schedules_path), field="schedules")
     moment = datetime.fromisoformat(fired_at) if fired_at else datetime.now(UTC)
     tick = entry.tick_at_or_before(moment).isoformat()
-    workflow = load_workflow(entry.workflow)
-    try:
-        run_id, created = engine().start_run(workflow, entry.inputs,
-                                             trigger={"type": "schedule", "schedule": name, "tick": tick},
-                                             idempotency_key=f"schedule:{name}:{tick}")
-    except (OSError, ConnectionError, *StoreError) as exc:  # the store is away: the tick's key makes a retry safe
-        if self.request.called_directly:
-            raise
-        log.warning("schedule %s tick %s: store unavailable (%s); retrying", name, tick, type(exc).__name__)
-        raise self.retry(countdown=min(2 ** self.request.retries, 60)) from None
+    run_id, created = engine.start_run(load_workflow(entry.workflow), entry.inputs,
+                                       trigger={"type": "schedule", "schedule": name, "tick": tick},
+                                       idempotency_key=f"schedule:{name}:{tick}")
     log.info("schedule %s tick %s: run %s (%s)", name, tick, run_id, "started" if created else "already started")
     return {"run_id": run_id, "created": created, "tick": tick}
+
+
+def register_fire_task(app: Celery, engine: Callable[[], Engine]) -> Task:
+    """The ``openai_pack.fire_schedule`` task on ``app``, starting runs with ``engine()``; the app calls this."""
+
+    @app.task(name=FIRE_TASK, bind=True, acks_late=True, max_retries=12)
+    def fire(self: Task, name: str, schedules_path: str, fired_at: str | None = None) -> dict[str, Any]:
+        try:
+            return fire_schedule(engine(), name, schedules_path, fired_at)
+        except (OSError, ConnectionError, StoreError) as exc:  # the store is away: the tick's key makes a retry safe
+            if self.request.called_directly:
+                raise
+            log.warning("schedule %s: store unavailable (%s); retrying", name, type(exc).__name__)
+            raise self.retry(countdown=min(2 ** self.request.retries, 60)) from None
+
+    fire.__doc__ = fire_schedule.__doc__
+    return fire

@@ -16,8 +16,7 @@ from typing import Any, NamedTuple
 from jinja2 import TemplateSyntaxError, meta, nodes
 
 import actions
-from actions._coerce import coerce_inputs
-from actions._validate import problems_for
+from actions import coerce_inputs, problems_for
 from workers.workflow.errors import WorkflowError
 from workers.workflow.model import input_schema
 from workers.workflow.templates import ITEM_NAMES, compiled, has_template, parsed, shown

@@ -13,7 +13,7 @@ transitions) and an output mapping. Routing rules, which the engine follows thro
   their variables (to ``vars``; a later transition overrides an earlier one) and start their
   ``do`` steps. ``on: []`` ends the branch. Cycles are allowed: a step runs at most once per run.
 
-A ``Workflow`` is built by ``workers.workflow.loader`` (from a file) or ``Workflow.from_dict``
+A ``Workflow`` is built by ``workers.workflow.loader`` (from a file) or ``loader.workflow_from_dict``
 (from the copy stored in a run record), never half-checked.
 """
 
@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
-from actions._coerce import coerce_inputs
-from actions._validate import problems_for
+from actions import check_value, coerce_inputs, parse_json_text, problems_for
 from integration.errors import InputError
 from workers.workflow.errors import WorkflowError
 from workers.workflow.templates import evaluate, render
@@ -175,12 +174,15 @@ class Workflow:
     def coerce_inputs(self, raw: Any) -> dict[str, Any]:
         """Declared inputs only, string forms coerced, defaults filled; InputError names the field."""
         label = f"workflow {self.name}"
-        if isinstance(raw, str | bytes):
+        if isinstance(raw, bytes):
             try:
-                raw = json.loads(raw) if raw.strip() else {}
-            except json.JSONDecodeError as exc:
-                raise InputError([{"field": "", "reason": f"is not valid JSON ({exc.msg} at char {exc.pos})"}],
-                                 action=label) from None
+                raw = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InputError([{"field": "", "reason": "is not UTF-8 text"}], action=label) from None
+        if isinstance(raw, str):
+            raw = parse_json_text(raw, "", action=label) if raw.strip() else {}
+        else:  # values from a webhook body or Python: NaN, lone surrogates and absurd depth refused here too
+            check_value(raw, action=label)
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
@@ -209,19 +211,6 @@ class Workflow:
             out["webhook"] = self.webhook.to_dict()
         out["source"] = self.source
         return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Workflow:
-        """Rebuild from ``to_dict()``; the structure is re-checked, the action registry is not.
-
-        A stored definition was fully checked when its run started; a later change of the pack
-        must not make the record of an old run unreadable.
-        """
-        from workers.workflow.loader import build  # the loader builds models: imported here, not at the top
-
-        data = dict(data)
-        source = str(data.pop("source", "<stored>"))
-        return build(data, source, trusted=True)
 
 
 @lru_cache(maxsize=256)
