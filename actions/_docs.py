@@ -95,8 +95,16 @@ def render_action(manifest: ActionManifest) -> str:
     return "\n".join(lines)
 
 
+def _anchor(text: str) -> str:
+    """GitHub's heading anchor: lower case, punctuation dropped, spaces as hyphens."""
+    return "".join(c for c in text.lower() if c.isalnum() or c in " -_").replace(" ", "-")
+
+
 def render_reference(manifests: dict[str, ActionManifest]) -> str:
-    """The whole reference: an index table, then one section per action."""
+    """The whole reference: a table of contents by category, then each category's index and its actions."""
+    by_category: dict[str, list[ActionManifest]] = {}
+    for m in sorted(manifests.values(), key=lambda m: (m.category.lower(), m.name)):
+        by_category.setdefault(m.category, []).append(m)
     lines = ["# Action reference", "",
              "Generated from `manifests/*.json` by `openai-pack docs`. Every field also accepts its value "
              "as text (`\"0.7\"`, `\"true\"`, `'[\"a\"]'`); an empty string means \"not given\", and JSON list "
@@ -106,9 +114,19 @@ def render_reference(manifests: dict[str, ActionManifest]) -> str:
              "(or ship them in a package with an `openai_pack.manifests` entry point); `openai-pack docs` "
              "then documents them too. A field with `format: binary` is a file, sent as multipart: give a "
              "local path, `@path` or a `data:…;base64,…` URL.", "",
-             "| action | title | category | HTTP |", "| --- | --- | --- | --- |"]
-    for m in manifests.values():
-        lines.append(f"| `{m.name}` | {m.title} | {m.category} | `{m.http.method} {m.http.path}` |")
+             f"{len(manifests)} actions in {len(by_category)} categories. Find one from the command line with "
+             "`openai-pack actions list --search WORD` or `--category NAME`; deprecated actions are marked "
+             "here and listed there only with `--all`.", "",
+             "## Contents", ""]
+    for category, members in by_category.items():
+        lines.append(f"- [{category}](#{_anchor(category)}) ({len(members)})")
     lines.append("")
-    lines += [render_action(m) for m in manifests.values()]
+    for category, members in by_category.items():
+        lines += [f"## {category}", "", "| action | title | HTTP |", "| --- | --- | --- |"]
+        for m in members:
+            mark = " (deprecated)" if m.deprecated else ""
+            lines.append(f"| [`{m.name}`](#{_anchor(f'{m.title} ({m.name})')}) | {_cell(m.title)}{mark} | "
+                         f"`{m.http.method} {m.http.path}` |")
+        lines.append("")
+        lines += ["#" + render_action(m) for m in members]  # each action one level below its category
     return "\n".join(lines)

@@ -23,11 +23,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
 
-from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from actions._validate import unsupported_keywords
+from actions._validate import check_schema, unsupported_keywords
 from integration.errors import ManifestError
 
 __all__ = ["ENTRY_POINT_GROUP", "MANIFEST_PATH_ENV", "ActionManifest", "Example", "HttpBinding", "Stream",
@@ -38,7 +37,7 @@ MANIFEST_PATH_ENV = "OPENAI_PACK_MANIFEST_PATH"
 #: Entry point group: each entry names a package holding ``*.json`` manifests, or a callable returning a directory.
 ENTRY_POINT_GROUP = "openai_pack.manifests"
 #: Module and package names in ``actions`` that are not handlers; no action may take one of them.
-RESERVED_NAMES = frozenset({"simulator"})
+RESERVED_NAMES = frozenset({"simulator", "spec"})
 #: Output tokens assumed when an action has an output cap field and none was given.
 DEFAULT_OUTPUT_TOKENS = 256
 
@@ -178,7 +177,7 @@ class ActionManifest(BaseModel):
             raise ValueError(f"name {self.name!r} is reserved for the pack's own modules")
         for label, schema in (("input", self.input), ("output", self.output)):
             try:
-                Draft202012Validator.check_schema(schema)
+                check_schema(schema)
             except SchemaError as exc:
                 raise ValueError(f"{label} is not a valid JSON Schema: {exc.message}") from None
             unknown = unsupported_keywords(schema)

@@ -20,7 +20,8 @@ import fastjsonschema
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
-__all__ = ["field_path", "is_valid", "problems_for", "unsupported_keywords", "uses_fast_path", "validator_for"]
+__all__ = ["check_schema", "field_path", "is_valid", "problems_for", "unsupported_keywords", "uses_fast_path",
+           "validator_for"]
 
 #: Keywords whose draft-07 meaning (what fastjsonschema implements) equals their 2020-12 meaning.
 _SAME_IN_DRAFT_07 = frozenset({
@@ -119,6 +120,37 @@ _validators: dict[int, tuple[dict[str, Any], Draft202012Validator]] = {}
 
 
 _fast: dict[int, tuple[dict[str, Any], Callable[[Any], Any] | None]] = {}
+
+
+_draft7_meta: Callable[[Any], Any] | None = None
+
+
+def check_schema(schema: dict[str, Any]) -> None:
+    """``Draft202012Validator.check_schema``, in milliseconds for schemas on the fast path.
+
+    The 2020-12 meta-schema check costs about 30 ms per generated manifest (its ``$dynamicRef``s), 8 s for
+    the 250 shipped ones at every start. For a schema whose keywords mean the same in draft-07 (no
+    array-form ``items``, ``deprecated`` a boolean) the compiled draft-07 meta-schema, applied to the root
+    and to every ``$defs`` entry (draft-07 does not look inside ``$defs``), accepts exactly what the
+    2020-12 one accepts. Anything else, and every failure, goes through the full check for its message.
+    """
+    global _draft7_meta
+    if uses_fast_path(schema) and not any(isinstance(sub.get("items"), list) or
+                                          not isinstance(sub.get("deprecated", False), bool)
+                                          for _, sub in _walk(schema)):
+        if _draft7_meta is None:
+            from jsonschema import Draft7Validator
+
+            _draft7_meta = fastjsonschema.compile(Draft7Validator.META_SCHEMA, use_default=False, use_formats=False)
+        try:
+            _draft7_meta(schema)
+            for _, sub in _walk(schema):
+                for definition in (sub.get("$defs") or {}).values():
+                    _draft7_meta(definition)
+            return
+        except fastjsonschema.JsonSchemaException:
+            pass
+    Draft202012Validator.check_schema(schema)
 
 
 def fast_check(schema: dict[str, Any]) -> Callable[[Any], Any] | None:

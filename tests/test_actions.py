@@ -22,6 +22,7 @@ import pytest
 
 import actions
 from actions.simulator import Simulator
+from actions.spec.generate import load_overrides
 from integration import errors
 from integration.client import close_all_clients
 from integration.model import Integration
@@ -54,13 +55,32 @@ def test_every_example_runs_end_to_end(name: str, sim_integration: Integration, 
 # ---------------------------------------------------------------- auth placements through the CLI
 
 
-@pytest.mark.parametrize(("auth", "cli_args"), [
+#: The seven hand-written seed actions (their manifests are kept whole as generator overrides).
+CURATED = {op_id for op_id, (_, override) in load_overrides().items() if "manifest" in override}
+
+
+def _cli_sample(part: int) -> dict[str, actions.ActionManifest]:
+    """The seed actions, plus one generated action of a different binding kind per auth placement (a file
+    upload, an admin call, a DELETE, a GET with query fields). Each CLI run is a process start (~1 s), so
+    every action's example runs in-process above and this sample runs through the CLI here."""
+    kinds = [lambda m: m.http.encoding == "multipart", lambda m: m.http.path.startswith("/organization/"),
+             lambda m: m.http.method == "DELETE", lambda m: m.http.method == "GET" and bool(m.http.query)]
+    registry = actions.registry()
+    generated = [m for _, m in sorted(registry.items()) if m.openapi.operationId not in CURATED and not m.deprecated]
+    extra = next(m for m in generated if kinds[part % len(kinds)](m))
+    return {name: m for name, m in sorted(registry.items()) if m.openapi.operationId in CURATED} | {extra.name: extra}
+
+
+AUTH_PLACEMENTS = [
     ({"placement": "bearer"}, ["--auth", "bearer"]),
     ({"placement": "header", "name": "X-Api-Key"}, ["--auth", "header", "--auth-name", "X-Api-Key"]),
     ({"placement": "header", "name": "X-Proxy-Auth", "prefix": "Token "},
      ["--auth", "header", "--auth-name", "X-Proxy-Auth", "--auth-prefix", "Token "]),
     ({"placement": "query", "name": "api_key"}, ["--auth", "query", "--auth-name", "api_key"]),
-])
+]
+
+
+@pytest.mark.parametrize(("auth", "cli_args"), AUTH_PLACEMENTS)
 def test_every_action_runs_from_the_cli_through_each_auth_placement(auth: dict[str, str], cli_args: list[str],
                                                                     tmp_path: Path) -> None:
     env = _cli_env(tmp_path / "home")
@@ -71,7 +91,8 @@ def test_every_action_runs_from_the_cli_through_each_auth_placement(auth: dict[s
         assert added.returncode == 0, added.stderr
         check = run_cli(env, "integrations", "check", "customer")
         assert check.returncode == 0, check.stderr
-        for name, manifest in actions.registry().items():
+        part = [placement for placement, _ in AUTH_PLACEMENTS].index(auth)
+        for name, manifest in _cli_sample(part).items():
             inputs = dict(manifest.examples[0].input)
             if "save_to" in inputs:
                 inputs["save_to"] = str(tmp_path / "images")
@@ -387,7 +408,7 @@ def test_input_files_that_are_not_utf8_are_refused(simulator: Simulator, tmp_pat
 
 
 TRANSCRIPTION = {
-    "name": "create_transcription", "title": "Create Transcription", "category": "Audio",
+    "name": "transcribe_recording", "title": "Transcribe Recording", "category": "Audio",
     "description": "Transcribe audio into the input language.",
     "openapi": {"operationId": "createTranscription"},
     "http": {"method": "POST", "path": "/audio/transcriptions", "encoding": "multipart"},
@@ -454,9 +475,9 @@ def form_server() -> Any:
 @pytest.fixture
 def transcription(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> actions.ActionManifest:
     (tmp_path / "extra").mkdir()
-    (tmp_path / "extra" / "create_transcription.json").write_text(json.dumps(TRANSCRIPTION), encoding="utf-8")
+    (tmp_path / "extra" / "transcribe_recording.json").write_text(json.dumps(TRANSCRIPTION), encoding="utf-8")
     monkeypatch.setenv(actions.MANIFEST_PATH_ENV, str(tmp_path / "extra"))
-    return actions.get("create_transcription")
+    return actions.get("transcribe_recording")
 
 
 def test_multipart_sends_files_and_form_fields(transcription: actions.ActionManifest, form_server: _FormServer,
@@ -465,7 +486,7 @@ def test_multipart_sends_files_and_form_fields(transcription: actions.ActionMani
                               auth={"placement": "none"}, max_retries=0)
     audio = tmp_path / "call.mp3"
     audio.write_bytes(b"ID3\x00fake-mp3")
-    output = actions.run("create_transcription", {"file": f"@{audio}", "model": "whisper-1", "temperature": "0.2",
+    output = actions.run("transcribe_recording", {"file": f"@{audio}", "model": "whisper-1", "temperature": "0.2",
                                                   "timestamp_granularities": '["word", "segment"]'}, integration)
     assert output == {"text": "Hello."}
     parts = form_server.received[-1]
@@ -474,10 +495,10 @@ def test_multipart_sends_files_and_form_fields(transcription: actions.ActionMani
     assert [p[2] for p in parts if p[0] == "timestamp_granularities[]"] == [b"word", b"segment"]
     assert transcription.file_fields == {"file"}
     encoded = base64.b64encode(b"RIFF-wav").decode()
-    actions.run("create_transcription", {"file": f"data:audio/wav;base64,{encoded}", "model": "whisper-1"},
+    actions.run("transcribe_recording", {"file": f"data:audio/wav;base64,{encoded}", "model": "whisper-1"},
                 integration)
     assert [p for p in form_server.received[-1] if p[0] == "file"][0][2] == b"RIFF-wav"
-    actions.run("create_transcription", {"file": str(audio), "model": "whisper-1"}, integration)  # a plain path
+    actions.run("transcribe_recording", {"file": str(audio), "model": "whisper-1"}, integration)  # a plain path
     assert len(form_server.received) == 3
     assert all(content_type.startswith("multipart/form-data") for content_type in form_server.content_types)
 
@@ -485,13 +506,13 @@ def test_multipart_sends_files_and_form_fields(transcription: actions.ActionMani
 def test_multipart_without_a_file_part_is_still_multipart(form_server: _FormServer, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """An operation whose file is optional (a file id instead) still gets a multipart body."""
-    optional = json.loads(json.dumps(TRANSCRIPTION)) | {"name": "create_container_file"}
+    optional = json.loads(json.dumps(TRANSCRIPTION)) | {"name": "transcribe_without_file"}
     optional["input"]["required"] = ["model"]
-    (tmp_path / "create_container_file.json").write_text(json.dumps(optional), encoding="utf-8")
+    (tmp_path / "transcribe_without_file.json").write_text(json.dumps(optional), encoding="utf-8")
     monkeypatch.setenv(actions.MANIFEST_PATH_ENV, str(tmp_path))
     integration = Integration(name="form", base_url=f"http://127.0.0.1:{form_server.server_port}/v1",
                               auth={"placement": "none"}, max_retries=0)
-    actions.run("create_container_file", {"model": "whisper-1"}, integration)
+    actions.run("transcribe_without_file", {"model": "whisper-1"}, integration)
     assert form_server.content_types[-1].startswith("multipart/form-data")
     assert form_server.received[-1] == [("model", None, b"whisper-1")]
 
@@ -510,7 +531,7 @@ def test_a_bad_file_field_is_named_before_any_request(value: str, words: str, tr
     big.write_bytes(b"x" * 65)
     value = {"BIG": str(big), "DIR": str(tmp_path)}.get(value, value)
     with pytest.raises(errors.InputError) as caught:
-        actions.run("create_transcription", {"file": value, "model": "whisper-1"}, integration)
+        actions.run("transcribe_recording", {"file": value, "model": "whisper-1"}, integration)
     assert caught.value.problems[0]["field"] == "file" and words in caught.value.problems[0]["reason"]
     assert form_server.received == []
 
@@ -519,7 +540,7 @@ def test_a_bad_file_field_is_named_before_any_request(value: str, words: str, tr
 
 
 EMBEDDING = {
-    "name": "create_embedding", "title": "Create Embedding", "category": "Embeddings",
+    "name": "embed_text", "title": "Embed Text", "category": "Embeddings",
     "description": "Turn text into a vector of numbers that captures its meaning (for search and clustering).",
     "openapi": {"operationId": "createEmbedding", "spec": "2026-08"},
     "http": {"method": "POST", "path": "/embeddings", "encoding": "json"},
@@ -571,16 +592,17 @@ def extra_embedding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A directory of the user's own holding one new manifest, named by OPENAI_PACK_MANIFEST_PATH."""
     extra = tmp_path / "my-actions"
     extra.mkdir()
-    (extra / "create_embedding.json").write_text(json.dumps(EMBEDDING, indent=2) + "\n", encoding="utf-8")
+    (extra / "embed_text.json").write_text(json.dumps(EMBEDDING, indent=2) + "\n", encoding="utf-8")
     monkeypatch.setenv(actions.MANIFEST_PATH_ENV, str(extra))
     return extra
 
 
 def test_a_new_action_is_one_manifest_file(extra_embedding: Path, tmp_path: Path) -> None:
-    """Written as a new contributor would: one JSON file in a directory of their own, nothing else.
+    """Written as a new contributor would: one JSON file in a directory of their own, nothing else (the
+    pack ships create_embedding itself; this is the user's own variant bound to the same operation).
 
     The simulator is started after the directory is named, as ``openai-pack simulate`` would be.
-    (The Celery task ``openai.create_embedding`` is the workers' side of this proof.)
+    (The Celery task ``openai.embed_text`` is the workers' side of this proof.)
     """
     with Simulator(port=0) as simulator:
         _one_manifest_file_is_enough(extra_embedding, simulator, tmp_path)
@@ -590,31 +612,31 @@ def _one_manifest_file_is_enough(extra: Path, simulator: Simulator, tmp_path: Pa
     env = _cli_with_simulator(simulator, tmp_path) | {actions.MANIFEST_PATH_ENV: str(extra)}
 
     # the registry and the CLI's listing
-    assert actions.get("create_embedding").http.path == "/embeddings"
+    assert actions.get("embed_text").http.path == "/embeddings"
     listed = run_cli(env, "actions", "list", "--json")
     assert listed.returncode == 0, listed.stderr
-    assert "create_embedding" in {a["name"] for a in json.loads(listed.stdout)}
-    shown = run_cli(env | {"COLUMNS": "240"}, "actions", "show", "create_embedding")
+    assert "embed_text" in {a["name"] for a in json.loads(listed.stdout)}
+    shown = run_cli(env | {"COLUMNS": "240"}, "actions", "show", "embed_text")
     assert shown.returncode == 0 and "encoding_format" in shown.stdout and "POST /embeddings" in shown.stdout
-    as_json = run_cli(env, "actions", "show", "create_embedding", "--json")
+    as_json = run_cli(env, "actions", "show", "embed_text", "--json")
     assert json.loads(as_json.stdout)["input"] == EMBEDDING["input"]
 
     # the docs
-    docs = run_cli(env, "docs", "--action", "create_embedding")
-    assert docs.returncode == 0 and "## Create Embedding (`create_embedding`)" in docs.stdout
-    assert "`create_embedding`" in run_cli(env, "docs").stdout
+    docs = run_cli(env, "docs", "--action", "embed_text")
+    assert docs.returncode == 0 and "## Embed Text (`embed_text`)" in docs.stdout
+    assert "`embed_text`" in run_cli(env, "docs").stdout
 
     # run against the loopback simulator, and a bad value refused naming the field
-    ran = run_cli(env, "run", "create_embedding", "--input", json.dumps(EMBEDDING["examples"][0]["input"]))
+    ran = run_cli(env, "run", "embed_text", "--input", json.dumps(EMBEDDING["examples"][0]["input"]))
     assert ran.returncode == 0, ran.stderr
     assert json.loads(ran.stdout)["data"][0]["object"] == "embedding"
     assert simulator.requests[-1]["path"] == "/v1/embeddings"
-    bad = run_cli(env, "run", "create_embedding", "--set", "model=text-embedding-3-small", "--set", "dimensions=0")
+    bad = run_cli(env, "run", "embed_text", "--set", "model=text-embedding-3-small", "--set", "dimensions=0")
     assert bad.returncode == 2 and json.loads(bad.stderr)["error"]["problems"][0]["field"] == "dimensions"
 
     # the generated standard tests pick it up
     standard = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "create_embedding",
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "embed_text",
          "tests/test_manifests.py", "tests/test_properties.py",
          "tests/test_actions.py::test_every_example_runs_end_to_end"],
         env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)

@@ -195,7 +195,7 @@ def test_unknown_route_wrong_method_and_bad_json(simulator: Simulator, client: h
     unknown = client.post(f"{simulator.url}/embeddingz", json={})
     assert unknown.status_code == 404 and unknown.json()["error"]["type"] == "invalid_request_error"
     assert set(unknown.json()["error"]) == {"message", "type", "param", "code"}
-    wrong = client.get(f"{simulator.url}/chat/completions")
+    wrong = client.get(f"{simulator.url}/moderations")
     assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
     assert client.delete(f"{simulator.url}/models").status_code == 405
     assert client.post(f"{simulator.url}/models/gpt-4o").status_code == 405
@@ -203,7 +203,7 @@ def test_unknown_route_wrong_method_and_bad_json(simulator: Simulator, client: h
     broken = client.post(f"{simulator.url}/chat/completions", content=b"{not json",
                        headers={"content-type": "application/json"})
     assert broken.status_code == 400 and "JSON" in broken.json()["error"]["message"]
-    assert simulator.calls_by_route() == {"POST /embeddingz": 1, "GET /chat/completions": 1, "DELETE /models": 1,
+    assert simulator.calls_by_route() == {"POST /embeddingz": 1, "GET /moderations": 1, "DELETE /models": 1,
                                           "POST /models/{model}": 1, "POST /chat/completions": 1}
 
 
