@@ -152,3 +152,64 @@ def test_a_bad_spec_file_is_exit_2_with_a_message(tmp_path: Path, capsys: pytest
     assert main(["diff", str(tmp_path / "plain.yaml")]) == 2
     err = capsys.readouterr().err
     assert "missing.yaml" in err and "not an OpenAPI document" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- the CLI: openai-pack spec, actions list
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """``openai-pack ARGS`` in-process through the CLI's error boundary: (exit code, stdout, stderr)."""
+    from workers.cli.main import main as cli_main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        cli_main(list(args))
+    out, err = capsys.readouterr()
+    return int(exited.value.code or 0), out, err
+
+
+def test_cli_spec_diff_exits_1_on_drift_and_0_without(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _cli(capsys, "spec", "diff", str(SPEC_2026))
+    assert code == 0 and "no differences" in out
+    if SPEC_2023.is_file():
+        code, out, _ = _cli(capsys, "spec", "diff", str(SPEC_2023), "--json")
+        result = json.loads(out)
+        assert code == 1 and result["differs"] and "GET /fine-tunes listFineTunes" in result["added"]
+
+
+def test_cli_spec_diff_of_a_bad_file_is_a_json_error_exit_2(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("paths: [unclosed\n", encoding="utf-8")
+    for target in (broken, tmp_path / "missing.yaml"):
+        code, out, err = _cli(capsys, "spec", "diff", str(target))
+        error = json.loads(err)["error"]
+        assert code == 2 and out == "" and target.name in error["message"] and "Traceback" not in err
+
+
+def test_cli_spec_generate_check_reports_up_to_date(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _cli(capsys, "spec", "generate", "--check")
+    report = json.loads(out)
+    assert code == 0 and report["operations"] == 288 and report["checked"] == []
+
+
+def test_cli_actions_list_filters(capsys: pytest.CaptureFixture[str]) -> None:
+    def listed(*options: str) -> list[dict[str, object]]:
+        code, out, err = _cli(capsys, "actions", "list", "--json", *options)
+        assert code == 0, err
+        return json.loads(out)  # type: ignore[no-any-return]
+
+    everything, shown = listed("--all"), listed()
+    names = {a["name"] for a in shown}
+    assert len(everything) == len(actions.registry()) > len(shown)
+    assert "create_assistant" not in names and "create_assistant" in {a["name"] for a in everything}
+    assert all(not a["deprecated"] for a in shown)
+    stores = listed("--category", "vector STORES")
+    assert stores and {a["category"] for a in stores} == {"Vector stores"}
+    found = {a["name"] for a in listed("--search", "Transcription")}
+    assert "create_transcription" in found and "list_models" not in found
+    assert listed("--search", "no-such-word-anywhere") == []
+    code, _, err = _cli(capsys, "actions", "list", "--category", "Nope")
+    assert code == 2 and json.loads(err)["error"]["problems"][0]["field"] == "--category"
+    code, out, _ = _cli(capsys, "actions", "list", "--category", "Models")
+    assert code == 0 and "retrieve_model" in out and "create_file" not in out

@@ -35,6 +35,7 @@ from workers.cli import boundary
 from workers.cli.inputs import read_json_object
 from workers.cli.output import console, emit
 from workers.cli.serve import register as register_serve_commands
+from workers.cli.spec import register as register_spec_commands
 from workers.cli.workflows import register as register_workflow_commands
 
 app = typer.Typer(help="OpenAI actions for workflow automation.", no_args_is_help=True,
@@ -53,16 +54,33 @@ def _usage_error(field: str, reason: str) -> NoReturn:
 
 
 @actions_app.command("list")
-def actions_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+def actions_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    category: Annotated[str | None, typer.Option("--category", metavar="C",
+                                                 help="Only this category (any case), e.g. 'Vector stores'.")] = None,
+    search: Annotated[str | None, typer.Option("--search", metavar="WORD", help="Only actions whose name, title, "
+                                               "category, path or description contains WORD (any case).")] = None,
+    show_all: Annotated[bool, typer.Option("--all", help="Include deprecated actions (hidden by default).")] = False,
+) -> None:
     """Every action: the pack's own and those of OPENAI_PACK_MANIFEST_PATH and installed extensions."""
     manifests = actions.registry()  # a broken extra manifest directory: a JSON error naming it, exit 2
+    categories = sorted({m.category for m in manifests.values()}, key=str.lower)
+    if category is not None and category.lower() not in {c.lower() for c in categories}:
+        _usage_error("--category", f"{category!r} is not a category; the categories are: {', '.join(categories)}")
+    word = (search or "").lower()
+    chosen = [m for m in manifests.values()
+              if (show_all or not m.deprecated)
+              and (category is None or m.category.lower() == category.lower())
+              and word in " ".join((m.name, m.title, m.category, m.http.path, m.description)).lower()]
     if as_json:
         emit([{"name": m.name, "title": m.title, "category": m.category, "method": m.http.method,
-               "path": m.http.path, "idempotent": m.is_idempotent} for m in manifests.values()])
+               "path": m.http.path, "idempotent": m.is_idempotent, "deprecated": bool(m.deprecated)}
+              for m in chosen])
         return
     table = Table("action", "title", "category", "HTTP")
-    for m in manifests.values():
-        table.add_row(m.name, m.title, m.category, f"{m.http.method} {m.http.path}")
+    for m in chosen:
+        table.add_row(m.name, m.title + (" (deprecated)" if m.deprecated else ""), m.category,
+                      f"{m.http.method} {m.http.path}")
     console.print(table)
 
 
@@ -279,6 +297,7 @@ def docs(
 
 register_workflow_commands(app)
 register_serve_commands(app)
+register_spec_commands(app)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
