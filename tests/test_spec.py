@@ -213,3 +213,10 @@ def test_cli_actions_list_filters(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 2 and json.loads(err)["error"]["problems"][0]["field"] == "--category"
     code, out, _ = _cli(capsys, "actions", "list", "--category", "Models")
     assert code == 0 and "retrieve_model" in out and "create_file" not in out
+
+
+def test_an_override_of_an_unknown_operation_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "typo.json").write_text(json.dumps({"operationId": "listBatchez", "set": {"title": "x"}}),
+                                        encoding="utf-8")
+    with pytest.raises(ValueError, match="listBatchez"):
+        build(SPEC_2026, tmp_path)

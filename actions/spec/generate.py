@@ -139,11 +139,17 @@ def _clean(text: Any, limit: int = 400) -> str:
     return cut[: end + 1] if end > limit // 3 else cut.rstrip() + "…"
 
 
-def _title(operation: SpecOperation) -> str:
-    summary = _clean(operation.raw.get("summary"), 80).rstrip(".") or operation.operation_id
-    words = summary.split()
-    return " ".join(w if (i and w in _SMALL_WORDS) or any(c.isupper() for c in w[1:]) else w[:1].upper() + w[1:]
-                    for i, w in enumerate(words))
+#: Words written specially in titles; a leading ``retrieve`` reads as "Get", as in the seed's "Get Model".
+_TITLE_WORDS = {"api": "API", "apis": "APIs", "id": "ID", "ids": "IDs", "chatkit": "ChatKit", "url": "URL"}
+
+
+def _title(name: str) -> str:
+    """A short Rewst label from the action name (``list_vector_store_files`` → "List Vector Store Files"); the
+    spec's longer summary opens the description."""
+    words = name.split("_")
+    if words[0] == "retrieve":
+        words[0] = "get"
+    return " ".join(_TITLE_WORDS.get(w, w.capitalize()) for w in words)
 
 
 #: Tags renamed so generated actions share the seed actions' categories.
@@ -511,7 +517,7 @@ def _manifest(operation: SpecOperation, name: str, spec: dict[str, Any], label: 
         http["stream"] = {"flag": "stream", "assemble": _ASSEMBLED_STREAMS[operation.operation_id]}
     manifest: dict[str, Any] = {
         "name": name,
-        "title": _title(operation),
+        "title": _title(name),
         "category": _category(operation),
         "description": _description(operation),
         "version": "1.0.0",
@@ -661,8 +667,11 @@ def build(spec_path: Path, override_dir: Path = OVERRIDE_DIR) -> Plan:
             files[f"{entry.name}.json"] = _dump(entry.manifest)
     spec_ids = {op.operation_id for op in all_ops}
     for operation_id, (name, override) in sorted(overrides.items()):
-        if operation_id not in spec_ids and "manifest" in override:  # e.g. create_edit, from the 2023 spec
-            files[f"{name}.json"] = _dump(override["manifest"])
+        if operation_id in spec_ids:
+            continue
+        if "manifest" not in override:
+            raise ValueError(f"manifests/overrides/{name}.json: operation {operation_id!r} is not in {spec_path.name}")
+        files[f"{name}.json"] = _dump(override["manifest"])  # e.g. create_edit, from the 2023 spec
     return Plan(entries, dict(sorted(files.items())), coverage_page(entries, spec_path, files))
 
 
