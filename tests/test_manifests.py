@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
 
 import actions
 from actions import ActionManifest, coerce_inputs, load_manifest
@@ -432,6 +433,28 @@ def test_a_foreign_or_misspelt_keyword_is_refused_at_load() -> None:
     manifest["output"]["maxitems"] = 3
     with pytest.raises(ManifestError, match="output: 'maxitems'"):
         load_manifest(json.dumps(manifest), "x.json")
+
+
+@pytest.mark.parametrize("bad", [
+    {"type": "strin"}, {"minimum": "x"}, {"items": [{"type": "string"}]}, {"required": ["a", "a"]},
+    {"deprecated": "yes"}, {"prefixItems": 3}, {"allOf": {}}, {"enum": "x"}, {"$ref": 5},
+    {"properties": {"b": {"type": ["string", "strin"]}}}, {"$defs": {"inner": {"maxLength": -1}}},
+])
+def test_the_load_time_meta_schema_check_refuses_what_2020_12_refuses(bad: dict[str, Any]) -> None:
+    """The loader checks shipped schemas with a compiled draft-07 meta-schema where that is exact (ms, not 8 s for
+    ~270 manifests); the verdict must stay the full 2020-12 check's, in the schema and in its $defs alike."""
+    manifest = _renamed_copy("create_moderation", "create_moderation")
+    for where in ("field", "def"):
+        schema = manifest["input"]["properties"]["model"] = {"description": "d"}
+        if where == "field":
+            schema.update(bad)
+        else:
+            schema["$ref"] = "#/$defs/Shape"
+            manifest["input"]["$defs"] = {"Shape": {"description": "shape", **bad}}
+        with pytest.raises(SchemaError):
+            Draft202012Validator.check_schema(manifest["input"])
+        with pytest.raises(ManifestError, match="input is not a valid JSON Schema"):
+            load_manifest(json.dumps(manifest), "x.json")
 
 
 def test_a_file_field_needs_a_multipart_binding() -> None:
