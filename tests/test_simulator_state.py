@@ -528,3 +528,33 @@ def test_kept_file_bytes_are_bounded(sim: Simulator, client: httpx.Client, monke
     ids = [upload(client, sim, f"{n}.txt", b"0123456789")["id"] for n in range(3)]
     assert client.get(f"{sim.url}/files/{ids[0]}").status_code == 404
     assert client.get(f"{sim.url}/files/{ids[2]}/content").content == b"0123456789"
+
+
+def test_jobs_can_be_failed_or_expired_from_python(sim: Simulator, client: httpx.Client) -> None:
+    sim.configure_jobs(after_polls=None)
+    response = client.post(f"{sim.url}/responses", json={"model": "gpt-4.1", "input": "x", "background": True}).json()
+    batch = create_batch(client, sim, batch_input(client, sim))
+    assert sim.complete_jobs(response["id"], "failed") == [response["id"]]
+    failed = ok(client.get(f"{sim.url}/responses/{response['id']}"), "getResponse")
+    assert failed["status"] == "failed" and failed["error"]["code"] == "server_error"
+    assert sim.complete_jobs(outcome="expired") == [batch["id"]]
+    expired = ok(client.get(f"{sim.url}/batches/{batch['id']}"), "retrieveBatch")
+    assert expired["status"] == "expired" and expired["expired_at"] is not None
+    assert sim.jobs()["running"] == []
+    with pytest.raises(ValueError, match="outcome"):
+        sim.complete_jobs(outcome="exploded")
+
+
+def test_a_batch_file_that_is_not_utf8_is_refused_at_upload(sim: Simulator, client: httpx.Client) -> None:
+    refused = client.post(f"{sim.url}/files", files={"file": ("in.jsonl", b"\xff\xfe{}\n")}, data={"purpose": "batch"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "file"
+    assert "UTF-8" in refused.json()["error"]["message"]
+
+
+def test_wrong_body_values_are_refused_before_any_state_changes(sim: Simulator, client: httpx.Client) -> None:
+    refused = client.post(f"{sim.url}/batches", json={"input_file_id": "file-x", "endpoint": "/v1/nowhere",
+                                                      "completion_window": "24h"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "endpoint"
+    refused = client.post(f"{sim.url}/vector_stores/vs_x/search", json={"query": 5})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "query"
+    assert sim.jobs()["running"] == [] and client.get(f"{sim.url}/batches").json()["data"] == []

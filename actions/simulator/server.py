@@ -416,7 +416,8 @@ class _Api:
         request_body = body if takes_body and isinstance(body, dict) else {}
         behaviour = BEHAVIOURS.get(match.route.operation_id)
         call = Call(request_body, dict(match.params), dict(request.query_params), uploads)
-        answer = behaviour(sim.context, call) if behaviour else default_answer(manifest)
+        with sim.context.store.lock:  # a test thread may be completing jobs through ``complete_jobs``
+            answer = behaviour(sim.context, call) if behaviour else default_answer(manifest)
         if behaviour and spec_operation is not None and not isinstance(answer, Reply | Download):
             answer = spec_operation.conform(answer)
         if isinstance(answer, Reply):

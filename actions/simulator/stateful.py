@@ -515,7 +515,7 @@ def delete_vector_store(context: Context, call: Call) -> Any:
     vector_store_id = call.params["vector_store_id"]
     if context.store.remove(VECTOR_STORE, vector_store_id) is None:
         return _not_found(f"No vector store found with id '{vector_store_id}'.")
-    context.store.objects.pop(_files_kind(vector_store_id), None)
+    context.store.drop_kind(_files_kind(vector_store_id))
     return {"id": vector_store_id, "object": "vector_store.deleted", "deleted": True}
 
 

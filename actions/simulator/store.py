@@ -111,6 +111,11 @@ class Store:
             self.jobs.pop(object_id, None)
             return self.objects.get(kind, OrderedDict()).pop(object_id, None)
 
+    def drop_kind(self, kind: str) -> None:
+        """Forget every object of a kind (a deleted vector store's files)."""
+        with self.lock:
+            self.objects.pop(kind, None)
+
     def all(self, kind: str, where: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:
         """Objects of a kind, oldest first."""
         with self.lock:
