@@ -3,7 +3,6 @@ create_edit, create_image, and the secret canary."""
 
 from __future__ import annotations
 
-import ast
 import base64
 import email.policy
 import json
@@ -637,31 +636,3 @@ def test_a_broken_extra_directory_is_a_json_error_not_a_traceback(tmp_path: Path
 
 
 # ---------------------------------------------------------------- the public surface
-
-
-def _imports(path: Path) -> list[str]:
-    """Every module a file imports, ``from actions import _x`` spelt ``actions._x``."""
-    names: list[str] = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            names += [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names += [node.module] + [f"{node.module}.{alias.name}" for alias in node.names
-                                      if alias.name.startswith("_")]
-    return names
-
-
-def test_nothing_outside_actions_imports_its_private_modules() -> None:
-    """workers/, tests/, bench/ use what ``actions/__init__`` exports (and the simulator package);
-    integration/ is below actions and never imports it."""
-    offenders = []
-    for package in ("workers", "tests", "bench", "integration"):
-        for path in sorted((REPO_ROOT / package).rglob("*.py")):
-            for name in _imports(path):
-                private = any(part.startswith("_") and part != "__main__" for part in name.split(".")[1:])
-                if (name.startswith("actions.") and private) or (package == "integration" and
-                                                                  name.split(".")[0] in ("actions", "workers")):
-                    offenders.append(f"{path.relative_to(REPO_ROOT)}: {name}")
-    assert not offenders, offenders
-    for path in sorted((REPO_ROOT / "actions").rglob("*.py")):
-        assert not [n for n in _imports(path) if n.split(".")[0] == "workers"], path

@@ -5,6 +5,7 @@ extraction step and the command line."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import os
@@ -605,6 +606,29 @@ def test_max_in_flight_sees_concurrency(simulator: Simulator, client: httpx.Clie
         thread.join(5)
     assert simulator.calls == 6 and simulator.in_flight == 0 and simulator.stats()["in_flight"] == 0
     assert 1 < simulator.max_in_flight <= 6
+
+
+def test_a_request_hanging_from_before_a_reset_is_not_counted_after_it(simulator: Simulator) -> None:
+    """A hang left by an earlier test must not inflate the next test's in_flight / max_in_flight."""
+    simulator.add_fault({"kind": "hang", "latency": 3, "times": 1})
+    hung = threading.Thread(target=_ignore_timeout, args=(f"{simulator.url}/models",))
+    hung.start()
+    for _ in range(100):  # bounded wait until the server holds the hung request
+        if simulator.in_flight == 1:
+            break
+        time.sleep(0.02)
+    assert simulator.in_flight == 1
+    simulator.reset()
+    assert simulator.in_flight == 0 and simulator.max_in_flight == 0
+    with httpx.Client() as fresh:
+        assert fresh.get(f"{simulator.url}/models").status_code == 200
+    assert simulator.max_in_flight == 1 and simulator.in_flight == 0
+    hung.join(5)
+
+
+def _ignore_timeout(url: str) -> None:
+    with contextlib.suppress(httpx.HTTPError):
+        httpx.get(url, timeout=0.5)
 
 
 def test_rate_limit_rpm_gives_429_with_retry_after(client: httpx.Client) -> None:

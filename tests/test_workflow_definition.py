@@ -21,7 +21,6 @@ from workers.workflow import (
     MAX_VALUES,
     TemplateError,
     Transition,
-    Workflow,
     WorkflowError,
     YAMLLimitError,
     evaluate,
@@ -30,6 +29,7 @@ from workers.workflow import (
     load_yaml,
     parse_workflow,
     render,
+    workflow_from_dict,
 )
 
 TRIAGE = workflow_text("triage.yaml")
@@ -559,7 +559,7 @@ def test_bad_inputs_are_refused_naming_the_field(raw: Any, field: str, words: st
 def test_to_dict_round_trips_through_json() -> None:
     workflow = parse_workflow(TRIAGE, "triage.yaml")
     stored = json.loads(json.dumps(workflow.to_dict()))
-    again = Workflow.from_dict(stored)
+    again = workflow_from_dict(stored)
     assert again == workflow and again.source == "triage.yaml"
     assert again.to_dict() == stored
     assert again.next_steps("moderate", "succeeded", _context(False))[0] == ["summarise"]
@@ -568,7 +568,7 @@ def test_to_dict_round_trips_through_json() -> None:
 def test_stored_definitions_load_even_if_an_action_is_gone() -> None:
     stored = parse_workflow(TRIAGE).to_dict()
     stored["steps"][3]["action"] = "retired_action"
-    assert Workflow.from_dict(stored).step("reject").action == "retired_action"
+    assert workflow_from_dict(stored).step("reject").action == "retired_action"
 
 
 def test_yaml_int_keys_become_json_keys() -> None:

@@ -255,3 +255,79 @@ def test_examples_validate() -> None:
     for path in sorted((REPO_ROOT / "docs" / "examples").glob("*.yaml")):
         if path.name != "schedules.yaml":
             assert load_workflow(path).name
+
+
+def test_nightly_example_keeps_every_other_label_when_one_item_fails(pack: Any, simulator: Any) -> None:
+    """issue 10 D4: the shipped example lost every label (null output, redacted records) for one failed item."""
+    simulator.add_fault({"path": "/chat/completions", "kind": "status", "status": 400, "times": 1})
+    text = (REPO_ROOT / "docs" / "examples" / "nightly-classification.yaml").read_text()
+    record = _run(pack, text, {"records": [f"ticket {i}" for i in range(6)]})
+    labels = record["output"]["labels"]
+    assert len(labels) == 6 and labels.count(None) == 1, record["output"]
+    assert all(label.startswith("Simulated reply to:") for label in labels if label is not None)
+    assert int(record["output"]["classified"]) == 5
+    items = _steps(record)["classify"]["item_results"]
+    failed = labels.index(None)
+    assert items[failed]["error"]["code"] == "bad_request"
+    # every paid answer stays readable in the record
+    assert [i["output"]["choices"][0]["message"]["content"] for i in items if i["status"] == "succeeded"] == [
+        label for label in labels if label is not None]
+
+
+REDACTED_RUN = """
+name: redacted
+inputs:
+  records: {type: array, items: {type: string}}
+steps:
+  - id: single
+    action: create_chat_completion
+    redact: [choices.message.content]
+    input:
+      model: gpt-4o-mini
+      messages: [{role: user, content: "{{ 'zqxj' | upper }}-{{ 6 * 7 }}-single"}]
+    on: [{when: success, do: [items]}]
+  - id: items
+    action: create_chat_completion
+    with_items: "{{ inputs.records }}"
+    redact: [choices.message.content]
+    input:
+      model: gpt-4o-mini
+      messages: [{role: user, content: "{{ 'zqxj' | upper }}-{{ 6 * 7 }}-item-{{ index }}"}]
+"""
+
+
+def test_redacted_field_is_absent_from_every_redis_key_after_the_run(pack: Any, simulator: Any,
+                                                                    redis_server: str) -> None:
+    """issue 10 D11: the ledger kept the full output (with the redacted field) for 7 days."""
+    import redis
+
+    record = _run(pack, REDACTED_RUN, {"records": ["a", "b", "c"]})
+    assert record["status"] == "succeeded", record.get("error")
+    assert simulator.calls == 4
+    assert all("ZQXJ-42" in r["body"]["messages"][0]["content"] for r in simulator.requests)  # it was answered
+    client = redis.Redis.from_url(redis_server)
+    dump = []
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key).decode()
+        value: Any = {"string": client.get, "hash": client.hgetall, "list": lambda k: client.lrange(k, 0, -1),
+                      "set": client.smembers, "zset": lambda k: client.zrange(k, 0, -1)}.get(kind, lambda k: b"")(key)
+        dump.append(f"{key!r} {value!r}")
+    haystack = "\n".join(dump)
+    assert f"ledger:{record['id']}:single:" in haystack and f"ledger:{record['id']}:items:2" in haystack
+    assert "ZQXJ-42" not in haystack, haystack[max(0, haystack.find("ZQXJ-42") - 300):haystack.find("ZQXJ-42") + 50]
+
+
+def test_embedded_worker_honours_the_workflows_concurrency(worker_env: dict[str, str], simulator: Any,
+                                                           tmp_path: Path) -> None:
+    """issue 10: the embedded default ran at most 8 calls at once whatever `concurrency:` said."""
+    env = {k: v for k, v in worker_env.items() if k not in ("OPENAI_PACK_BROKER_URL", "OPENAI_PACK_STORE_URL")}
+    env["OPENAI_PACK_HOME"] = worker_env["OPENAI_PACK_HOME"]  # the integrations; runs go to its SQLite file
+    simulator.add_fault({"path": "/chat/completions", "kind": "latency", "latency": 0.6, "times": -1})
+    path = tmp_path / "wide.yaml"
+    path.write_text(FANOUT.replace("concurrency: 5", "concurrency: 20"))
+    records = json.dumps({"records": [str(i) for i in range(40)]})
+    done = run_cli(env, "workflow", "run", str(path), "--input", records, "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status"] == "succeeded"
+    assert simulator.calls == 40
+    assert 8 < simulator.max_in_flight <= 20, simulator.max_in_flight

@@ -20,13 +20,13 @@ from celery.exceptions import Reject
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init
 
 import actions
-from integration.errors import PackError, RateLimitedError
+from integration.errors import PackError, StoreError
 from integration.redact import install_log_redaction, scrub, scrub_data
 from workers.engine import Engine
 from workers.requeue import Requeue
 from workers.settings import Settings
 from workers.state.budget import Budget
-from workers.state.kv import KV, StoreError, open_kv
+from workers.state.kv import KV, open_kv
 from workers.state.ledger import Ledger
 from workers.state.runs import RunStore
 from workers.triggers.beat import register_fire_task
@@ -44,16 +44,20 @@ def _configure(app: Celery, settings: Settings) -> None:
         transport_options = {
             # A crashed worker's unacknowledged step is handed to another worker after this long.
             "visibility_timeout": settings.visibility_timeout,
-            # ... and the check for such messages runs this often (kombu's default is 60 s).
-            "unacked_restore_interval": min(10.0, settings.visibility_timeout / 4),
+            # ... and the check for such messages runs this often. kombu scans only on every
+            # `unacked_restore_throttle`-th check (default 10): 1 makes every check scan, so a
+            # crashed worker's message is back within visibility_timeout + this interval.
+            "unacked_restore_interval": settings.restore_interval,
+            "unacked_restore_throttle": 1,
             "health_check_interval": 10,
         }
     app.conf.update(
         broker_url=settings.broker_url,
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
-        result_backend=None,
-        task_ignore_result=True,
+        result_backend=settings.result_backend,
+        task_ignore_result=settings.result_backend is None,
+        result_expires=24 * 3600,
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
@@ -86,6 +90,8 @@ def reconfigure(new: Settings | None = None) -> Settings:
     _configure(app, settings)
     app._pool = None  # the next send opens a connection to the new broker
     app.amqp._producer_pool = None
+    app._backend_cache = None  # ... and the result backend (Celery caches it per app, or per thread)
+    app._local.__dict__.pop("backend", None)
     kv.cache_clear()
     engine.cache_clear()
     return settings
@@ -107,7 +113,7 @@ def engine() -> Engine:
     return Engine(RunStore(store), Ledger(store), settings, _dispatch, Budget(settings.store_url, store))
 
 
-@app.task(name=STEP_TASK, bind=True, acks_late=True, max_retries=None)
+@app.task(name=STEP_TASK, bind=True, acks_late=True, max_retries=None, ignore_result=True)
 def step_task(self: Task, run_id: str, step_id: str, item: int | None = None) -> None:
     """One workflow step (or fan-out item); re-queued, not slept, when it must wait."""
     owner = f"{self.request.id}:{self.request.hostname}:{os.getpid()}:{threading.get_ident()}"
@@ -160,35 +166,35 @@ def ping(counter: str | None = None) -> str:
 
 
 def _action_task(name: str) -> Task:
-    """``openai.<name>``: run the action with (inputs, integration name); returns the output."""
+    """``openai.<name>``: run the action with (inputs, integration name); returns the output.
 
-    @app.task(name=f"openai.{name}", bind=True, acks_late=True)
+    The same ledgered call as a workflow step (``workers.calls``): a redelivered message returns the
+    stored output or, for a paid call whose answer never came, ``outcome_unknown``; waits are
+    re-queued. The task's lease (kept alive while it runs) makes a redelivery of a slow call wait
+    instead of calling again.
+    """
+
+    @app.task(name=f"openai.{name}", bind=True, acks_late=True, max_retries=None)
     def run_action(self: Task, inputs: dict[str, Any] | str | None = None,
-                   integration: str | None = None) -> dict[str, Any]:
-        manifest = actions.get(name)
-        ledger = engine().ledger
+                   integration: str | None = None) -> Any:
         key = f"task:{self.request.id}"
-        stored = ledger.begin(key, idempotent=manifest.is_idempotent, what=f"task openai.{name}")
-        if stored is not None:
-            return stored  # type: ignore[no-any-return]
+        owner = f"{self.request.id}:{self.request.hostname}:{os.getpid()}:{threading.get_ident()}"
+        leases = engine().store.leases
         try:
-            output = actions.execute(name, inputs, integration, options=engine().call_options()).output
+            if not leases.acquire(key, owner, settings.lease_ttl):
+                raise Requeue(min(2.0, settings.max_countdown), "another delivery of this task is running")
+            try:
+                result = engine().calls.call(name, inputs, integration, key=key, what=f"task openai.{name}",
+                                             requeues=lambda: self.request.retries + 1)
+                if result.done_op is not None:
+                    engine().ledger.write(result.done_op)
+            finally:
+                leases.release(key, owner)
         except Requeue as wait:
-            ledger.release(key)
             raise self.retry(countdown=min(wait.countdown, settings.max_countdown), max_retries=None) from None
-        except RateLimitedError as exc:
-            ledger.release(key)
-            if exc.retryable and exc.retry_after is not None and self.request.retries < settings.max_requeues:
-                raise self.retry(countdown=min(exc.retry_after, settings.max_countdown), exc=None) from None
-            raise _plain(exc) from None
         except PackError as exc:
-            from integration.errors import TimeoutError as NoAnswer
-
-            if not isinstance(exc, NoAnswer):
-                ledger.release(key)
             raise _plain(exc) from None
-        ledger.done(key, output)
-        return output
+        return result.output
 
     run_action.__doc__ = f"Run the {name} action (manifests/{name}.json)."
     return run_action

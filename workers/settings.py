@@ -47,6 +47,24 @@ class Settings:
     max_countdown: float
     #: How many times a step may be re-queued for rate limits or Retry-After before it fails.
     max_requeues: int
+    #: Where ``openai.<name>`` tasks keep their results for callers' ``.get()`` (``OPENAI_PACK_RESULT_BACKEND``,
+    #: e.g. ``redis://host:6379/1``); unset, results are not kept (workflow steps never need them).
+    result_backend: str | None = None
+
+    @property
+    def lease_ttl(self) -> float:
+        """How long a running step's lease lives between heartbeats (they come every third of it).
+
+        Short on purpose and independent of how long a call may take: the heartbeat keeps a slow
+        call's lease alive, and after a crash the lease lapses this soon, so the redelivered step
+        is not held back (the visibility timeout still decides when it is redelivered).
+        """
+        return max(2.0, min(10.0, self.visibility_timeout / 2))
+
+    @property
+    def restore_interval(self) -> float:
+        """Seconds between the broker's sweeps for unacknowledged messages of crashed workers."""
+        return min(10.0, self.visibility_timeout / 4)
 
     @property
     def embedded(self) -> bool:
@@ -69,4 +87,5 @@ class Settings:
             max_inline_wait=_number("OPENAI_PACK_MAX_INLINE_WAIT", 5, 0, 600),
             max_countdown=min(_number("OPENAI_PACK_MAX_COUNTDOWN", 300, 1, 86400), visibility * 0.5),
             max_requeues=int(_number("OPENAI_PACK_MAX_REQUEUES", 50, 0, 10000)),
+            result_backend=os.environ.get("OPENAI_PACK_RESULT_BACKEND", "").strip() or None,
         )

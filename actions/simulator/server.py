@@ -323,7 +323,7 @@ class _Api:
                                    uploads)
         kept_body = json.loads(sim.mask(json.dumps(body))) if problem is None else sim.mask(raw.decode("utf-8",
                                                                                                           "replace"))
-        request_id = sim._traffic.begin(match.label if match else f"{method} {path}", {
+        request_id, period = sim._traffic.begin(match.label if match else f"{method} {path}", {
             "method": method, "path": "/v1" + path,
             "query": {k: sim.mask(v) for k, v in request.query_params.items()},
             "headers": {k: sim.mask(v) for k, v in request.headers.items()},
@@ -335,7 +335,7 @@ class _Api:
             nonlocal ended
             if not ended:
                 ended = True
-                sim._traffic.end()
+                sim._traffic.end(period)
 
         async def send_counted(message: Message) -> None:
             if message["type"] == "http.response.body" and not message.get("more_body", False):

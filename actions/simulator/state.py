@@ -77,20 +77,27 @@ class Traffic:
 
     def __init__(self, lock: threading.Lock) -> None:
         self._lock = lock
-        self.in_flight = 0
+        self._period = 0
         self._request_ids = 0  # never reset: an x-request-id stays unique for the server's life
         self.clear()
 
     def clear(self) -> None:
-        """Forget counts and requests (requests still in flight keep being tracked)."""
+        """Forget counts and requests: a new counting period starts.
+
+        Requests still hanging from before (a test's hang fault, a client that gave up) belong to
+        the old period and are no longer counted in flight, so the next test's ``max_in_flight``
+        sees only its own traffic.
+        """
         with self._lock:
+            self._period += 1
             self.calls = 0
             self.by_route: Counter[str] = Counter()
             self.requests: list[dict[str, Any]] = []
-            self.max_in_flight = self.in_flight
+            self.in_flight = 0
+            self.max_in_flight = 0
 
-    def begin(self, label: str, record: dict[str, Any]) -> str:
-        """Count a request as received and in flight; its ``x-request-id``."""
+    def begin(self, label: str, record: dict[str, Any]) -> tuple[str, int]:
+        """Count a request as received and in flight: its ``x-request-id`` and counting period."""
         with self._lock:
             self.calls += 1
             self.by_route[label] += 1
@@ -100,12 +107,13 @@ class Traffic:
             if len(self.requests) > MAX_REQUESTS_KEPT:
                 del self.requests[:len(self.requests) - MAX_REQUESTS_KEPT]
             self._request_ids += 1
-            return f"req_sim_{self._request_ids}"
+            return f"req_sim_{self._request_ids}", self._period
 
-    def end(self) -> None:
+    def end(self, period: int) -> None:
         """Called before the answer's last byte is sent (or the connection dropped), never after."""
         with self._lock:
-            self.in_flight -= 1
+            if period == self._period:
+                self.in_flight -= 1
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:

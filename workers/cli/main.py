@@ -1,7 +1,12 @@
-"""``openai-pack``: the command line over actions, integrations, the simulator and (later) workers.
+"""``openai-pack``: the command line over actions, integrations, the simulator, workflows and workers.
 
 Output contract for scripts: results are JSON on stdout; a failure is a JSON error on stderr with
-exit code 2 for bad input or configuration and 1 for an API or transport failure.
+exit code 2 for bad input or configuration and 1 for an API or transport failure. Commands raise
+the pack's errors; ``main()`` is the one place that turns them into that output (``boundary``).
+
+Module layout, imports pointing one way: ``main`` (this: the root app, actions, run, integrations,
+simulate, docs) registers ``workflows`` (worker, workflow, runs) and ``serve`` (serve, beat); all of
+them print through ``output`` and read options through ``inputs``, which import none of them.
 """
 
 from __future__ import annotations
@@ -9,12 +14,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 from pydantic import SecretStr
-from rich.console import Console
 from rich.table import Table
 
 import actions
@@ -22,10 +27,13 @@ from actions import field_rows, render_action, render_reference
 from actions.simulator.options import CONTROL_ROUTE_HELP, DEFAULT_PORT, Placement
 from actions.simulator.options import HELP as SIM_HELP
 from integration.auth import api_key_from_text
-from integration.errors import ConfigError, InputError, ManifestError, PackError
+from integration.errors import ConfigError, InputError
 from integration.model import Integration
-from integration.redact import install_log_redaction, scrub
+from integration.redact import install_log_redaction
 from integration.store import IntegrationStore, open_store
+from workers.cli import boundary
+from workers.cli.inputs import read_json_object
+from workers.cli.output import console, emit
 from workers.cli.serve import register as register_serve_commands
 from workers.cli.workflows import register as register_workflow_commands
 
@@ -36,29 +44,9 @@ integrations_app = typer.Typer(help="Manage integrations (one per customer or ac
 app.add_typer(actions_app, name="actions")
 app.add_typer(integrations_app, name="integrations")
 
-console = Console()
-errors_console = Console(stderr=True)
-
-
-def _emit(value: Any) -> None:
-    sys.stdout.write(scrub(json.dumps(value, indent=2, ensure_ascii=False)) + "\n")
-
-
-def fail(error: PackError | Exception) -> NoReturn:
-    """Print a JSON error on stderr and exit 2 (input/config) or 1 (API/transport/other)."""
-    if isinstance(error, PackError):
-        payload = error.to_dict()
-        bad_input = isinstance(error, InputError | ConfigError | ManifestError)
-        code = 2 if bad_input or error.code in ("workflow_invalid", "template_error") else 1
-    else:
-        payload = {"type": type(error).__name__, "code": "unexpected", "message": str(error)}
-        code = 1
-    sys.stderr.write(scrub(json.dumps({"error": payload}, ensure_ascii=False)) + "\n")
-    raise typer.Exit(code)
-
 
 def _usage_error(field: str, reason: str) -> NoReturn:
-    fail(InputError([{"field": field, "reason": reason}]))
+    raise InputError([{"field": field, "reason": reason}])
 
 
 # ---------------------------------------------------------------- actions
@@ -67,13 +55,10 @@ def _usage_error(field: str, reason: str) -> NoReturn:
 @actions_app.command("list")
 def actions_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """Every action: the pack's own and those of OPENAI_PACK_MANIFEST_PATH and installed extensions."""
-    try:
-        manifests = actions.registry()
-    except PackError as exc:  # a broken extra manifest directory: a JSON error naming it, exit 2
-        fail(exc)
+    manifests = actions.registry()  # a broken extra manifest directory: a JSON error naming it, exit 2
     if as_json:
-        _emit([{"name": m.name, "title": m.title, "category": m.category, "method": m.http.method,
-                "path": m.http.path, "idempotent": m.is_idempotent} for m in manifests.values()])
+        emit([{"name": m.name, "title": m.title, "category": m.category, "method": m.http.method,
+               "path": m.http.path, "idempotent": m.is_idempotent} for m in manifests.values()])
         return
     table = Table("action", "title", "category", "HTTP")
     for m in manifests.values():
@@ -87,12 +72,9 @@ def actions_show(
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole manifest.")] = False,
 ) -> None:
     """An action's fields, limits and example."""
-    try:
-        manifest = actions.get(name)
-    except PackError as exc:
-        fail(exc)
+    manifest = actions.get(name)
     if as_json:
-        _emit(manifest.model_dump(mode="json"))
+        emit(manifest.model_dump(mode="json"))
         return
     console.print(f"[bold]{manifest.title}[/bold] ({manifest.name}): {manifest.description}")
     console.print(f"{manifest.http.method} {manifest.http.path}")
@@ -111,18 +93,15 @@ def actions_options(
     integration: Annotated[str | None, typer.Option(help="Integration to ask.")] = None,
 ) -> None:
     """The choices of a field filled from another action (e.g. model ids from list_models)."""
-    try:
-        manifest = actions.get(name)
-        schema = manifest.properties.get(field)
-        if schema is None:
-            _usage_error(field, f"is not a field of {name}")
-        source = schema.get("x-options-from")
-        if not source:
-            _usage_error(field, "has no dynamic choices (no x-options-from in its manifest)")
-        listing = actions.run(source, {}, integration)
-    except PackError as exc:
-        fail(exc)
-    _emit(sorted(item.get("id") for item in listing.get("data", []) if isinstance(item, dict)))
+    manifest = actions.get(name)
+    schema = manifest.properties.get(field)
+    if schema is None:
+        _usage_error(field, f"is not a field of {name}")
+    source = schema.get("x-options-from")
+    if not source:
+        _usage_error(field, "has no dynamic choices (no x-options-from in its manifest)")
+    listing = actions.run(source, {}, integration)
+    emit(sorted(item.get("id") for item in listing.get("data", []) if isinstance(item, dict)))
 
 
 @actions_app.command("docs", hidden=True)
@@ -136,13 +115,7 @@ def actions_docs() -> None:
 
 def _read_input(raw: str | None) -> dict[str, Any]:
     """``--input`` as JSON text or ``@file``: strict UTF-8 and strict JSON (no NaN, bounded depth)."""
-    if raw is None:
-        return {}
-    text = actions.read_text_file(raw[1:], "--input") if raw.startswith("@") else raw
-    value = actions.parse_json_text(text, "--input")
-    if not isinstance(value, dict):
-        _usage_error("--input", "must be a JSON object of field values")
-    return value
+    return read_json_object(raw, "--input")
 
 
 def _apply_sets(inputs: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
@@ -167,12 +140,9 @@ def run_action(
 ) -> None:
     """Run one action and print its output as JSON."""
     install_log_redaction()
-    try:
-        inputs = _apply_sets(_read_input(input_), set_ or [])
-        output = actions.run(name, inputs, integration)
-    except PackError as exc:
-        fail(exc)
-    _emit(output)
+    inputs = _apply_sets(_read_input(input_), set_ or [])
+    output = actions.run(name, inputs, integration)
+    emit(output)
 
 
 # ---------------------------------------------------------------- integrations
@@ -186,17 +156,14 @@ def _read_key(key_env: str | None, key_stdin: bool) -> SecretStr | None:
     """The key as given: a CR, a control character or a second stdin line is refused, never trimmed."""
     if key_env and key_stdin:
         _usage_error("--key-env", "use either --key-env or --key-stdin, not both")
-    try:
-        if key_env:
-            key = api_key_from_text(os.environ.get(key_env, ""), field=key_env)
-            if key is None:
-                fail(ConfigError(f"environment variable {key_env} is empty or not set", field="api_key"))
-            return key
-        if key_stdin:  # a pipe is read to the end, so a second line is seen; a terminal gives one line
-            text = sys.stdin.readline() + ("" if sys.stdin.isatty() else sys.stdin.read())
-            return api_key_from_text(text, field="--key-stdin", line_ending=True)
-    except ConfigError as exc:
-        fail(exc)
+    if key_env:
+        key = api_key_from_text(os.environ.get(key_env, ""), field=key_env)
+        if key is None:
+            raise ConfigError(f"environment variable {key_env} is empty or not set", field="api_key")
+        return key
+    if key_stdin:  # a pipe is read to the end, so a second line is seen; a terminal gives one line
+        text = sys.stdin.readline() + ("" if sys.stdin.isatty() else sys.stdin.read())
+        return api_key_from_text(text, field="--key-stdin", line_ending=True)
     return None
 
 
@@ -231,24 +198,18 @@ def integrations_add(
         fields["timeout"] = {"read": timeout}
     if max_retries is not None:
         fields["max_retries"] = max_retries
-    try:
-        store = _store()
-        store.add(Integration.build(**fields), make_default=default, replace=replace)
-    except PackError as exc:
-        fail(exc)
-    _emit({"added": name, "default": store.default_name() == name})
+    store = _store()
+    store.add(Integration.build(**fields), make_default=default, replace=replace)
+    emit({"added": name, "default": store.default_name() == name})
 
 
 @integrations_app.command("list")
 def integrations_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The stored integrations (keys are never shown)."""
-    try:
-        store = _store()
-        items, default_name = store.list(), store.default_name()
-    except PackError as exc:
-        fail(exc)
+    store = _store()
+    items, default_name = store.list(), store.default_name()
     if as_json:
-        _emit([{**i.public_dict(), "default": i.name == default_name} for i in items])
+        emit([{**i.public_dict(), "default": i.name == default_name} for i in items])
         return
     table = Table("name", "default", "base_url", "auth", "organization", "key")
     for i in items:
@@ -260,31 +221,22 @@ def integrations_list(as_json: Annotated[bool, typer.Option("--json")] = False) 
 @integrations_app.command("remove")
 def integrations_remove(name: str) -> None:
     """Forget an integration."""
-    try:
-        _store().remove(name)
-    except PackError as exc:
-        fail(exc)
-    _emit({"removed": name})
+    _store().remove(name)
+    emit({"removed": name})
 
 
 @integrations_app.command("check")
 def integrations_check(name: Annotated[str | None, typer.Argument(help="Default: the default one.")] = None) -> None:
     """Check the connection: list the models with this integration's URL and key."""
-    try:
-        listing = actions.run("list_models", {}, name)
-    except PackError as exc:
-        fail(exc)
-    _emit({"ok": True, "integration": name or "default", "models": len(listing.get("data") or [])})
+    listing = actions.run("list_models", {}, name)
+    emit({"ok": True, "integration": name or "default", "models": len(listing.get("data") or [])})
 
 
 @integrations_app.command("rotate-key")
 def integrations_rotate_key() -> None:
     """Re-encrypt every stored key with the first key of OPENAI_PACK_FERNET_KEYS."""
-    try:
-        count = _store().rotate()
-    except PackError as exc:
-        fail(exc)
-    _emit({"rotated": count})
+    count = _store().rotate()
+    emit({"rotated": count})
 
 
 # ---------------------------------------------------------------- simulator and docs
@@ -305,11 +257,8 @@ def simulate(
     """Serve the loopback OpenAI API simulator (not the real API) until Ctrl-C."""
     from actions.simulator import serve
 
-    try:
-        serve(port, latency=latency, api_key_env=api_key_env, auth=auth, auth_name=auth_name, auth_prefix=auth_prefix,
-              rate_limit_rpm=rate_limit_rpm, legacy_edits=not no_legacy_edits)
-    except PackError as exc:
-        fail(exc)
+    serve(port, latency=latency, api_key_env=api_key_env, auth=auth, auth_name=auth_name, auth_prefix=auth_prefix,
+          rate_limit_rpm=rate_limit_rpm, legacy_edits=not no_legacy_edits)
 
 
 @app.command("docs")
@@ -318,12 +267,12 @@ def docs(
     action: Annotated[str | None, typer.Option(help="Only this action.")] = None,
 ) -> None:
     """The action reference in Markdown, generated from the manifests."""
-    try:
-        text = render_action(actions.get(action)) if action else render_reference(actions.registry())
-    except PackError as exc:
-        fail(exc)
+    text = render_action(actions.get(action)) if action else render_reference(actions.registry())
     if output:
-        output.write_text(text, encoding="utf-8")
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            _usage_error("--output", f"cannot write {str(output)!r}: {exc.strerror or exc}")
     else:
         sys.stdout.write(text)
 
@@ -332,9 +281,9 @@ register_workflow_commands(app)
 register_serve_commands(app)
 
 
-def main() -> None:
-    """Console-script entry point."""
-    app()
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Console-script entry point, and the CLI's one error boundary (see ``workers.cli.boundary``)."""
+    boundary.run(app, argv)
 
 
 if __name__ == "__main__":

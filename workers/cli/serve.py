@@ -1,36 +1,25 @@
 """``openai-pack serve | beat``: the commands that trigger workflows from outside (webhooks, cron).
 
-``register(app)`` attaches them to the main CLI; ``python -m workers.cli.serve`` runs them alone.
-Starlette, uvicorn and Celery beat are imported inside the commands, so the rest of the CLI never
-pays for them.
+``register(app)`` attaches them to the main CLI; ``python -m workers.cli.serve`` runs them alone,
+through the same error boundary. Starlette, uvicorn and Celery beat are imported inside the
+commands, so the rest of the CLI never pays for them. Commands raise; the boundary reports.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated
 
 import typer
 
-from integration.errors import ConfigError, PackError
-from integration.redact import install_log_redaction, scrub
+from integration.errors import ConfigError
+from integration.redact import install_log_redaction
+from workers.cli import boundary
+from workers.cli.output import emit as _emit
 
 __all__ = ["beat", "register", "serve"]
-
-
-def _fail(error: Exception) -> NoReturn:
-    """The CLI's error contract: a JSON error on stderr, exit 2 for bad input or configuration."""
-    from workers.cli.main import fail
-
-    fail(error)
-
-
-def _emit(value: Any) -> None:
-    sys.stdout.write(scrub(json.dumps(value, indent=2, ensure_ascii=False, default=str)) + "\n")
 
 
 def serve(
@@ -62,17 +51,14 @@ def serve(
     for option, value, lowest in (("--rate-per-minute", rate_per_minute, 1), ("--max-wait", max_wait, 0),
                                   ("--failed-auth-per-minute", failed_auth_per_minute, 1)):
         if value < lowest:
-            _fail(ConfigError(f"{option} must be at least {lowest}, got {value}", field=option))
+            raise ConfigError(f"{option} must be at least {lowest}, got {value}", field=option)
     configure_logging(log_level)
     if settings.embedded:
         logging.getLogger("openai_pack.webhooks").warning(
             "OPENAI_PACK_BROKER_URL is not set: this process runs the steps itself")
-    try:
-        with in_process_worker() if settings.embedded else nullcontext():
-            run_server(workflows, host, port, max_wait=max_wait, rate_per_minute=rate_per_minute,
-                       failed_auth_per_minute=failed_auth_per_minute, log_level=log_level.lower())
-    except PackError as exc:
-        _fail(exc)
+    with in_process_worker() if settings.embedded else nullcontext():
+        run_server(workflows, host, port, max_wait=max_wait, rate_per_minute=rate_per_minute,
+                   failed_auth_per_minute=failed_auth_per_minute, log_level=log_level.lower())
 
 
 def beat(
@@ -88,17 +74,14 @@ def beat(
     install_log_redaction()
     from workers.triggers.beat import describe_schedules, run_beat, validate_schedules
 
-    try:
-        if check:
-            _emit({"ok": True, "file": str(schedules.resolve()),
-                   "schedules": describe_schedules(validate_schedules(schedules))})
-            return
-        from workers import app as pack_app
+    if check:
+        _emit({"ok": True, "file": str(schedules.resolve()),
+               "schedules": describe_schedules(validate_schedules(schedules))})
+        return
+    from workers import app as pack_app
 
-        settings = pack_app.reconfigure()  # whatever the environment says now
-        run_beat(pack_app.app, settings, schedules, loglevel=loglevel.upper(), schedule_db=schedule_db)
-    except PackError as exc:
-        _fail(exc)
+    settings = pack_app.reconfigure()  # whatever the environment says now
+    run_beat(pack_app.app, settings, schedules, loglevel=loglevel.upper(), schedule_db=schedule_db)
 
 
 def register(app: typer.Typer) -> None:
@@ -112,7 +95,7 @@ def main() -> None:
     standalone = typer.Typer(help="Webhooks and schedules.", no_args_is_help=True, add_completion=False,
                              pretty_exceptions_enable=False)
     register(standalone)
-    standalone()
+    boundary.run(standalone)
 
 
 if __name__ == "__main__":

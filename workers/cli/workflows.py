@@ -1,40 +1,45 @@
 """``openai-pack worker | workflow | runs``: the commands that need the Celery side.
 
 Celery and the run store are imported inside the commands, so ``openai-pack run`` and
-``actions list`` never pay for importing them.
+``actions list`` never pay for importing them. Commands raise; ``main()`` reports (``boundary``).
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from integration.errors import PackError
+from integration.errors import EXIT_FAILURE, ConfigError, InputError, PackError, WorkflowError
 from integration.redact import install_log_redaction, scrub
+from workers.cli.inputs import read_json_object
+from workers.cli.output import console, emit, json_text, stderr_console
 
-# Piped output (CI logs, scripts) gets wide tables instead of rich's 80-column default.
-console = Console() if sys.stdout.isatty() else Console(width=200)
+if TYPE_CHECKING:
+    from workers.workflow import Workflow
 
 workflow_app = typer.Typer(help="Validate and run workflow files.", no_args_is_help=True)
 runs_app = typer.Typer(help="Inspect and cancel runs.", no_args_is_help=True)
 
 
-def _fail(error: Exception) -> None:
-    from workers.cli.main import fail
+class WorkflowFilesError(WorkflowError):
+    """``workflow validate`` found broken files: one error per file, in the order they were given."""
 
-    fail(error)
+    def __init__(self, errors: list[PackError], checked: int) -> None:
+        files = ", ".join(str(error.details.get("file") or "?") for error in errors)
+        super().__init__(f"{len(errors)} of {checked} workflow files are invalid: {files}",
+                         errors=[error.to_dict() for error in errors])
 
 
-def _emit(value: Any) -> None:
-    sys.stdout.write(scrub(json.dumps(value, indent=2, ensure_ascii=False, default=str)) + "\n")
+class RunNotSucceededError(PackError):
+    """A run the CLI waited for did not succeed (failed, cancelled, or still running at ``--timeout``)."""
+
+    code, category, exit_code = "run_not_succeeded", "run", EXIT_FAILURE
 
 
 # ---------------------------------------------------------------- worker
@@ -51,8 +56,9 @@ def worker(
     from workers.app import app, settings
 
     if settings.embedded:
-        _fail(PackError("OPENAI_PACK_BROKER_URL is not set: a separate worker needs a shared broker such as "
-                        "redis://127.0.0.1:6379/0 (without one, `workflow run` uses an in-process worker)"))
+        raise ConfigError("OPENAI_PACK_BROKER_URL is not set: a separate worker needs a shared broker such as "
+                          "redis://127.0.0.1:6379/0 (without one, `workflow run` uses an in-process worker)",
+                          field="OPENAI_PACK_BROKER_URL")
     argv = ["worker", f"--pool={pool}", f"--concurrency={concurrency}", f"--loglevel={loglevel}",
             "--without-gossip", "--without-mingle", "-Q", "openai_pack"]
     if hostname:
@@ -63,33 +69,31 @@ def worker(
 # ---------------------------------------------------------------- workflow
 
 
-def _load(path: Path) -> Any:
+def _load(path: Path) -> Workflow:
     from workers.workflow import load_workflow
 
-    try:
-        return load_workflow(path)
-    except PackError as exc:
-        _fail(exc)
+    return load_workflow(path)
 
 
 @workflow_app.command("validate")
 def workflow_validate(files: list[Path]) -> None:
-    """Check workflow files (schema, actions, templates, literal inputs) without running anything."""
+    """Check workflow files (schema, actions, templates, literal inputs) without running anything.
+
+    Every file is checked: the good ones are listed on stdout, and the broken ones are reported
+    together, one error each, in one JSON error on stderr (exit 2).
+    """
+    broken: list[PackError] = []
     for path in files:
-        workflow = _load(path)
+        try:
+            workflow = _load(path)
+        except PackError as exc:
+            broken.append(exc)
+            continue
         console.print(f"[green]ok[/green] {path}: workflow {workflow.name!r}, {len(workflow.steps)} steps")
-
-
-def _read_json_option(raw: str | None, option: str) -> Any:
-    if raw is None:
-        return {}
-    text = Path(raw[1:]).read_text(encoding="utf-8") if raw.startswith("@") else raw
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        from integration.errors import InputError
-
-        _fail(InputError([{"field": option, "reason": f"is not valid JSON ({exc.msg})"}]))
+    if len(broken) == 1 and len(files) == 1:
+        raise broken[0]
+    if broken:
+        raise WorkflowFilesError(broken, len(files))
 
 
 @workflow_app.command("run")
@@ -103,30 +107,29 @@ def workflow_run(
     """Start a run. Without a broker configured, an in-process worker runs it (and --wait is implied)."""
     install_log_redaction()
     workflow = _load(file)
-    inputs = _read_json_option(input_, "--input")
+    inputs = read_json_object(input_, "--input")
     from workers.app import engine, settings
     from workers.embedded import in_process_worker
 
     embedded = settings.embedded
-    with in_process_worker() if embedded else nullcontext():
-        try:
-            run_id, _ = engine().start_run(workflow, inputs, trigger={"type": "manual", "file": str(file)})
-        except PackError as exc:
-            _fail(exc)
+    with in_process_worker(workflow=workflow) if embedded else nullcontext():
+        run_id, _ = engine().start_run(workflow, inputs, trigger={"type": "manual", "file": str(file)})
         if not (wait or embedded):
-            _emit({"run_id": run_id, "status": "running"})
+            emit({"run_id": run_id, "status": "running"})
             return
         _wait_with_progress(run_id, timeout, quiet=as_json)
     _print_run(run_id, as_json)
     status = engine().store.status(run_id)
-    raise typer.Exit(0 if status == "succeeded" else 1)
+    if status != "succeeded":
+        raise RunNotSucceededError(f"run {run_id} did not succeed: its status is {status}", run_id=run_id,
+                                   status=status)
 
 
 def _wait_with_progress(run_id: str, timeout: float, *, quiet: bool) -> None:
     from workers.app import engine
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=Console(stderr=True), transient=True, disable=quiet or not sys.stderr.isatty())
+                        console=stderr_console, transient=True, disable=quiet or not sys.stderr.isatty())
     bars: dict[str, Any] = {}
 
     def show(state: dict[str, dict[str, int]]) -> None:
@@ -147,16 +150,14 @@ def _record(run_id: str) -> dict[str, Any]:
 
     record = engine().store.record(run_id)
     if record is None:
-        from integration.errors import InputError
-
-        _fail(InputError([{"field": "run_id", "reason": f"no run {run_id!r} in the run store"}]))
-    return record  # type: ignore[return-value]
+        raise InputError([{"field": "run_id", "reason": f"no run {run_id!r} in the run store"}])
+    return record
 
 
 def _print_run(run_id: str, as_json: bool) -> None:
     record = _record(run_id)
     if as_json:
-        _emit(record)
+        emit(record)
         return
     totals = record["totals"]
     usage = totals["usage"]
@@ -180,9 +181,9 @@ def _print_run(run_id: str, as_json: bool) -> None:
                   f"{usage.get('total_tokens', 0)} tokens")
     if record.get("output") is not None:
         console.print("output:")
-        sys.stdout.write(scrub(json.dumps(record["output"], indent=2, ensure_ascii=False)) + "\n")
+        sys.stdout.write(json_text(record["output"]) + "\n")
     if record.get("error"):
-        console.print(f"[red]error[/red]: {scrub(json.dumps(record['error'], ensure_ascii=False))}")
+        console.print(f"[red]error[/red]: {json_text(record['error'], indent=None)}")
 
 
 @runs_app.command("list")
@@ -195,7 +196,7 @@ def runs_list(
 
     rows = engine().store.list(limit)
     if as_json:
-        _emit(rows)
+        emit(rows)
         return
     table = Table("run", "workflow", "trigger", "status", "created", "finished")
     for row in rows:
@@ -217,7 +218,7 @@ def runs_cancel(run_id: str) -> None:
 
     _record(run_id)
     cancelled = engine().cancel(run_id)
-    _emit({"run_id": run_id, "cancelled": cancelled, "status": engine().store.status(run_id)})
+    emit({"run_id": run_id, "cancelled": cancelled, "status": engine().store.status(run_id)})
 
 
 def register(app: typer.Typer) -> None:

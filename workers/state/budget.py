@@ -20,7 +20,7 @@ from limits.strategies import MovingWindowRateLimiter
 from actions import Call
 from integration.client import ApiResponse
 from workers.requeue import Requeue
-from workers.state.kv import KV
+from workers.state.kv import KV, store_failures
 
 __all__ = ["Budget", "parse_reset"]
 
@@ -81,9 +81,10 @@ class Budget:
             self._take(item, name, "tokens", min(call.manifest.estimate_tokens(call.inputs), item.amount))
 
     def _take(self, item: RateLimitItem, name: str, what: str, cost: int) -> None:
-        if self.limiter.hit(item, "openai-pack", name, what, cost=cost):
-            return
-        stats = self.limiter.get_window_stats(item, "openai-pack", name, what)
+        with store_failures():  # the window lives in Redis: its failures are the store's, not the step's
+            if self.limiter.hit(item, "openai-pack", name, what, cost=cost):
+                return
+            stats = self.limiter.get_window_stats(item, "openai-pack", name, what)
         wait = max(0.05, stats.reset_time - time.time())
         # The window frees up gradually; come back a little after the oldest hit expires.
         raise Requeue(min(wait, 60.0), f"{what}-per-minute budget of {name!r} spent")

@@ -16,7 +16,7 @@ from typing import Any
 
 from integration.errors import OutcomeUnknownError
 from integration.redact import scrub_data
-from workers.state.kv import KV
+from workers.state.kv import KV, Op
 
 __all__ = ["LEDGER_TTL", "Ledger"]
 
@@ -45,9 +45,13 @@ class Ledger:
             "Check the API side, then re-run the step if needed.", ledger_key=key)
 
     def done(self, key: str, result: dict[str, Any]) -> None:
-        self.kv.batch([self.done_op(key, result)])
+        self.write(self.done_op(key, result))
 
-    def done_op(self, key: str, result: dict[str, Any]) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
+    def write(self, op: Op) -> None:
+        """Make a write prepared by ``done_op`` now (a task has no record to batch it with)."""
+        self.kv.batch([op])
+
+    def done_op(self, key: str, result: dict[str, Any]) -> Op:
         """The "done" write as a batch entry, so it travels with the step's record in one round trip."""
         entry = {"state": "done", "at": time.time(), "result": scrub_data(result)}
         return ("set", (PREFIX + key, json.dumps(entry, default=str)), {"ttl": LEDGER_TTL})

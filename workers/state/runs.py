@@ -16,7 +16,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from integration.redact import scrub_data
-from workers.state.kv import KV
+from workers.state.kv import KV, Op
+from workers.state.leases import Leases
+from workers.state.signatures import SeenSignatures
 
 __all__ = ["FINISHED", "RunStore", "now_iso"]
 
@@ -39,6 +41,11 @@ def _dump(value: Any) -> str:
     return json.dumps(scrub_data(value), separators=(",", ":"), default=str)
 
 
+def _json(value: Any) -> str:
+    """Full outputs for templates: kept as they are (scrubbing happens in the action layer)."""
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
 def _load(raw: str | None) -> Any:
     return None if raw is None else json.loads(raw)
 
@@ -48,11 +55,19 @@ class RunStore:
 
     def __init__(self, kv: KV) -> None:
         self.kv = kv
+        #: One live execution per step (or item), kept alive while it runs.
+        self.leases = Leases(kv, prefix=f"{PREFIX}lease:")
+        #: Signed webhook requests already accepted (replays inside the signature window map to their run).
+        self.signatures = SeenSignatures(kv)
 
     # keys -------------------------------------------------------------------------------
     @staticmethod
     def _run(run_id: str, part: str = "") -> str:
         return f"{PREFIX}run:{run_id}{':' + part if part else ''}"
+
+    def ping(self) -> bool:
+        """The store answers (health checks)."""
+        return self.kv.ping()
 
     # creating ---------------------------------------------------------------------------
     def create(self, *, workflow: dict[str, Any], inputs: dict[str, Any], trigger: dict[str, Any],
@@ -120,10 +135,6 @@ class RunStore:
     def save_step(self, run_id: str, step_id: str, record: dict[str, Any]) -> None:
         self.kv.hset(self._run(run_id, "steps"), {step_id: _dump(record)})
 
-    def save_step_op(self, run_id: str, step_id: str,
-                     record: dict[str, Any]) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
-        return ("hset", (self._run(run_id, "steps"), {step_id: _dump(record)}), {})
-
     def item(self, run_id: str, step_id: str, index: int) -> dict[str, Any] | None:
         return _load(self.kv.hget(self._run(run_id, f"items:{step_id}"), str(index)))  # type: ignore[no-any-return]
 
@@ -131,17 +142,12 @@ class RunStore:
         raw = self.kv.hgetall(self._run(run_id, f"items:{step_id}"))
         return {int(k): _load(v) for k, v in raw.items()}
 
-    def save_item(self, run_id: str, step_id: str, index: int, record: dict[str, Any]) -> None:
-        self.kv.hset(self._run(run_id, f"items:{step_id}"), {str(index): _dump(record)})
+    def item_record_chunks(self, run_id: str, step_id: str, total: int,
+                           size: int = 1000) -> Iterator[tuple[int, list[Any]]]:
+        """``(start, records)`` of a fan-out's items in index order, ``size`` at a time (None where missing)."""
+        return self._chunks(self._run(run_id, f"items:{step_id}"), total, size)
 
-    def save_item_op(self, run_id: str, step_id: str, index: int,
-                     record: dict[str, Any]) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
-        return ("hset", (self._run(run_id, f"items:{step_id}"), {str(index): _dump(record)}), {})
-
-    def item_chunks(self, run_id: str, part: str, total: int,
-                    size: int = 1000) -> Iterator[tuple[int, list[Any]]]:
-        """``(start, values)`` of a per-item hash in index order, ``size`` at a time (None where missing)."""
-        key = self._run(run_id, part)
+    def _chunks(self, key: str, total: int, size: int = 1000) -> Iterator[tuple[int, list[Any]]]:
         for start in range(0, total, size):
             fields = [str(i) for i in range(start, min(start + size, total))]
             yield start, [_load(v) for v in self.kv.hmget(key, fields)]
@@ -168,26 +174,79 @@ class RunStore:
     def finish_item(self, run_id: str, step_id: str, index: int, failed: bool) -> tuple[int, int, bool]:
         """Count the item once and claim the index after it once: (done, next index, first claim).
 
-        Both are set-once, so a redelivered item replays this harmlessly; on Redis it is one atomic
-        script (one round trip per item instead of six).
+        Both are set-once, so a redelivered item replays this harmlessly; it is one atomic operation
+        (a script on Redis: one round trip per item instead of six).
         """
-        flags, counters = self._run(run_id, "flags"), self._run(run_id, "ctr")
-        script = getattr(self.kv, "finish_item_script", None)
-        if script is not None:
-            done, following, first = script(keys=[flags, counters], args=[step_id, index, int(failed)])
-            return int(done), int(following), bool(first)
-        if self.once(run_id, f"item_done:{step_id}:{index}"):
-            done = self.count(run_id, f"done:{step_id}")
-            if failed:
-                self.count(run_id, f"failed:{step_id}")
+        return self.kv.finish_item(self._run(run_id, "flags"), self._run(run_id, "ctr"), step_id, index, failed)
+
+    # results: a step's final record is written once ------------------------------------------
+    def save_step_result(self, run_id: str, step_id: str, record: dict[str, Any], full_output: Any = None, *,
+                         before: list[Op] | None = None) -> bool:
+        """Make ``record`` the step's final record, with its full output for templates, unless one exists.
+
+        False when another delivery ended the step first: its record stands, so the run (which may
+        have ended on it) and the step always agree. ``before`` (the ledger's "done", which keeps a
+        late paid answer either way) goes first; all of it is one round trip.
+        """
+        writes = [(self._run(run_id, "steps"), step_id, _dump(record))]
+        if full_output is not None:
+            writes.append((self._run(run_id, "ctx"), step_id, _json(full_output)))
+        ops = [*(before or []), ("hset_if_first", (self._run(run_id, "flags"), f"final:{step_id}", writes), {})]
+        return bool(self.kv.batch(ops)[-1])
+
+    def save_item_result(self, run_id: str, step_id: str, index: int, record: dict[str, Any],
+                         full_output: Any = None, *, before: list[Op] | None = None) -> bool:
+        """``save_step_result`` for one fan-out item."""
+        writes = [(self._run(run_id, f"items:{step_id}"), str(index), _dump(record))]
+        if full_output is not None:
+            writes.append((self._run(run_id, f"ctx:{step_id}"), str(index), _json(full_output)))
+        ops = [*(before or []),
+               ("hset_if_first", (self._run(run_id, "flags"), f"final:{step_id}:{index}", writes), {})]
+        return bool(self.kv.batch(ops)[-1])
+
+    def full_output(self, run_id: str, step_id: str) -> tuple[bool, Any]:
+        """(found, value): the unredacted output kept for templates while the run is active."""
+        raw = self.kv.hget(self._run(run_id, "ctx"), step_id)
+        return (False, None) if raw is None else (True, json.loads(raw))
+
+    def item_outputs(self, run_id: str, step_id: str, total: int) -> list[Any]:
+        """A fan-out's full item outputs in item order (None for items without one)."""
+        return [value for _, chunk in self._chunks(self._run(run_id, f"ctx:{step_id}"), total)
+                for value in chunk]
+
+    def purge_context(self, run_id: str, fanout_steps: list[str]) -> None:
+        """Drop the full outputs kept for templates; the step and item records keep the redacted ones."""
+        self.kv.delete(self._run(run_id, "ctx"), *(self._run(run_id, f"ctx:{s}") for s in fanout_steps))
+
+    # how a run ended ---------------------------------------------------------------------------
+    def note_unhandled(self, run_id: str, step_id: str, error: dict[str, Any], *, replace: bool = False) -> None:
+        """A step failed (or its transitions could not be evaluated) with nothing to handle it."""
+        if replace:
+            self.set_flag(run_id, f"unhandled:{step_id}", _json(scrub_data(error)))
         else:
-            done = self.counter(run_id, f"done:{step_id}")
-        claimed = self.flag(run_id, f"next_of:{step_id}:{index}")
-        if claimed is not None:
-            return done, int(claimed), False
-        following = self.count(run_id, f"next:{step_id}") - 1
-        self.set_flag(run_id, f"next_of:{step_id}:{index}", str(following))
-        return done, following, True
+            self.once(run_id, f"unhandled:{step_id}", _json(scrub_data(error)))
+
+    def unhandled(self, run_id: str) -> dict[str, dict[str, Any]]:
+        """Step id → error of every unhandled failure, in the order they were noted."""
+        flags = self.kv.hgetall(self._run(run_id, "flags"))
+        return {k.split(":", 1)[1]: json.loads(v) for k, v in flags.items() if k.startswith("unhandled:")}
+
+    def forget_idempotency_key(self, key: str) -> None:
+        """Let the sender's retry start the run afresh (the first attempt could not be queued)."""
+        self.kv.delete(f"{PREFIX}idem:{key}")
+
+    # integration health (what `integrations check` and the run output show) ------------------------
+    def mark_integration_failing(self, name: str, error: dict[str, Any]) -> None:
+        """A 401 means every later step with this integration fails too: say so where `check` looks."""
+        self.kv.set(f"{PREFIX}health:{name}", _json({"ok": False, "at": now_iso(), "error": scrub_data(error)}),
+                    ttl=IDEMPOTENCY_TTL)
+
+    def integration_health(self, name: str) -> dict[str, Any] | None:
+        raw = self.kv.get(f"{PREFIX}health:{name}")
+        return None if raw is None else json.loads(raw)  # type: ignore[no-any-return]
+
+    def clear_integration_health(self, name: str) -> None:
+        self.kv.delete(f"{PREFIX}health:{name}")
 
     # counters and set-once flags ---------------------------------------------------------------
     def count(self, run_id: str, name: str, amount: int = 1) -> int:
@@ -205,16 +264,6 @@ class RunStore:
 
     def set_flag(self, run_id: str, name: str, value: str) -> None:
         self.kv.hset(self._run(run_id, "flags"), {name: value})
-
-    # execution leases (one live execution of a step item at a time) -------------------------
-    def lease(self, key: str, owner: str, ttl: float) -> bool:
-        """Held by ``owner`` now (newly, or still from its own earlier attempt)."""
-        if self.kv.set(f"{PREFIX}lease:{key}", owner, nx=True, ttl=ttl):
-            return True
-        return self.kv.get(f"{PREFIX}lease:{key}") == owner
-
-    def release(self, key: str, owner: str) -> None:
-        self.kv.delete_if(f"{PREFIX}lease:{key}", owner)
 
     # listing ----------------------------------------------------------------------------------
     def list(self, limit: int = 20) -> list[dict[str, Any]]:

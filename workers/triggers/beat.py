@@ -284,7 +284,7 @@ def register_fire_task(app: Celery, engine: Callable[[], Engine]) -> Task:
     def fire(self: Task, name: str, schedules_path: str, fired_at: str | None = None) -> dict[str, Any]:
         try:
             return fire_schedule(engine(), name, schedules_path, fired_at)
-        except (OSError, ConnectionError, *StoreError) as exc:  # the store is away: the tick's key makes a retry safe
+        except (OSError, ConnectionError, StoreError) as exc:  # the store is away: the tick's key makes a retry safe
             if self.request.called_directly:
                 raise
             log.warning("schedule %s: store unavailable (%s); retrying", name, type(exc).__name__)

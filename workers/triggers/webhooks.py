@@ -50,8 +50,8 @@ from integration.errors import InputError, PackError
 from integration.redact import install_log_redaction, register_secret, scrub_data
 from integration.store import register_store_secrets
 from workers.engine import Engine
-from workers.state.kv import KV
 from workers.state.runs import FINISHED
+from workers.state.signatures import PENDING_SIGNATURE
 from workers.triggers.text import lone_surrogate
 from workers.workflow import Workflow, load_workflow_dir
 
@@ -132,35 +132,6 @@ class MinuteLimit:
         return max(0.001, self._limiter.get_window_stats(self._item, *key).reset_time - time.time())
 
 
-class SeenSignatures:
-    """Signed requests already accepted, each remembered (as a hash of its HMAC) for as long as its
-    timestamp stays inside the window: a replay inside the window maps to the run it started."""
-
-    TTL = 2 * SIGNATURE_WINDOW + 60
-    PENDING = "-"
-
-    def __init__(self, kv: KV) -> None:
-        self.kv = kv
-
-    @staticmethod
-    def _key(hook: str, digest: str) -> str:
-        return f"opk:hook-signature:{hook}:{hashlib.sha256(digest.encode()).hexdigest()}"
-
-    def claim(self, hook: str, digest: str) -> str | None:
-        """None when the signature is new (and now claimed); else its run id, or PENDING while it starts."""
-        key = self._key(hook, digest)
-        if self.kv.set(key, self.PENDING, nx=True, ttl=self.TTL):
-            return None
-        return self.kv.get(key) or self.PENDING
-
-    def started(self, hook: str, digest: str, run_id: str) -> None:
-        self.kv.set(self._key(hook, digest), run_id, ttl=self.TTL)
-
-    def release(self, hook: str, digest: str) -> None:
-        """The request was refused (or not saved): the sender may send it again."""
-        self.kv.delete_if(self._key(hook, digest), self.PENDING)
-
-
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
@@ -229,7 +200,7 @@ class Hooks:
         #: What requests with a missing or wrong secret spend, per client address; never the hook's budget.
         self.failed_auth = MinuteLimit(failed_auth_per_minute)
         self._flood_logged = MinuteLimit(1)
-        self.seen = SeenSignatures(engine.store.kv)
+        self.seen = engine.store.signatures
         self._waiters: anyio.CapacityLimiter | None = None  # made in the event loop, on first use
         for workflow in workflows.values():
             if workflow.webhook is None:
@@ -395,7 +366,7 @@ class Hooks:
         try:
             if signature is not None:
                 seen = self.seen.claim(name, signature)
-                if seen == SeenSignatures.PENDING:
+                if seen == PENDING_SIGNATURE:
                     raise HookRefusal(409, "request_in_progress", "the same signed request is being handled; "
                                       "retry in a second to get its run", headers={"Retry-After": "1"})
                 if seen is not None:
@@ -494,7 +465,7 @@ class Hooks:
 
     async def health(self, _: Request) -> JSONResponse:
         try:
-            await run_in_threadpool(self.engine.store.kv.ping)
+            await run_in_threadpool(self.engine.store.ping)
         except Exception:
             return HookRefusal(503, "store_unavailable", "the run store is unavailable").response()
         return Answer({"ok": True, "hooks": sorted(n for n, w in self.workflows.items() if w.webhook)})

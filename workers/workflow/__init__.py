@@ -25,6 +25,7 @@ from workers.workflow.loader import (
     load_workflow_dir,
     load_yaml,
     parse_workflow,
+    workflow_from_dict,
 )
 from workers.workflow.model import Step, Transition, WebhookConfig, Workflow
 from workers.workflow.templates import (
@@ -40,4 +41,4 @@ from workers.workflow.templates import (
 __all__ = ["CONTEXT_NAMES", "ITEM_NAMES", "MAX_DEPTH", "MAX_FILE_BYTES", "MAX_LOOP_ITERATIONS", "MAX_RENDER_SECONDS",
            "MAX_SIZE", "MAX_STEPS", "MAX_VALUES", "Step", "TemplateError", "Transition", "WebhookConfig", "Workflow",
            "WorkflowError", "YAMLLimitError", "evaluate", "load_workflow", "load_workflow_dir", "load_yaml",
-           "parse_workflow", "render"]
+           "parse_workflow", "render", "workflow_from_dict"]

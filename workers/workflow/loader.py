@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -36,7 +37,7 @@ from workers.workflow.model import DEFAULT_CONCURRENCY, DEFAULT_MAX_BODY, Step, 
 from workers.workflow.templates import CONTEXT_NAMES, ITEM_NAMES, has_template
 
 __all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "MAX_STEPS", "MAX_VALUES", "YAMLLimitError", "build", "load_workflow",
-           "load_workflow_dir", "load_yaml", "parse_workflow"]
+           "load_workflow_dir", "load_yaml", "parse_workflow", "workflow_from_dict"]
 
 #: The largest workflow file read (bytes; for text, characters).
 MAX_FILE_BYTES = 512 * 1024
@@ -325,6 +326,17 @@ def build(data: Any, source: str, *, trusted: bool = False) -> Workflow:
 
 
 # ---------------------------------------------------------------- entry points
+
+
+def workflow_from_dict(data: Mapping[str, Any]) -> Workflow:
+    """Rebuild from ``Workflow.to_dict()``; the structure is re-checked, the action registry is not.
+
+    A stored definition was fully checked when its run started; a later change of the pack
+    must not make the record of an old run unreadable.
+    """
+    data = dict(data)
+    source = str(data.pop("source", "<stored>"))
+    return build(data, source, trusted=True)
 
 
 def parse_workflow(text: str, source: str = "<string>") -> Workflow:

@@ -13,7 +13,7 @@ transitions) and an output mapping. Routing rules, which the engine follows thro
   their variables (to ``vars``; a later transition overrides an earlier one) and start their
   ``do`` steps. ``on: []`` ends the branch. Cycles are allowed: a step runs at most once per run.
 
-A ``Workflow`` is built by ``workers.workflow.loader`` (from a file) or ``Workflow.from_dict``
+A ``Workflow`` is built by ``workers.workflow.loader`` (from a file) or ``loader.workflow_from_dict``
 (from the copy stored in a run record), never half-checked.
 """
 
@@ -211,19 +211,6 @@ class Workflow:
             out["webhook"] = self.webhook.to_dict()
         out["source"] = self.source
         return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Workflow:
-        """Rebuild from ``to_dict()``; the structure is re-checked, the action registry is not.
-
-        A stored definition was fully checked when its run started; a later change of the pack
-        must not make the record of an old run unreadable.
-        """
-        from workers.workflow.loader import build  # the loader builds models: imported here, not at the top
-
-        data = dict(data)
-        source = str(data.pop("source", "<stored>"))
-        return build(data, source, trusted=True)
 
 
 @lru_cache(maxsize=256)

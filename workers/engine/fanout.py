@@ -1,0 +1,142 @@
+"""Fan-out (``with_items``): ``concurrency`` item tasks start; each finishing item claims the next index.
+
+So no more than ``concurrency`` calls of the step are ever in flight, and a slot that finishes an
+item carries on with the next one in the same task (a message per item would cost Celery's own
+overhead on every item). The step's output is the list of its items' outputs, in item order.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from integration.errors import PackError
+from workers.requeue import Requeue
+from workers.state.runs import FINISHED, now_iso
+from workers.workflow import TemplateError, Workflow, render
+
+if TYPE_CHECKING:
+    from workers.engine.lifecycle import Engine
+
+__all__ = ["FanOut"]
+
+
+class FanOut:
+    """The fan-out half of the engine; it shares the engine's store, dispatch and step execution."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.store = engine.store
+
+    def start(self, run_id: str, workflow: Workflow, step_id: str, *, cancelled: bool) -> None:
+        """Render the item list once, save it, and start the first ``concurrency`` slots."""
+        engine, step = self.engine, workflow.step(step_id)
+        record = self.store.step(run_id, step_id) or {}
+        if record.get("status") in FINISHED:
+            engine.complete(run_id, workflow, step_id, record["status"], replay=True)
+            return
+        if cancelled:
+            self.store.save_step(run_id, step_id, {"status": "cancelled", "finished": now_iso()})
+            engine.complete(run_id, workflow, step_id, "cancelled", replay=False)
+            return
+        if self.store.once(run_id, f"fanout:{step_id}"):
+            try:
+                items = render(step.with_items, engine.context.build(run_id, workflow), step=step_id)
+                if not isinstance(items, list):
+                    raise TemplateError(f"step {step_id!r}: with_items must give a list, got {type(items).__name__}",
+                                        step=step_id, expression=str(step.with_items), reason="not a list")
+            except PackError as exc:
+                failed = engine.failed({"attempts": 0, "started": now_iso()}, exc)
+                self.store.save_step(run_id, step_id, failed | {"action": step.action})
+                engine.complete(run_id, workflow, step_id, "failed", replay=False)
+                return
+            self.store.save_item_inputs(run_id, step_id, items)
+            self.store.save_step(run_id, step_id, {"status": "running", "action": step.action, "started": now_iso(),
+                                                   "items": {"total": len(items)}, "attempts": 0})
+            self.store.count(run_id, f"next:{step_id}", min(step.concurrency, len(items)))
+        total = self.store.item_total(run_id, step_id)
+        if total == 0:
+            self.finish(run_id, workflow, step_id)
+            return
+        for index in range(min(step.concurrency, total)):
+            engine.dispatch(run_id, step_id, index, None)
+
+    def run_item(self, run_id: str, workflow: Workflow, step_id: str, index: int, *, cancelled: bool) -> int | None:
+        """Run (or replay) one item; returns the index this slot should run next, if any."""
+        total, record, item = self.store.item_state(run_id, step_id, index)
+        record = record or {}
+        replay = record.get("status") in FINISHED
+        if not replay:
+            if cancelled:
+                record, full_output, done = {"status": "cancelled", "finished": now_iso()}, None, []
+            else:
+                record, full_output, done = self.engine.execute(run_id, workflow, step_id, record, item, index)
+            if not self.store.save_item_result(run_id, step_id, index, record, full_output, before=done):
+                # another delivery ended this item meanwhile: its record stands (this answer is in the ledger)
+                record, replay = self.store.item(run_id, step_id, index) or record, True
+        done_count, following, first_claim = self.store.finish_item(run_id, step_id, index,
+                                                                    failed=record["status"] != "succeeded")
+        if done_count >= total:
+            self.finish(run_id, workflow, step_id)
+        # A replay carries on too, in case the first run of the chain stopped here.
+        return following if following < total and (first_claim or replay) else None
+
+    def continue_slot(self, run_id: str, workflow: Workflow, step_id: str, index: int | None, owner: str, *,
+                      cancelled: bool) -> None:
+        """Keep a fan-out slot busy: run the next claimed item in this task instead of a new message.
+
+        The loop is bounded to a quarter of the visibility timeout, so the message it started from
+        is acknowledged long before it could be redelivered; then the next item goes back to the
+        queue. After a crash the redelivered message replays the slot's chain (finished items are
+        skipped through the ledger and their records) up to where it stopped.
+        """
+        engine = self.engine
+        deadline = time.monotonic() + min(30.0, engine.settings.visibility_timeout / 4)
+        done_here = 0
+        while index is not None:
+            if time.monotonic() > deadline:
+                engine.dispatch(run_id, step_id, index, None)
+                return
+            lease_key = f"{run_id}:{step_id}:{index}"
+            if not self.store.leases.acquire(lease_key, owner, engine.settings.lease_ttl):
+                return  # another delivery is running this item; it carries the chain on
+            try:
+                done_here += 1
+                if not cancelled and done_here % 20 == 0:
+                    cancelled = self.store.status(run_id) == "cancelled"
+                index = self.run_item(run_id, workflow, step_id, index, cancelled=cancelled)
+            except Requeue as wait:  # this item must wait (rate budget): it waits on the queue, alone
+                engine.dispatch(run_id, step_id, index, min(wait.countdown, engine.settings.max_countdown))
+                return
+            finally:
+                self.store.leases.release(lease_key, owner)
+
+    def finish(self, run_id: str, workflow: Workflow, step_id: str) -> None:
+        """All items ended: sum usage and attempts, list the failed items, then complete the step."""
+        record = self.store.step(run_id, step_id) or {}
+        if record.get("status") not in FINISHED:
+            total = self.store.item_total(run_id, step_id)
+            usage: dict[str, int] = {}
+            attempts = 0
+            failed: list[int] = []
+            first_error: dict[str, Any] = {}
+            # In chunks: a 100,000-item step never has every item record in memory at once.
+            for start, chunk in self.store.item_record_chunks(run_id, step_id, total):
+                for offset, entry in enumerate(chunk):
+                    entry = entry or {}
+                    attempts += int(entry.get("attempts") or 0)
+                    for key, value in (entry.get("usage") or {}).items():
+                        usage[key] = usage.get(key, 0) + int(value)
+                    if entry.get("status") != "succeeded":
+                        if not failed:
+                            first_error = entry.get("error") or {}
+                        failed.append(start + offset)
+            status = "failed" if failed else "succeeded"
+            record.update(status=status, finished=now_iso(), usage=usage, attempts=attempts,
+                          items={"total": total, "succeeded": total - len(failed), "failed": len(failed)})
+            if failed:
+                record["error"] = {"code": "items_failed", "message": f"{len(failed)} of {total} items failed "
+                                   f"(first: item {failed[0]}: {first_error.get('message', 'cancelled')})",
+                                   "failed_items": failed[:100]}
+            self.store.save_step(run_id, step_id, record)
+        self.engine.complete(run_id, workflow, step_id, record["status"], replay=True)
