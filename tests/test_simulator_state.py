@@ -558,3 +558,18 @@ def test_wrong_body_values_are_refused_before_any_state_changes(sim: Simulator, 
     refused = client.post(f"{sim.url}/vector_stores/vs_x/search", json={"query": 5})
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "query"
     assert sim.jobs()["running"] == [] and client.get(f"{sim.url}/batches").json()["data"] == []
+
+
+def test_a_manifest_example_with_made_up_ids_answers_its_example_output(tmp_path: Path,
+                                                                         client: httpx.Client) -> None:
+    """Generated examples name ids like file_abc123: those requests answer the example; other unknown ids 404."""
+    path = write_manifest(tmp_path, "retrieveFile")
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    example_output = {"id": "file_abc123", "object": "file", "bytes": 1, "created_at": 1, "filename": "a.txt",
+                      "purpose": "assistants", "status": "processed"}
+    raw["examples"] = [{"title": "One", "input": {"file_id": "file_abc123"}, "output": example_output}]
+    raw["input"]["required"] = ["file_id"]
+    manifest = load_manifest(json.dumps(raw), str(path))
+    with Simulator(manifests={manifest.name: manifest}) as sim:
+        assert client.get(f"{sim.url}/files/file_abc123").json() == example_output
+        not_found(client.get(f"{sim.url}/files/file_abc999"), "No such File object: file_abc999", "id")

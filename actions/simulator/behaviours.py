@@ -135,6 +135,34 @@ def default_answer(manifest: ActionManifest) -> Any:
     return spec_operation.synthesized_answer() if spec_operation else {}
 
 
+def is_example_request(manifest: ActionManifest, call: Call) -> bool:
+    """Whether a request is one of the manifest's examples: every example field it sends (path, query or body)
+    has the example's value, and it sends at least one.
+
+    Why: examples name made-up ids (``file_abc123``) so they can be read and run anywhere; the stateful behaviours
+    would answer those 404, so such a request answers with the example output instead and every example still
+    runs end to end. Any other unknown id stays a 404."""
+    for example in manifest.examples:
+        matched, differs = 0, False
+        for key, value in example.input.items():
+            if key in call.params:
+                sent: Any = call.params[key]
+                expected: Any = str(value)
+            elif key in call.query:
+                sent, expected = call.query[key], str(value)
+            elif key in call.body:
+                sent, expected = call.body[key], value
+            else:
+                continue  # a pack-only field (save_to, fetch_all) or one the binder left out
+            if sent != expected and not (isinstance(sent, str) and sent == str(expected)):
+                differs = True
+                break
+            matched += 1
+        if matched and not differs:
+            return True
+    return False
+
+
 # ---------------------------------------------------------------- helpers
 
 

@@ -25,7 +25,16 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from actions import ActionManifest, registry
-from actions.simulator.behaviours import BEHAVIOURS, STREAMS, Call, Context, Download, Reply, default_answer
+from actions.simulator.behaviours import (
+    BEHAVIOURS,
+    STREAMS,
+    Call,
+    Context,
+    Download,
+    Reply,
+    default_answer,
+    is_example_request,
+)
 from actions.simulator.bodies import Upload, parse_body, read_body
 from actions.simulator.extract import SPECS
 from actions.simulator.routes import RouteTable
@@ -418,6 +427,8 @@ class _Api:
         call = Call(request_body, dict(match.params), dict(request.query_params), uploads)
         with sim.context.store.lock:  # a test thread may be completing jobs through ``complete_jobs``
             answer = behaviour(sim.context, call) if behaviour else default_answer(manifest)
+        if isinstance(answer, Reply) and answer.status == 404 and is_example_request(manifest, call):
+            answer = default_answer(manifest)  # an example's made-up ids (file_abc123) name example objects
         if behaviour and spec_operation is not None and not isinstance(answer, Reply | Download):
             answer = spec_operation.conform(answer)
         if isinstance(answer, Reply):
