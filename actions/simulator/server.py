@@ -429,8 +429,6 @@ class _Api:
             answer = behaviour(sim.context, call) if behaviour else default_answer(manifest)
         if isinstance(answer, Reply) and answer.status == 404 and is_example_request(manifest, call):
             answer = default_answer(manifest)  # an example's made-up ids (file_abc123) name example objects
-        if behaviour and spec_operation is not None and not isinstance(answer, Reply | Download):
-            answer = spec_operation.conform(answer)
         if isinstance(answer, Reply):
             return _json(sim, answer.status, answer.body, headers())
         if isinstance(answer, Download):

@@ -67,16 +67,6 @@ class Operation:
             types.setdefault(name, set()).update(_types_of(sub, self.defs, 0))
         return types
 
-    def conform(self, answer: Any) -> Any:
-        """The answer with each null left out where the spec neither requires the field nor lets it be null.
-
-        Why: OpenAI's servers send ``"completed_at": null`` where the spec types the field as an integer (optional);
-        an action that checks its output against a schema made from the spec would refuse that, so the simulator
-        follows the spec and leaves the field out."""
-        if self.response_schema is None:
-            return answer
-        return _conform(answer, self.response_schema, self.defs, 0)
-
     def synthesized_answer(self) -> Any:
         """A deterministic answer that fits the response schema (for operations without a behaviour)."""
         if self.response_schema is None:
@@ -128,34 +118,6 @@ def _top_level_property_schemas(schema: Any, defs: dict[str, Any], depth: int) -
             for name, value in _top_level_property_schemas(sub, defs, depth + 1).items():
                 found.setdefault(name, value)
     return found
-
-
-def _null_allowed(schema: Any, defs: dict[str, Any], depth: int = 0) -> bool:
-    schema = _deref(schema, defs)
-    if not isinstance(schema, dict) or depth > 16 or not schema:
-        return True
-    if "null" in _types_of(schema, defs, 0) or None in (schema.get("enum") or []):
-        return True
-    return any(_null_allowed(sub, defs, depth + 1) for key in ("anyOf", "oneOf") for sub in schema.get(key) or [])
-
-
-def _conform(value: Any, schema: Any, defs: dict[str, Any], depth: int) -> Any:
-    schema = _deref(schema, defs)
-    if depth > 24 or not isinstance(schema, dict):
-        return value
-    if isinstance(value, list) and isinstance(schema.get("items"), dict):
-        return [_conform(item, schema["items"], defs, depth + 1) for item in value]
-    if not isinstance(value, dict):
-        return value
-    properties = _top_level_property_schemas(schema, defs, 0)
-    required = set(schema.get("required") or [])
-    out = {}
-    for key, item in value.items():
-        sub = properties.get(key)
-        if item is None and sub is not None and key not in required and not _null_allowed(sub, defs):
-            continue
-        out[key] = _conform(item, sub, defs, depth + 1) if sub is not None else item
-    return out
 
 
 def _top_level_properties(schema: Any, defs: dict[str, Any], depth: int) -> set[str]:

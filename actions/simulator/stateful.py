@@ -91,11 +91,9 @@ def add_file(store: Store, filename: str, content: bytes, purpose: str,
         expires_at = created + BATCH_EXPIRY_SECONDS
     file_id = store.new_id("file-")
     store.keep_content(file_id, content)
-    file = {"id": file_id, "object": "file", "bytes": len(content), "created_at": created, "filename": filename,
-            "purpose": purpose, "status": "processed"}
-    if expires_at is not None:  # the spec types it integer: absent, not null, when the file does not expire
-        file["expires_at"] = expires_at
-    return store.put(FILE, file)
+    return store.put(FILE, {"id": file_id, "object": "file", "bytes": len(content), "created_at": created,
+                            "expires_at": expires_at, "filename": filename, "purpose": purpose,
+                            "status": "processed", "status_details": None})
 
 
 def _file_or_404(store: Store, file_id: str, param: str = "id") -> dict[str, Any] | Reply:
@@ -850,7 +848,9 @@ def _finish_response(context: Context, response: dict[str, Any], outcome: str) -
     if outcome == "completed":
         items = response.get("_input_items", [])
         output = _response_output(context, response["_request"], items)
-        response.update(status="completed", output=output, completed_at=_now(),
+        texts = [part.get("text", "") for item in output if item.get("type") == "message"
+                 for part in item.get("content") or [] if part.get("type") == "output_text"]
+        response.update(status="completed", output=output, completed_at=_now(), output_text="".join(texts),
                          usage=_usage_of(items, output, response.get("instructions")))
         conversation = context.store.get(CONVERSATION, (response.get("conversation") or {}).get("id", ""))
         if conversation is not None:
@@ -893,10 +893,15 @@ def create_response(context: Context, call: Call) -> Any:
         "store": keep, "temperature": body.get("temperature", 1.0), "text": {"format": text_format},
         "tool_choice": body.get("tool_choice", "auto"), "tools": body.get("tools") or [],
         "top_p": body.get("top_p", 1.0), "truncation": body.get("truncation") or "disabled", "usage": None,
-        "metadata": body.get("metadata") or {}, "_request": body, "_input_items": items,
+        "metadata": body.get("metadata") or {},
+        "conversation": {"id": str(conversation_id)} if conversation_id else None,
+        "max_tool_calls": body.get("max_tool_calls"), "moderation": None, "output_text": None,
+        "prompt": body.get("prompt"), "prompt_cache_key": body.get("prompt_cache_key"),
+        "prompt_cache_retention": body.get("prompt_cache_retention"),
+        "safety_identifier": body.get("safety_identifier"),
+        "service_tier": "default", "top_logprobs": body.get("top_logprobs", 0), "user": body.get("user"),
+        "_request": body, "_input_items": items,
     }
-    if conversation_id:
-        response["conversation"] = {"id": str(conversation_id)}
     if not background:
         _finish_response(context, response, "completed")
         if keep:
