@@ -897,6 +897,7 @@ def create_response(context: Context, call: Call) -> Any:
         "conversation": {"id": str(conversation_id)} if conversation_id else None,
         "max_tool_calls": body.get("max_tool_calls"), "moderation": None, "output_text": None,
         "prompt": body.get("prompt"), "prompt_cache_key": body.get("prompt_cache_key"),
+        "prompt_cache_options": body.get("prompt_cache_options"),
         "prompt_cache_retention": body.get("prompt_cache_retention"),
         "safety_identifier": body.get("safety_identifier"),
         "service_tier": "default", "top_logprobs": body.get("top_logprobs", 0), "user": body.get("user"),
