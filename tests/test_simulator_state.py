@@ -170,8 +170,10 @@ def test_lists_paginate_with_after_limit_and_has_more(sim: Simulator, client: ht
     assert only_batch["data"] == [] and only_batch["first_id"] is None and only_batch["has_more"] is False
     bad = client.get(f"{sim.url}/files", params={"limit": "0"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "limit"
-    unknown_cursor = client.get(f"{sim.url}/files", params={"after": "file-nope"})
-    assert unknown_cursor.status_code == 400 and unknown_cursor.json()["error"]["param"] == "after"
+    unknown_cursor = ok(client.get(f"{sim.url}/files", params={"after": "file-nope"}), "listFiles")
+    assert unknown_cursor["data"] == [] and unknown_cursor["has_more"] is False
+    bad_order = client.get(f"{sim.url}/files", params={"order": "sideways"})
+    assert bad_order.status_code == 400 and bad_order.json()["error"]["param"] == "order"
 
 
 def test_a_file_upload_without_a_file_part_is_refused(sim: Simulator, client: httpx.Client) -> None:

@@ -188,7 +188,8 @@ class Store:
 def page(items: list[dict[str, Any]], query: dict[str, str], *, default_limit: int = 20, max_limit: int = 100,
          default_order: str | None = "desc") -> dict[str, Any] | str:
     """One page of a list in the API's cursor style (``after``/``before``/``limit``/``order``), or the name of the
-    query parameter that is wrong. ``items`` are oldest first; ``order`` desc (the API's default) is newest first."""
+    query parameter that is wrong (``limit`` outside 1..max_limit, an unknown ``order``); an unknown cursor gives
+    an empty page. ``items`` are oldest first; ``order`` desc (the API's default) is newest first."""
     limit_text = query.get("limit")
     limit = default_limit
     if limit_text is not None:
@@ -201,14 +202,10 @@ def page(items: list[dict[str, Any]], query: dict[str, str], *, default_limit: i
     ordered = list(reversed(items)) if order == "desc" else list(items)
     ids = [item["id"] for item in ordered]
     start, stop = 0, len(ordered)
-    if query.get("after"):
-        if query["after"] not in ids:
-            return "after"
-        start = ids.index(query["after"]) + 1
+    if query.get("after"):  # a cursor it never issued (or since dropped) pages past the end: an empty page
+        start = ids.index(query["after"]) + 1 if query["after"] in ids else len(ordered)
     if query.get("before"):
-        if query["before"] not in ids:
-            return "before"
-        stop = ids.index(query["before"])
+        stop = ids.index(query["before"]) if query["before"] in ids else 0
     window = ordered[start:stop]
     chosen = window[:limit]
     return {"object": "list", "data": chosen, "first_id": chosen[0]["id"] if chosen else None,
