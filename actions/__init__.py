@@ -76,9 +76,11 @@ def handler(name: str) -> Handler | None:
     runtime modules (``_*``, the simulator) are never mistaken for handlers.
     """
     manifest = load_all().get(name)
-    if manifest is None or not manifest.shipped:
-        return None
-    return _handler_module(name)
+    return None if manifest is None else _handler_of(manifest)
+
+
+def _handler_of(manifest: ActionManifest) -> Handler | None:
+    return _handler_module(manifest.name) if manifest.shipped else None
 
 
 @cache
@@ -110,7 +112,7 @@ def execute(
     prepared = inputs if already_prepared else prepare_inputs(manifest, inputs)
     resolved = resolve(integration)
     call = Call(manifest, prepared, resolved, options or CallOptions())
-    run_handler = handler(name)
+    run_handler = _handler_of(manifest)
     output = run_handler(call) if run_handler else call.default()
     return call.result(scrub_data(output))
 

@@ -624,6 +624,42 @@ def _one_manifest_file_is_enough(extra: Path, simulator: Simulator, tmp_path: Pa
     assert counts.get("passed", 0) >= 8 and sum(counts.values()) >= 14, summary
 
 
+def test_an_extra_manifest_is_a_celery_task_on_a_real_worker(extra_embedding: Path, redis_server: str,
+                                                             worker_env: dict[str, str], tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The workers' side of the one-file proof: ``openai.create_embedding`` exists on a worker started
+    with the directory named, and runs against the simulator with nothing else added."""
+    import redis
+
+    import workers.app
+    from tests.conftest import WorkerProcess
+
+    base = redis_server.rsplit("/", 1)[0]
+    env = dict(worker_env) | {"OPENAI_PACK_BROKER_URL": base + "/6", "OPENAI_PACK_RESULT_BACKEND": base + "/7",
+                              actions.MANIFEST_PATH_ENV: str(extra_embedding)}
+    for db in (6, 7):
+        redis.Redis.from_url(f"{base}/{db}").flushdb()
+    for key, value in env.items():
+        if key.startswith("OPENAI_PACK"):
+            monkeypatch.setenv(key, value)
+    with Simulator(port=0) as simulator:
+        store = IntegrationStore(path=Path(env["OPENAI_PACK_HOME"]) / "integrations.json")
+        store.add(Integration(name="extra-actions", base_url=simulator.url, auth={"placement": "none"}),
+                  replace=True)
+        workers.app.reconfigure()
+        worker = WorkerProcess(env, concurrency=2, name="extra")
+        try:
+            result = workers.app.app.send_task("openai.create_embedding",
+                                               args=[EMBEDDING["examples"][0]["input"], "extra-actions"])
+            output = result.get(timeout=60)
+            assert output["data"][0]["object"] == "embedding"
+            assert [r["path"] for r in simulator.requests] == ["/v1/embeddings"]
+        finally:
+            worker.stop()
+            monkeypatch.undo()  # the environment as it was, then the app re-read from it
+            workers.app.reconfigure()
+
+
 def test_a_broken_extra_directory_is_a_json_error_not_a_traceback(tmp_path: Path) -> None:
     env = _cli_env(tmp_path / "home") | {actions.MANIFEST_PATH_ENV: str(tmp_path / "missing")}
     for args in (["actions", "list"], ["actions", "show", "list_models"], ["run", "list_models"]):
