@@ -12,7 +12,9 @@ over the control routes under ``/v1/_sim/``. docs/simulator.md has the whole sur
 Modules: ``server`` (Starlette app, uvicorn lifecycle, the request pipeline), ``routes`` (routes from
 manifests), ``bodies`` (reading JSON and multipart bodies), ``spec`` (validation and synthesized answers
 from the spec), ``extract`` (makes the spec
-data file), ``behaviours`` (answers per operationId), ``state`` (faults, counters, rate limit), ``cli``
+data file), ``behaviours`` (answers per operationId), ``stateful`` (the behaviours that remember: files, batches, vector
+stores, responses, conversations), ``store`` (the objects issued and the long-job clock), ``state`` (faults,
+counters, rate limit), ``cli``
 (``serve``, ``main``), ``options`` (the options in words).
 
 The names below load on first use: ``import actions.simulator.options`` (the CLI's help) must not start

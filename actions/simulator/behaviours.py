@@ -25,10 +25,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actions import ActionManifest
+from actions.simulator.bodies import Upload
 from actions.simulator.spec import operation, sample_for
+from actions.simulator.store import Store
 
-__all__ = ["BEHAVIOURS", "FLAG_WORDS", "MODELS", "MODERATION_CATEGORIES", "STREAMS", "Context", "Reply",
-           "default_answer", "png_bytes", "tokens"]
+__all__ = ["BEHAVIOURS", "FLAG_WORDS", "MODELS", "MODERATION_CATEGORIES", "STREAMS", "Call", "Context", "Download",
+           "Reply", "default_answer", "png_bytes", "tokens"]
 
 FLAG_WORDS = ("kill", "violence", "bomb")
 MODERATION_CATEGORIES = (
@@ -58,11 +60,32 @@ class Reply:
 
 
 @dataclass
+class Download:
+    """A 200 answer of bytes (a file's content), not JSON."""
+
+    content: bytes
+    media_type: str = "application/octet-stream"
+
+
+@dataclass
+class Call:
+    """One request as a behaviour sees it: the validated body, path parameters, query parameters and the files of
+    a multipart body."""
+
+    body: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    query: dict[str, str] = field(default_factory=dict)
+    uploads: dict[str, Upload] = field(default_factory=dict)
+
+
+@dataclass
 class Context:
-    """What a behaviour may use besides the request: fresh ids, the base URL, the image store."""
+    """What a behaviour may use besides the request: fresh ids, the base URL, the image store, and the store of
+    issued objects and long jobs (``store.py``)."""
 
     base_url: str = ""
     images: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
+    store: Store = field(default_factory=Store)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _n: int = 0
 
@@ -80,10 +103,10 @@ class Context:
 
 
 Body = dict[str, Any]
-Behaviour = Callable[[Context, Body, dict[str, str]], Any]
+Behaviour = Callable[[Context, Call], Any]
 Chunker = Callable[[Any, Body], list[Any]]
 
-#: operationId → answer(context, body, path params): a JSON value (200) or a Reply.
+#: operationId → answer(context, call): a JSON value (200), a Reply or a Download.
 BEHAVIOURS: dict[str, Behaviour] = {}
 #: operationId → the stream events of an answer (without the final ``[DONE]``).
 STREAMS: dict[str, Chunker] = {}
@@ -110,6 +133,34 @@ def default_answer(manifest: ActionManifest) -> Any:
             return copy.deepcopy(example.output)
     spec_operation = operation(manifest.openapi.operationId)
     return spec_operation.synthesized_answer() if spec_operation else {}
+
+
+def is_example_request(manifest: ActionManifest, call: Call) -> bool:
+    """Whether a request is one of the manifest's examples: every example field it sends (path, query or body)
+    has the example's value, and it sends at least one.
+
+    Why: examples name made-up ids (``file_abc123``) so they can be read and run anywhere; the stateful behaviours
+    would answer those 404, so such a request answers with the example output instead and every example still
+    runs end to end. Any other unknown id stays a 404."""
+    for example in manifest.examples:
+        matched, differs = 0, False
+        for key, value in example.input.items():
+            if key in call.params:
+                sent: Any = call.params[key]
+                expected: Any = str(value)
+            elif key in call.query:
+                sent, expected = call.query[key], str(value)
+            elif key in call.body:
+                sent, expected = call.body[key], value
+            else:
+                continue  # a pack-only field (save_to, fetch_all) or one the binder left out
+            if sent != expected and not (isinstance(sent, str) and sent == str(expected)):
+                differs = True
+                break
+            matched += 1
+        if matched and not differs:
+            return True
+    return False
 
 
 # ---------------------------------------------------------------- helpers
@@ -158,7 +209,8 @@ def _model(model_id: str) -> dict[str, Any] | None:
 
 
 @behaviour("createChatCompletion")
-def chat(context: Context, body: Body, _params: dict[str, str]) -> Any:
+def chat(context: Context, call: Call) -> Any:
+    body = call.body
     messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
     prompt = " ".join(_text_of(m.get("content")) for m in messages)
     last_user = next((_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), prompt)
@@ -196,7 +248,8 @@ def chat(context: Context, body: Body, _params: dict[str, str]) -> Any:
 
 
 @behaviour("createCompletion")
-def completion(context: Context, body: Body, _params: dict[str, str]) -> Any:
+def completion(context: Context, call: Call) -> Any:
+    body = call.body
     prompt = body.get("prompt")
     if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
         prompts = list(prompt)
@@ -219,7 +272,8 @@ def completion(context: Context, body: Body, _params: dict[str, str]) -> Any:
 
 
 @behaviour("createEdit")
-def edit(_context: Context, body: Body, _params: dict[str, str]) -> Any:
+def edit(_context: Context, call: Call) -> Any:
+    body = call.body
     text = str(body.get("input") or "")
     instruction = str(body.get("instruction") or "")
     edited = text.replace("wek", "week").replace("teh", "the") if text else f"Simulated edit: {instruction[:60]}"
@@ -230,7 +284,8 @@ def edit(_context: Context, body: Body, _params: dict[str, str]) -> Any:
 
 
 @behaviour("createImage")
-def image(context: Context, body: Body, _params: dict[str, str]) -> Any:
+def image(context: Context, call: Call) -> Any:
+    body = call.body
     prompt = str(body.get("prompt"))
     model = body.get("model") or "dall-e-2"
     data = []
@@ -253,7 +308,8 @@ def image(context: Context, body: Body, _params: dict[str, str]) -> Any:
 
 
 @behaviour("createModeration")
-def moderation(context: Context, body: Body, _params: dict[str, str]) -> Any:
+def moderation(context: Context, call: Call) -> Any:
+    body = call.body
     raw = body.get("input")
     if isinstance(raw, list) and raw and all(isinstance(part, dict) for part in raw):
         inputs: list[tuple[str, bool]] = [(" ".join(str(p.get("text", "")) for p in raw),
@@ -280,12 +336,13 @@ def moderation(context: Context, body: Body, _params: dict[str, str]) -> Any:
 
 
 @behaviour("listModels")
-def list_models(_context: Context, _body: Body, _params: dict[str, str]) -> Any:
+def list_models(_context: Context, _call: Call) -> Any:
     return {"object": "list", "data": [_model(name) for name, _, _ in MODELS]}
 
 
 @behaviour("retrieveModel")
-def retrieve_model(_context: Context, _body: Body, params: dict[str, str]) -> Any:
+def retrieve_model(_context: Context, call: Call) -> Any:
+    params = call.params
     model_id = next(iter(params.values()), "")
     found = _model(model_id)
     if found is None:
@@ -346,3 +403,8 @@ def completion_chunks(answer: Any, body: Body) -> list[Any]:
             events.append({"index": choice["index"], "text": piece, "logprobs": None, "finish_reason": None})
         events.append({"index": choice["index"], "text": "", "logprobs": None, "finish_reason": "stop"})
     return _with_usage(base, events, answer, body)
+
+
+# The stateful behaviours (files, batches, vector stores, responses, conversations) register themselves into the
+# same registry; importing them here makes the registry complete whenever this module is imported.
+from actions.simulator import stateful as _stateful  # noqa: E402,F401

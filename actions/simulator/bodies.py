@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import dataclass
 from email.parser import BytesParser
 from email.policy import HTTP
 from typing import Any
@@ -13,10 +14,19 @@ from starlette.requests import Request
 
 from actions.simulator.spec import MULTIPART, operation
 
-__all__ = ["MAX_BODY_BYTES", "MAX_JSON_DEPTH", "parse_body", "parse_multipart", "read_body"]
+__all__ = ["MAX_BODY_BYTES", "MAX_JSON_DEPTH", "Upload", "parse_body", "parse_multipart", "read_body"]
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
 MAX_JSON_DEPTH = 128
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A file part of a multipart body: what the file store keeps (validation sees only its name)."""
+
+    filename: str
+    content: bytes
+    content_type: str
 
 
 async def read_body(request: Request) -> bytes | None:
@@ -30,9 +40,11 @@ async def read_body(request: Request) -> bytes | None:
     return b"".join(parts)
 
 
-def parse_multipart(raw: bytes, content_type: str, field_types: dict[str, set[str]]) -> dict[str, Any]:
+def parse_multipart(raw: bytes, content_type: str, field_types: dict[str, set[str]],
+                    uploads: dict[str, Upload] | None = None) -> dict[str, Any]:
     """A multipart/form-data body as the JSON object the spec describes: files become their file name, text
-    fields the type the spec gives them (``n=2`` is the integer 2), repeated fields (``image[]``) a list."""
+    fields the type the spec gives them (``n=2`` is the integer 2), repeated fields (``image[]``) a list. The
+    files themselves go to ``uploads`` (field name → Upload; the first of a repeated field)."""
     message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n"
                                                    + raw)
     if not message.is_multipart():
@@ -42,6 +54,8 @@ def parse_multipart(raw: bytes, content_type: str, field_types: dict[str, set[st
         name = str(part.get_param("name", header="content-disposition") or "")
         filename = part.get_filename()
         payload = part.get_payload(decode=True) or b""
+        if filename is not None and uploads is not None:
+            uploads.setdefault(name.removesuffix("[]"), Upload(filename, payload, part.get_content_type()))
         value: Any = filename if filename is not None else _form_value(payload.decode("utf-8"),
                                                                        field_types.get(name.removesuffix("[]"), set()))
         key = name.removesuffix("[]")
@@ -86,15 +100,16 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def parse_body(raw: bytes, content_type: str, operation_id: str | None) -> tuple[Any, str | None]:
-    """(body, None) or (None, why it could not be read)."""
+def parse_body(raw: bytes, content_type: str, operation_id: str | None,
+               uploads: dict[str, Upload] | None = None) -> tuple[Any, str | None]:
+    """(body, None) or (None, why it could not be read); a multipart body's files go to ``uploads``."""
     if not raw:
         return None, None
     if content_type.startswith(MULTIPART):
         spec_operation = operation(operation_id) if operation_id else None
         try:
             types = spec_operation.field_types(MULTIPART) if spec_operation else {}
-            return parse_multipart(raw, content_type, types), None
+            return parse_multipart(raw, content_type, types, uploads), None
         except (ValueError, UnicodeDecodeError):
             return None, "We could not parse the multipart body of your request."
     try:

@@ -30,7 +30,12 @@ CONTROL_ROUTE_HELP = (
     ("POST /v1/_sim/faults", "script a fault, a JSON object: kind (status, drop, malformed, hang, latency), "
                              "status, error_code, headers, body, path, method, times (-1 = forever), latency. "
                              "GET lists the scripted faults."),
-    ("POST /v1/_sim/reset", "clear faults, counters, kept requests and the rate-limit window."),
+    ("POST /v1/_sim/reset", "clear faults, counters, kept requests, the rate-limit window and the objects issued "
+                            "(files, batches, vector stores, responses, conversations)."),
+    ("POST /v1/_sim/jobs", "when long jobs finish: {\"after_polls\": N, \"after_seconds\": S} (null = never that "
+                           "way); GET shows the settings and the running jobs."),
+    ("POST /v1/_sim/jobs/complete", "finish running jobs now: {} all, {\"id\": ...} one; optional \"outcome\": "
+                                    "completed, failed, cancelled, expired."),
     ("GET /v1/_sim/stats", "calls, by_route, in_flight, max_in_flight."),
     ("GET /v1/_sim/requests", "the requests received (?limit=N: the last N): method, path, query, headers, body, "
                               "as sent (not redacted) except the --api-key-env key, shown as <api-key>."),

@@ -25,16 +25,27 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from actions import ActionManifest, registry
-from actions.simulator.behaviours import BEHAVIOURS, STREAMS, Context, Reply, default_answer
-from actions.simulator.bodies import parse_body, read_body
+from actions.simulator.behaviours import (
+    BEHAVIOURS,
+    STREAMS,
+    Call,
+    Context,
+    Download,
+    Reply,
+    default_answer,
+    is_example_request,
+)
+from actions.simulator.bodies import Upload, parse_body, read_body
 from actions.simulator.extract import SPECS
 from actions.simulator.routes import RouteTable
 from actions.simulator.spec import JSON, MULTIPART, operation, validate_request
 from actions.simulator.state import Faults, RateLimit, Traffic, error_body, fault_error
+from actions.simulator.store import DEFAULT_AFTER_POLLS, JobClock, Store
 
 __all__ = ["Simulator"]
 
 HANG_SECONDS = 30.0
+JOB_OUTCOMES = ("completed", "failed", "cancelled", "expired")
 CURRENT_SPEC = next(iter(SPECS))
 SERVER_HEADER = "openai-simulator (NOT the real OpenAI API)"
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]
@@ -53,7 +64,8 @@ class Simulator:
 
     def __init__(self, port: int = 0, *, latency: float = 0.0, api_key: str | None = None,
                  auth: dict[str, Any] | None = None, legacy_edits: bool = True, rate_limit_rpm: int | None = None,
-                 manifests: dict[str, ActionManifest] | None = None) -> None:
+                 manifests: dict[str, ActionManifest] | None = None, job_after_polls: int | None = DEFAULT_AFTER_POLLS,
+                 job_after_seconds: float | None = None) -> None:
         self.port = port
         self.latency = latency
         self.api_key = api_key or None
@@ -67,7 +79,9 @@ class Simulator:
         self.rate_limit_rpm = rate_limit_rpm
         self.routes = RouteTable(registry() if manifests is None else manifests)
         self.url = ""
-        self.context = Context()
+        #: When long jobs (batches, background responses, file indexing) finish; ``reset`` restores these.
+        self.job_settings = (job_after_polls, job_after_seconds)
+        self.context = Context(store=Store(JobClock(job_after_polls, job_after_seconds)))
         self._lock = threading.Lock()
         self._faults = Faults(self._lock)
         self._traffic = Traffic(self._lock)
@@ -106,10 +120,31 @@ class Simulator:
         return self._address
 
     def reset(self) -> None:
-        """Clear faults, counters, kept requests and the rate-limit window (requests in flight stay counted)."""
+        """Clear faults, counters, kept requests, the rate-limit window and every object the API side issued (files,
+        batches, vector stores, responses, conversations), and restore the job settings (requests in flight stay
+        counted)."""
         self._faults.clear()
         self._traffic.clear()
         self._rate.clear()
+        self.context.store.clear()
+        self.context.store.clock.configure(*self.job_settings)
+
+    def configure_jobs(self, after_polls: int | None = DEFAULT_AFTER_POLLS, after_seconds: float | None = None) -> None:
+        """When long jobs finish: after ``after_polls`` looks (retrieves, lists, or retrieves of the parent; None:
+        never by looks) or ``after_seconds`` since they began (None: never by time), whichever comes first.
+        ValueError names a bad setting."""
+        self.context.store.clock.configure(after_polls, after_seconds)
+
+    def complete_jobs(self, object_id: str | None = None, outcome: str = "completed") -> list[str]:
+        """Finish running jobs now (one by id, or all) as ``completed``, ``failed`` or ``cancelled`` (batches also
+        ``expired``); the ids finished."""
+        if outcome not in JOB_OUTCOMES:
+            raise ValueError(f"outcome must be one of {', '.join(JOB_OUTCOMES)}, not {outcome!r}")
+        return self.context.store.complete(object_id, outcome)
+
+    def jobs(self) -> dict[str, Any]:
+        """The job settings and the jobs still running."""
+        return self.context.store.clock.settings() | {"running": self.context.store.pending()}
 
     def add_fault(self, fault: dict[str, Any]) -> None:
         """Script a fault, matched in the order added against requests to /v1 API routes.
@@ -292,7 +327,9 @@ class _Api:
             return
         content_type = request.headers.get("content-type", "")
         match = sim.routes.match(method, path)
-        body, problem = parse_body(raw, content_type, match.route.operation_id if match and match.route else None)
+        uploads: dict[str, Upload] = {}
+        body, problem = parse_body(raw, content_type, match.route.operation_id if match and match.route else None,
+                                   uploads)
         kept_body = json.loads(sim.mask(json.dumps(body))) if problem is None else sim.mask(raw.decode("utf-8",
                                                                                                           "replace"))
         request_id, period = sim._traffic.begin(match.label if match else f"{method} {path}", {
@@ -315,7 +352,8 @@ class _Api:
             await send(message)
 
         try:
-            answer = await self._answer(request, method, path, match, body, problem, len(raw), request_id, started)
+            answer = await self._answer(request, method, path, match, body, problem, len(raw), request_id, started,
+                                        uploads)
             if isinstance(answer, _Drop):
                 end()
                 sim.close_connection(scope.get("client"))
@@ -327,7 +365,7 @@ class _Api:
             end()
 
     async def _answer(self, request: Request, method: str, path: str, match: Any, body: Any, problem: str | None,
-                      size: int, request_id: str, started: float) -> Response | _Drop:
+                      size: int, request_id: str, started: float, uploads: dict[str, Upload]) -> Response | _Drop:
         sim = self.sim
         fault = sim._faults.take(method, path)
         delay = sim.latency
@@ -386,9 +424,15 @@ class _Api:
                 return _json(sim, 400, error_body(message, "invalid_request_error", param, code), headers())
         request_body = body if takes_body and isinstance(body, dict) else {}
         behaviour = BEHAVIOURS.get(match.route.operation_id)
-        answer = behaviour(sim.context, request_body, match.params) if behaviour else default_answer(manifest)
+        call = Call(request_body, dict(match.params), dict(request.query_params), uploads)
+        with sim.context.store.lock:  # a test thread may be completing jobs through ``complete_jobs``
+            answer = behaviour(sim.context, call) if behaviour else default_answer(manifest)
+        if isinstance(answer, Reply) and answer.status == 404 and is_example_request(manifest, call):
+            answer = default_answer(manifest)  # an example's made-up ids (file_abc123) name example objects
         if isinstance(answer, Reply):
             return _json(sim, answer.status, answer.body, headers())
+        if isinstance(answer, Download):
+            return Response(answer.content, 200, {"server": SERVER_HEADER, **headers()}, media_type=answer.media_type)
         stream = manifest.http.stream
         if stream is not None and request_body.get(stream.flag) is True:
             chunker = STREAMS.get(match.route.operation_id)
@@ -426,6 +470,31 @@ def _control(sim: Simulator) -> list[Route]:
             kept = kept[len(kept) - int(limit):] if int(limit) else []
         return _json(sim, 200, {"object": "list", "data": kept})
 
+    async def jobs(request: Request) -> Response:
+        if request.method == "POST":
+            try:
+                settings = json.loads(await request.body() or b"{}")
+                if not isinstance(settings, dict) or set(settings) - {"after_polls", "after_seconds"}:
+                    raise ValueError("the body is a JSON object with after_polls and/or after_seconds")
+                current = sim.context.store.clock.settings()
+                sim.configure_jobs(settings.get("after_polls", current["after_polls"]),
+                                   settings.get("after_seconds", current["after_seconds"]))
+            except (ValueError, TypeError) as exc:
+                return _json(sim, 400, error_body(f"Invalid job settings: {exc}", "invalid_request_error"))
+        return _json(sim, 200, sim.jobs())
+
+    async def complete(request: Request) -> Response:
+        try:
+            order = json.loads(await request.body() or b"{}")
+            if not isinstance(order, dict) or set(order) - {"id", "outcome"}:
+                raise ValueError("the body is a JSON object with an optional id and outcome")
+            if order.get("id") is not None and not isinstance(order["id"], str):
+                raise ValueError("id must be a string")
+            finished = sim.complete_jobs(order.get("id"), str(order.get("outcome", "completed")))
+        except (ValueError, TypeError) as exc:
+            return _json(sim, 400, error_body(f"Invalid completion: {exc}", "invalid_request_error"))
+        return _json(sim, 200, {"completed": finished})
+
     async def image(request: Request) -> Response:
         png = sim.context.images.get(request.path_params["name"])
         if png is None:
@@ -439,6 +508,8 @@ def _control(sim: Simulator) -> list[Route]:
     return [Route("/v1/_sim/reset", reset, methods=["POST"]), Route("/v1/_sim/faults", faults, methods=["GET", "POST"]),
             Route("/v1/_sim/stats", stats, methods=["GET"]), Route("/v1/_sim/requests", requests, methods=["GET"]),
             Route("/v1/_sim/images/{name}", image, methods=["GET"]),
+            Route("/v1/_sim/jobs", jobs, methods=["GET", "POST"]),
+            Route("/v1/_sim/jobs/complete", complete, methods=["POST"]),
             Route("/v1/_sim/{rest:path}", unknown, methods=ALL_METHODS)]
 
 
