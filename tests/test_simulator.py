@@ -799,6 +799,8 @@ def http_request(manifest: actions.ActionManifest, inputs: dict[str, Any]) -> tu
 @pytest.mark.parametrize("manifest", MANIFESTS, ids=[m.name for m in MANIFESTS])
 def test_every_manifest_route_answers_its_examples_in_the_output_shape(simulator: Simulator, client: httpx.Client,
                                                                        manifest: actions.ActionManifest) -> None:
+    if manifest.http.encoding == "multipart":
+        pytest.skip("a multipart example is sent as a form by the binder (tests/test_actions.py runs those end to end)")
     output = Draft202012Validator(manifest.output)
     for example in manifest.examples:
         method, path, query, body = http_request(manifest, example.input)

@@ -431,6 +431,32 @@ def _output(operation: SpecOperation, spec: dict[str, Any]) -> Any:
     return without_foreign_keywords(converted(schema))
 
 
+def _nullable_fields(node: Any) -> Any:
+    """Every object property of an output may be null: the API sends null for unset fields the spec does not mark
+    nullable (a file's ``expires_at``), and an output schema describes what arrives, it guards nothing."""
+    if isinstance(node, list):
+        return [_nullable_fields(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: value if key in ("enum", "const", "examples", "default") else _nullable_fields(value)
+           for key, value in node.items()}
+    if isinstance(out.get("properties"), dict):
+        out["properties"] = {name: _or_null(sub) for name, sub in out["properties"].items()}
+    return out
+
+
+def _or_null(schema: Any) -> Any:
+    if not isinstance(schema, dict) or not schema:
+        return schema
+    kind = schema.get("type")
+    if isinstance(kind, str) and set(schema) <= {"type", "description"}:
+        return {**schema, "type": [kind, "null"]} if kind != "null" else schema
+    if isinstance(kind, list):
+        closed = "null" in kind or "enum" in schema or "const" in schema
+        return schema if closed else {**schema, "type": [*kind, "null"]}
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
 def _example_output(operation: SpecOperation, output: dict[str, Any]) -> dict[str, Any]:
     """The spec's example answer when it is JSON and fits the schema, else one synthesized from the schema."""
     examples = (operation.raw.get("x-oaiMeta") or {}).get("examples")
@@ -507,8 +533,7 @@ def _manifest(operation: SpecOperation, name: str, spec: dict[str, Any], label: 
     if input_defs:
         input_schema["$defs"] = input_defs
     output_schema = _shallow(output, defs_for(output, spec, defs_cache))
-    if not isinstance(output_schema, dict):
-        output_schema = {}
+    output_schema = _nullable_fields(output_schema) if isinstance(output_schema, dict) else {}
     http: dict[str, Any] = {"method": operation.method, "path": operation.path}
     if query:
         http["query"] = query
