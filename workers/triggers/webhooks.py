@@ -45,6 +45,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from actions import parse_json_text
 from integration import errors
 from integration.errors import InputError, PackError
 from integration.redact import install_log_redaction, register_secret, scrub_data
@@ -52,7 +53,6 @@ from integration.store import register_store_secrets
 from workers.engine import Engine
 from workers.state.runs import FINISHED
 from workers.state.signatures import PENDING_SIGNATURE
-from workers.triggers.text import lone_surrogate
 from workers.workflow import Workflow, load_workflow_dir
 
 __all__ = ["FAILED_AUTH_PER_MINUTE", "MIN_SECRET_LENGTH", "SIGNATURE_WINDOW", "configure_logging", "create_app",
@@ -73,8 +73,6 @@ _RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: A signature timestamp: ASCII digits, at most 12 (``int()`` and float arithmetic stay trivially safe).
 _STAMP_PATTERN = re.compile(r"[0-9]{1,12}")
 _CONTENT_LENGTH_PATTERN = re.compile(r"[0-9]{1,18}")
-#: The JSON escape of a UTF-16 surrogate: the only way one gets into a strictly decoded UTF-8 body.
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
@@ -132,10 +130,6 @@ class MinuteLimit:
         return max(0.001, self._limiter.get_window_stats(self._item, *key).reset_time - time.time())
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value")
-
-
 def parse_payload(body: bytes) -> dict[str, Any]:
     """The body as a JSON object of valid Unicode text, or a 400 naming what is wrong and where."""
     if not body.strip():
@@ -144,24 +138,19 @@ def parse_payload(body: bytes) -> dict[str, Any]:
         text = body.decode("utf-8")  # strict: no other encoding, and no surrogate smuggled in as bytes
     except UnicodeDecodeError as exc:
         raise HookRefusal(400, "invalid_json", f"the body is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
-    try:
-        payload = json.loads(text, parse_constant=_reject_constant)
-    except json.JSONDecodeError as exc:
-        raise HookRefusal(400, "invalid_json",
-                          f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    except ValueError as exc:
-        raise HookRefusal(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise HookRefusal(400, "invalid_json", "the body is nested too deeply") from None
+    try:  # the actions' strict reading: NaN/Infinity, lone surrogates and deep nesting refused, naming where
+        payload = parse_json_text(text, "body")
+    except InputError as exc:
+        problem = exc.problems[0]
+        reason = problem["reason"]
+        if problem["field"] == "body":
+            raise HookRefusal(400, "invalid_json", f"the body {reason}") from None
+        where = "a key of the body" if reason.startswith("is a field name") else problem["field"]
+        raise HookRefusal(400, "invalid_json", f"the body is refused at {where}: {reason}") from None
     if not isinstance(payload, dict):
         raise HookRefusal(400, "invalid_json",
                           "the body must be a JSON object (it becomes the run's inputs), "
                           f"got a {type(payload).__name__}")
-    if _SURROGATE_ESCAPE.search(text):  # strict UTF-8 decoding let none in as bytes: only an escape can
-        where = lone_surrogate(payload, root="the body")
-        if where is not None:
-            raise HookRefusal(400, "invalid_json",
-                              f"the body holds a lone surrogate in {where}; send valid Unicode text")
     return payload
 
 
