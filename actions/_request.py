@@ -98,7 +98,11 @@ def build_request(manifest: ActionManifest, inputs: dict[str, Any]) -> Request:
     path = http.path
     for name in http.path_params:
         path = path.replace("{" + name + "}", quote(_text(sendable.pop(name)), safe=":@"))
-    params = [pair for name in http.query if name in sendable for pair in bracketed_pairs(name, sendable.pop(name))]
+    params: list[tuple[str, str]] = []
+    for name in http.query:
+        value = sendable.pop(name, None)
+        if value is not None:  # null means "not given" for a query parameter
+            params.extend(bracketed_pairs(name, value))
     headers = dict(http.headers)
     for name, header in http.header_params.items():
         if name in sendable:
