@@ -17,7 +17,7 @@ from typing import Any
 from actions._coerce import coerce_inputs
 from actions._inputs import check_value, parse_json_text
 from actions._manifest import ActionManifest
-from actions._pages import fetch_pages
+from actions._pages import MAX_PAGES, fetch_pages
 from actions._request import Request, build_request, check_credentials
 from actions._streaming import assemble
 from actions._validate import problems_for
@@ -34,6 +34,8 @@ class CallOptions:
 
     max_inline_wait: float = DEFAULT_MAX_INLINE_WAIT
     max_retries: int | None = None
+    #: Most pages one ``fetch_all`` asks for (a bound on the loop whatever the server says).
+    max_pages: int = MAX_PAGES
     before_request: Callable[[Call], None] | None = None
     after_response: Callable[[Call, ApiResponse], None] | None = None
 
@@ -154,7 +156,7 @@ class Call:
         pagination = self.manifest.http.pagination
         if pagination is not None and self.inputs.get("fetch_all") is True:
             return fetch_pages(pagination, request, self.send_request, self.expect_object,
-                               max_items=self.inputs.get("max_items"))
+                               max_items=self.inputs.get("max_items"), max_pages=self.options.max_pages)
         response = self.send_request(request)
         return self.expect_object(response)
 

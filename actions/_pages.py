@@ -10,7 +10,8 @@ A list action's manifest says how it pages (``http.pagination``, written by the 
 Each page is its own request through ``Call.send``, so the client retries a failed page by itself (a
 429 on page 3 repeats page 3, never pages 1 and 2) and every page counts in the run's attempts and
 request ids. The walk is bounded: at most ``max_items`` items (default ``DEFAULT_MAX_ITEMS``) and
-``MAX_PAGES`` pages, and a cursor the API hands out twice stops it with an error instead of a loop.
+``MAX_PAGES`` pages (``CallOptions.max_pages``), and a cursor the API hands out twice stops it with an
+error instead of a loop.
 
 The merged answer is the last page's, with every item in ``data`` (or the binding's ``items`` field).
 When the walk stopped before the end (``max_items`` or the page cap), ``has_more`` stays true and the
@@ -57,13 +58,14 @@ def _next_cursor(pagination: Pagination, page: dict[str, Any], items: list[Any])
 
 
 def fetch_pages(pagination: Pagination, first: Request, send: Callable[[Request], ApiResponse],
-                as_object: Callable[[ApiResponse], dict[str, Any]], *, max_items: int | None = None) -> dict[str, Any]:
+                as_object: Callable[[ApiResponse], dict[str, Any]], *, max_items: int | None = None,
+                max_pages: int = MAX_PAGES) -> dict[str, Any]:
     """Walk the pages from ``first`` (see the module docstring); ``send`` retries each page on its own."""
     cap = DEFAULT_MAX_ITEMS if max_items is None else max_items
     collected: list[Any] = []
     request, page_token = first, None
     seen: set[str] = set()
-    for _ in range(MAX_PAGES):
+    for _ in range(max(1, max_pages)):
         page = as_object(send(request))
         items = page.get(pagination.items)
         if not isinstance(items, list):

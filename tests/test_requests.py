@@ -250,13 +250,10 @@ def test_a_failed_page_is_retried_on_its_own(sim: Simulator, account: Integratio
     assert result.attempts == 4 and len(result.request_ids) == 3
 
 
-def test_the_walk_is_bounded_by_the_page_cap(sim: Simulator, account: Integration,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    import actions._pages as pages
-
+def test_the_walk_is_bounded_by_the_page_cap(sim: Simulator, account: Integration) -> None:
     made = _make_files(account, 5)
-    monkeypatch.setattr(pages, "MAX_PAGES", 2)
-    output = actions.run("list_files", {"limit": 1, "order": "asc", "fetch_all": True}, account)
+    output = actions.execute("list_files", {"limit": 1, "order": "asc", "fetch_all": True}, account,
+                             options=CallOptions(max_pages=2)).output
     assert [item["id"] for item in output["data"]] == made[:2]
     assert output["has_more"] is True and output["last_id"] == made[1]
 
