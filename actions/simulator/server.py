@@ -236,8 +236,11 @@ class Simulator:
     # helpers the app uses ------------------------------------------------------------------------
     def mask(self, text: str) -> str:
         """Never echo or keep the simulator's own keys: they become ``<api-key>`` and ``<admin-key>``."""
-        text = text.replace(self.api_key, "<api-key>") if self.api_key else text
-        return text.replace(self.admin_key, "<admin-key>") if self.admin_key else text
+        keys = sorted(((self.api_key, "<api-key>"), (self.admin_key, "<admin-key>")), key=lambda k: -len(k[0] or ""))
+        for key, label in keys:  # the longer first, in case one key contains the other
+            if key:
+                text = text.replace(key, label)
+        return text
 
     def presented_key(self, request: Request) -> str | None:
         placement = self.auth.get("placement", "bearer")
