@@ -29,7 +29,7 @@ from celery.signals import before_task_publish, task_postrun, task_prerun
 
 from integration.redact import scrub_data
 
-__all__ = ["CONTENT_ENV", "enabled", "setup", "span", "started_run", "tracer"]
+__all__ = ["CONTENT_ENV", "enabled", "flush", "reset", "setup", "span", "started_run", "tracer"]
 
 log = logging.getLogger("openai_pack.tracing")
 CONTENT_ENV = "OPENAI_PACK_TRACE_CONTENT"
@@ -97,6 +97,13 @@ def reset() -> None:
         if _state["provider"] is not None:
             _state["provider"].shutdown()
         _state.update(tracer=None, decided=False, provider=None)
+
+
+def flush(timeout_ms: int = 10000) -> None:
+    """Send the spans still batched (a CLI command or test about to exit or look)."""
+    provider = _state["provider"]
+    if provider is not None:
+        provider.force_flush(timeout_ms)
 
 
 def tracer() -> Any:
