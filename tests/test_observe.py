@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from integration.errors import BudgetExceededError, ConfigError
+from integration.errors import BadRequestError, BudgetExceededError, ConfigError
 from integration.model import Integration
 from integration.redact import scrub
 from integration.store import IntegrationStore
@@ -261,3 +261,53 @@ def test_tracing_is_off_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not tracing.enabled()
     with tracing.span("nothing") as current:
         assert current is None
+
+
+def _metered_chat(kv: SqliteKV, integration: Integration, content: str) -> dict[str, Any]:
+    import actions
+    from actions import CallOptions
+    from workers.observe import Meter
+
+    manifest = actions.get("create_chat_completion")
+    inputs = actions.prepare("create_chat_completion", {"model": "gpt-4o-mini", "max_tokens": "9",
+                                                        "messages": [{"role": "user", "content": content}]})
+    with Meter(manifest, inputs, integration, kv, key="task:t1") as meter:
+        result = actions.execute("create_chat_completion", inputs, integration, already_prepared=True,
+                                 options=meter.options(CallOptions()))
+        return meter.done(result.output, result.usage, result.attempts, result.request_ids)
+
+
+def test_prompts_enter_spans_only_when_asked_and_then_redacted(memory_spans: Any, kv: SqliteKV,
+                                                              sim_integration: Integration,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from integration.redact import register_secret
+    from tests.conftest import CANARY_KEY
+
+    register_secret(CANARY_KEY)
+    monkeypatch.delenv("OPENAI_PACK_RECONIFY_URL", raising=False)
+    cost = _metered_chat(kv, sim_integration, f"my key is {CANARY_KEY}, say hello")
+    assert cost["usd"] > 0 and cost["model"] == "gpt-4o-mini" and cost["integration"] == "sim"
+    (quiet,) = memory_spans.get_finished_spans()
+    assert quiet.name == "chat gpt-4o-mini" and "gen_ai.input.messages" not in quiet.attributes
+    assert quiet.attributes["gen_ai.usage.input_tokens"] > 0 and quiet.attributes["openai_pack.cost_usd"] == cost["usd"]
+    memory_spans.clear()
+
+    monkeypatch.setenv(tracing.CONTENT_ENV, "true")
+    _metered_chat(kv, sim_integration, f"my key is {CANARY_KEY}, say hello")
+    (told,) = memory_spans.get_finished_spans()
+    prompt = told.attributes["gen_ai.input.messages"]
+    assert "say hello" in prompt and CANARY_KEY not in prompt  # opted in: the prompt, scrubbed of the key
+    assert "gen_ai.output.messages" in told.attributes
+    assert CANARY_KEY not in json.dumps({k: str(v) for k, v in told.attributes.items()})
+
+
+def test_a_failed_call_gives_its_spend_hold_back_and_marks_its_span(memory_spans: Any, kv: SqliteKV,
+                                                                    simulator: Any) -> None:
+    capped = Integration(name="capped", base_url=simulator.url, auth={"placement": "none"}, max_retries=0,
+                         spend_caps={"daily_usd": 1.0})
+    simulator.add_fault({"kind": "status", "status": 400, "times": 1})
+    with pytest.raises(BadRequestError) as caught:
+        _metered_chat(kv, capped, "hello")
+    assert spent(kv, "capped") == 0.0  # a 400 is not billed: the estimate held before the call is released
+    (failed,) = memory_spans.get_finished_spans()
+    assert failed.status.status_code.name == "ERROR" and failed.attributes["error.type"] == caught.value.code

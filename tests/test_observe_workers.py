@@ -19,6 +19,7 @@ import httpx
 import pytest
 import redis
 
+import actions
 from actions.simulator import Simulator
 from integration.client import close_all_clients
 from integration.model import Integration
@@ -122,8 +123,14 @@ def obs_env(redis_server: str, simulator_session: Simulator, sink: Sink,
 
 
 @pytest.fixture(scope="module")
-def obs_worker(obs_env: dict[str, str]) -> Iterator[WorkerProcess]:
-    worker = WorkerProcess(obs_env, concurrency=4, name="obs")
+def metrics_port() -> int:
+    return _free_port()
+
+
+@pytest.fixture(scope="module")
+def obs_worker(obs_env: dict[str, str], metrics_port: int) -> Iterator[WorkerProcess]:
+    """The module's worker; it serves its own /metrics on 127.0.0.1:``metrics_port``."""
+    worker = WorkerProcess({**obs_env, "OPENAI_PACK_METRICS_PORT": str(metrics_port)}, concurrency=4, name="obs")
     yield worker
     worker.stop()
 
@@ -180,7 +187,7 @@ def _all_keys_dump(url: str) -> str:
 
 def test_reconify_copies_arrive_in_the_seed_shape_with_typed_numbers_and_costs_are_recorded(
         obs: Any, simulator: Simulator, sink: Sink, tmp_path: Path, obs_env: dict[str, str],
-        obs_worker: WorkerProcess) -> None:
+        obs_worker: WorkerProcess, metrics_port: int) -> None:
     record = _run(obs, tmp_path, CHAT_AND_COMPLETION, {"text": "tell a cat joke"})
     assert record["status"] == "succeeded", record
     _wait_for(lambda: len(sink.received) >= 2, "two Reconify copies")
@@ -226,13 +233,25 @@ def test_reconify_copies_arrive_in_the_seed_shape_with_typed_numbers_and_costs_a
     assert report.returncode == 0, report.stderr
     groups = {g["model"]: g for g in json.loads(report.stdout)["groups"]}
     assert groups["gpt-4o-mini"]["usd"] == pytest.approx(steps["chat"]["cost"]["usd"], abs=1e-10)
+    compared = run_cli(obs_env, "usage", "--since", "1d", "--compare-org", "sim", "--json")
+    assert compared.returncode == 0, compared.stderr
+    org_answer = actions.run("usage_costs", {"start_time": int(time.time()) - 86400, "bucket_width": "1d"}, "sim")
+    billed = sum(r["amount"]["value"] for b in org_answer["data"] for r in b["results"])
+    assert json.loads(compared.stdout)["organization"]["usd"] == pytest.approx(billed)
     bad = run_cli(obs_env, "usage", "--since", "yesterday-ish")
     assert bad.returncode == 2 and "--since" in bad.stderr and "Traceback" not in bad.stderr
 
-    # the canary: the Reconify keys reach the sink and nothing else
+    # the worker's own /metrics counted the steps and the copies it delivered
     _wait_for(lambda: not _outbox(obs).pending(), "the outbox to empty")
+    worker_metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+    samples = _samples(worker_metrics)
+    assert samples[("openai_pack_steps_total", (("action", "create_completion"), ("code", ""),
+                                                ("status", "succeeded")))] >= 1
+    assert samples[("openai_pack_reconify_copies_total", (("outcome", "delivered"),))] >= 2
+
+    # the canary: the Reconify keys reach the sink and nothing else
     leaks = {"worker log": obs_worker.output, "run record": json.dumps(record), "cli": shown.stdout + shown.stderr,
-             "store": _all_keys_dump(obs_env["OPENAI_PACK_BROKER_URL"])}
+             "store": _all_keys_dump(obs_env["OPENAI_PACK_BROKER_URL"]), "metrics": worker_metrics}
     for where, text in leaks.items():
         assert APP_CANARY not in text and API_CANARY not in text, where
 

@@ -144,6 +144,7 @@ class Meter:
             if base.after_response:
                 base.after_response(call, response)
             _quietly("reconify copy", self._copy, call, response)
+            _quietly("span content", tracing.add_content, self._span, sent_body(call), response.body)
 
         return replace(base, before_request=before, after_response=after)
 
@@ -158,7 +159,6 @@ class Meter:
         outbox = reconify.Outbox(self.kv)
         if outbox.put(call.integration.name, call.manifest.name, copy):
             outbox.wake_drain()
-        tracing.add_content(self._span, request, response.body)
 
     # after -------------------------------------------------------------------------------------
     def done(self, output: Any, usage: dict[str, Any], attempts: int, request_ids: list[str]) -> dict[str, Any]:

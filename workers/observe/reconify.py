@@ -33,6 +33,7 @@ from typing import Any
 import httpx
 from celery import Celery, Task, current_app
 
+from integration.auth import payload_key
 from integration.errors import PackError
 from integration.model import Integration
 from integration.redact import register_secret, scrub
@@ -86,7 +87,9 @@ def sink_for(integration: Integration) -> SinkConfig | None:
 
     def key(field: str, env: str) -> str | None:
         secret = getattr(override, field, None) if override else None
-        value = secret.get_secret_value() if secret is not None else os.environ.get(env, "").strip() or None
+        if secret is not None:
+            return payload_key(secret)
+        value = os.environ.get(env, "").strip() or None
         register_secret(value)  # redacted from logs and records from now on, like an API key
         return value
 
