@@ -311,3 +311,28 @@ def test_a_failed_call_gives_its_spend_hold_back_and_marks_its_span(memory_spans
     assert spent(kv, "capped") == 0.0  # a 400 is not billed: the estimate held before the call is released
     (failed,) = memory_spans.get_finished_spans()
     assert failed.status.status_code.name == "ERROR" and failed.attributes["error.type"] == caught.value.code
+
+
+def test_a_streamed_chat_is_copied_with_the_assembled_answer_and_the_body_as_sent(
+        kv: SqliteKV, sim_integration: Integration, simulator: Any, reconify_env: None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import actions
+    from actions import CallOptions
+    from workers.observe import Meter
+
+    monkeypatch.setenv(reconify.URL_ENV, "http://127.0.0.1:9/never-called-here")
+    inputs = actions.prepare("create_chat_completion", {"model": "gpt-4o-mini", "stream": "true", "user": "u-7",
+                                                        "messages": [{"role": "user", "content": "stream me"}]})
+    manifest = actions.get("create_chat_completion")
+    with Meter(manifest, inputs, sim_integration, kv, key="task:abc") as meter:
+        result = actions.execute("create_chat_completion", inputs, sim_integration, already_prepared=True,
+                                 options=meter.options(CallOptions()))
+    outbox = reconify.Outbox(kv)
+    (key,) = outbox.pending()
+    entry = json.loads(kv.get(key) or "{}")
+    assert entry["integration"] == "sim" and entry["type"] == "chat"
+    copy = entry["copy"]
+    assert copy["request"] == simulator.requests[-1]["body"] and copy["request"]["stream"] is True
+    assert copy["response"] == result.output and copy["response"]["object"] == "chat.completion"
+    assert copy["session"] == "abc" and copy["user"] == {"userId": "u-7"}
+    assert APP_CANARY not in json.dumps(entry) and API_CANARY not in json.dumps(entry)

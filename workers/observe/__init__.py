@@ -40,6 +40,8 @@ from workers.state.spend import Reservation, SpendCaps
 __all__ = ["Meter", "run_started", "step_scope"]
 
 log = logging.getLogger("openai_pack.observe")
+#: The answer's size assumed for a spend-cap estimate when the input sets no cap (as the rate budget does).
+DEFAULT_ANSWER_TOKENS = 256
 _session: contextvars.ContextVar[str | None] = contextvars.ContextVar("opk_session", default=None)
 #: gen_ai.operation.name per action (the GenAI conventions' names); others use the action's name.
 _OPERATIONS = {"create_chat_completion": "chat", "create_response": "chat", "create_completion": "text_completion",
@@ -84,7 +86,7 @@ class Meter:
     def __init__(self, manifest: ActionManifest, inputs: dict[str, Any], integration: Integration, kv: KV,
                  *, key: str) -> None:
         self.manifest, self.inputs, self.integration, self.kv = manifest, inputs, integration, kv
-        self.session = _session.get() or key
+        self.session = _session.get() or key.removeprefix("task:")  # a run id, or a task id
         self.cost: dict[str, Any] | None = None
         self._held = Reservation()
         self._span_cm: Any = None
@@ -122,12 +124,16 @@ class Meter:
             return costs.cost_of(name, self.inputs, {"data": [{}] * images}, None)
         if "model" not in self.manifest.properties:
             return costs.Cost(0.0)
-        caps = self.manifest.budget_fields("output-cap")
-        answer = next((self.inputs[k] for k in caps if isinstance(self.inputs.get(k), int)), None)
-        total = self.manifest.estimate_tokens(self.inputs)
         if costs.prices().entry("audio_per_minute", self.inputs.get("model")) is not None:
             return costs.Cost(0.0)  # billed by the audio's length, known only from the answer: settled after
-        return costs.estimate_upper_bound(self.inputs, total, min(total, answer or (total - total // 2)))
+        declared = self.manifest.budget_fields("output-cap")
+        caps = declared or ["max_output_tokens"]  # the Responses API's cap, where the manifest declares none
+        answer = next((self.inputs[k] for k in caps if isinstance(self.inputs.get(k), int)), DEFAULT_ANSWER_TOKENS)
+        choices = self.inputs.get("n") if isinstance(self.inputs.get("n"), int) else 1
+        total = self.manifest.estimate_tokens(self.inputs)  # what is sent, plus the declared cap times n
+        if not declared:
+            total += answer * max(1, choices)
+        return costs.estimate_upper_bound(self.inputs, total, min(total, answer * max(1, choices)))
 
     def options(self, base: CallOptions) -> CallOptions:
         """The worker's options, with this meter's hooks run after the rate budget's."""

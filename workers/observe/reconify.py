@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from celery import Celery, Task, current_app
+from celery import Celery, Task
 
 from integration.auth import payload_key
 from integration.errors import PackError
@@ -51,6 +51,8 @@ PREFIX = "opk:reconify:"
 #: The actions whose interactions are copied, and the seed's ``type`` for each.
 TYPES = {"create_chat_completion": "chat", "create_completion": "completion", "create_response": "chat"}
 API_VERSION = "1.0.0"
+#: The drain task of this process's Celery app, once ``register_drain_task`` ran.
+_drain_task: Task | None = None
 
 
 def _number(name: str, default: float) -> float:
@@ -127,9 +129,13 @@ class Outbox:
         return True
 
     def wake_drain(self) -> None:
-        """Ask for a drain unless one is already due (the flag is cleared when a drain starts)."""
-        if self.kv.set(PREFIX + "drain_due", "1", nx=True, ttl=60):
-            current_app.send_task(DRAIN_TASK, countdown=0)
+        """Ask for a drain unless one is already due (the flag is cleared when a drain starts).
+
+        Without the pack's Celery app in this process (a script calling ``actions`` directly) the copy
+        waits in the outbox for the next drain a worker runs.
+        """
+        if _drain_task is not None and self.kv.set(PREFIX + "drain_due", "1", nx=True, ttl=60):
+            _drain_task.apply_async(countdown=0)
 
     # the drain's side --------------------------------------------------------------------------
     def pending(self) -> list[str]:
@@ -230,4 +236,6 @@ def register_drain_task(app: Celery, kv_of: Any) -> Task:
             self.apply_async(countdown=result["retry_in"])
         return result
 
+    global _drain_task
+    _drain_task = drain
     return drain
