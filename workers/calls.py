@@ -84,6 +84,8 @@ class CallResult:
     done_op: Op | None = None
     #: Estimated USD from the price table: ``{"usd": float | None, "model": ..., "reason"?: ...}``.
     cost: dict[str, Any] | None = None
+    #: For a workflow step, the write adding ``cost`` to the run's total (made with the record, like ``done_op``).
+    cost_op: Op | None = None
 
 
 class LedgeredCalls:
@@ -153,4 +155,5 @@ class LedgeredCalls:
         kept = {"output": redact(result.output, redact_paths), "usage": result.usage,
                 "request_ids": result.request_ids, "cost": cost}
         return CallResult(output=result.output, usage=result.usage or {}, attempts=result.attempts,
-                          request_ids=result.request_ids or [], done_op=self.ledger.done_op(key, kept), cost=cost)
+                          request_ids=result.request_ids or [], done_op=self.ledger.done_op(key, kept), cost=cost,
+                          cost_op=meter.cost_op)

@@ -170,7 +170,7 @@ class Engine:
         record.update(status="succeeded", finished=now_iso(), output=redact(result.output, step.redact),
                       usage=result.usage, attempts=record["attempts"] + result.attempts,
                       request_ids=result.request_ids, replayed=result.replayed, cost=result.cost)
-        return record, result.output, [result.done_op] if result.done_op else []
+        return record, result.output, [op for op in (result.done_op, result.cost_op) if op]
 
     def call_options(self, *, max_retries: int | None = None) -> Any:
         """Kept for callers outside the engine (the CLI): see ``LedgeredCalls.options``."""

@@ -33,7 +33,7 @@ from integration.model import Integration
 from workers.observe import cost as costs
 from workers.observe import metrics, reconify, tracing
 from workers.requeue import Requeue
-from workers.state.kv import KV
+from workers.state.kv import KV, Op
 from workers.state.runs import RunStore
 from workers.state.spend import Reservation, SpendCaps
 
@@ -88,6 +88,8 @@ class Meter:
         self.manifest, self.inputs, self.integration, self.kv = manifest, inputs, integration, kv
         self.session = _session.get() or key.removeprefix("task:")  # a run id, or a task id
         self.cost: dict[str, Any] | None = None
+        #: For a workflow step, the write adding the cost to its run's total (batched with the step's record).
+        self.cost_op: Op | None = None
         self._held = Reservation()
         self._span_cm: Any = None
         self._span: Any = None
@@ -173,8 +175,8 @@ class Meter:
                               takes_model="model" in self.manifest.properties)
         self.cost = found.to_dict() | {"integration": self.integration.name}
         _quietly("spend settle", SpendCaps(self.kv).settle, self._held, found.usd)
-        if _session.get() is not None:  # a workflow step: the run's running total, for `runs list`
-            _quietly("run cost", RunStore(self.kv).add_cost, self.session, found.usd)
+        if _session.get() is not None:  # a workflow step: the run's running total (`runs list`), saved with it
+            self.cost_op = RunStore(self.kv).add_cost_op(self.session, found.usd)
         _quietly("metrics", self._count_success, found, output, usage, attempts)
         if self._span is not None:
             full = output.get("usage") if isinstance(output, dict) and isinstance(output.get("usage"), dict) else usage

@@ -266,12 +266,12 @@ class RunStore:
         self.kv.hset(self._run(run_id, "flags"), {name: value})
 
     # cost -------------------------------------------------------------------------------------
-    def add_cost(self, run_id: str, usd: float | None) -> None:
-        """Add one call's estimated cost to the run's total (None: a call whose cost is unknown)."""
+    def add_cost_op(self, run_id: str, usd: float | None) -> Op:
+        """The write adding one call's estimated cost to the run's total (None: a call whose cost is
+        unknown), made in the same round trip as the step's record."""
         if usd is None:
-            self.count(run_id, "cost_unpriced")
-        else:
-            self.count(run_id, "cost_nano", round(usd * 1_000_000_000))
+            return ("hincrby", (self._run(run_id, "ctr"), "cost_unpriced", 1), {})
+        return ("hincrby", (self._run(run_id, "ctr"), "cost_nano", round(usd * 1_000_000_000)), {})
 
     def cost(self, run_id: str) -> dict[str, Any]:
         """Every call of the run so far, repeats after a crash included (they were billed too)."""
