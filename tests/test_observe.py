@@ -336,3 +336,34 @@ def test_a_streamed_chat_is_copied_with_the_assembled_answer_and_the_body_as_sen
     assert copy["response"] == result.output and copy["response"]["object"] == "chat.completion"
     assert copy["session"] == "abc" and copy["user"] == {"userId": "u-7"}
     assert APP_CANARY not in json.dumps(entry) and API_CANARY not in json.dumps(entry)
+
+
+def test_a_broken_price_file_never_loses_a_paid_answer(kv: SqliteKV, sim_integration: Integration,
+                                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = tmp_path / "prices.json"
+    broken.write_text("[1, 2")
+    monkeypatch.setenv(costs.PRICES_ENV, str(broken))
+    monkeypatch.delenv("OPENAI_PACK_RECONIFY_URL", raising=False)
+    cost = _metered_chat(kv, sim_integration, "hello")
+    assert cost["usd"] is None and costs.PRICES_ENV in cost["reason"]
+
+
+def test_integrations_add_takes_spend_caps_and_a_reconify_override_without_showing_its_keys(
+        isolated_home: Path) -> None:
+    import os
+
+    from tests.conftest import run_cli
+
+    env = {**os.environ, "OPENAI_PACK_HOME": str(isolated_home), "ACME_RCFY_APP_KEY": APP_CANARY,
+           "ACME_RCFY_API_KEY": API_CANARY}
+    added = run_cli(env, "integrations", "add", "acme", "--auth", "none", "--daily-cap-usd", "5",
+                    "--reconify-url", "https://reconify.example/track", "--reconify-keys-env", "ACME_RCFY")
+    assert added.returncode == 0, added.stderr
+    listed = run_cli(env, "integrations", "list", "--json")
+    (entry,) = [i for i in json.loads(listed.stdout) if i["name"] == "acme"]
+    assert entry["spend_caps"] == {"daily_usd": 5.0, "monthly_usd": None}
+    assert entry["reconify"] == {"url": "https://reconify.example/track", "has_app_key": True, "has_api_key": True}
+    everything = added.stdout + added.stderr + listed.stdout + (isolated_home / "integrations.json").read_text()
+    assert APP_CANARY not in everything and API_CANARY not in everything
+    bad = run_cli(env, "integrations", "add", "beta", "--auth", "none", "--monthly-cap-usd", "-3")
+    assert bad.returncode == 2 and "spend_caps.monthly_usd" in bad.stderr and "Traceback" not in bad.stderr

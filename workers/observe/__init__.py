@@ -171,13 +171,21 @@ class Meter:
     # after -------------------------------------------------------------------------------------
     def done(self, output: Any, usage: dict[str, Any], attempts: int, request_ids: list[str]) -> dict[str, Any]:
         """The call answered: its cost (also the record's ``cost``), settled against the caps."""
-        found = costs.cost_of(self.manifest.name, self.inputs, output, usage,
-                              takes_model="model" in self.manifest.properties)
+        try:
+            found = costs.cost_of(self.manifest.name, self.inputs, output, usage,
+                                  takes_model="model" in self.manifest.properties)
+        except PackError as exc:  # a broken OPENAI_PACK_PRICES file: the paid answer is kept all the same
+            found = costs.Cost(None, None, f"the price table could not be read: {exc.message}")
         self.cost = found.to_dict() | {"integration": self.integration.name}
         _quietly("spend settle", SpendCaps(self.kv).settle, self._held, found.usd)
         if _session.get() is not None:  # a workflow step: the run's running total (`runs list`), saved with it
             self.cost_op = RunStore(self.kv).add_cost_op(self.session, found.usd)
         _quietly("metrics", self._count_success, found, output, usage, attempts)
+        _quietly("span attributes", self._describe_span, found, output, usage, attempts, request_ids)
+        return self.cost
+
+    def _describe_span(self, found: costs.Cost, output: Any, usage: dict[str, Any], attempts: int,
+                       request_ids: list[str]) -> None:
         if self._span is not None:
             full = output.get("usage") if isinstance(output, dict) and isinstance(output.get("usage"), dict) else usage
             tracing.set_attributes(self._span, {
@@ -187,7 +195,6 @@ class Meter:
                 "gen_ai.usage.output_tokens": (full or {}).get("completion_tokens", (full or {}).get("output_tokens")),
                 "openai_pack.cost_usd": found.usd, "openai_pack.attempts": attempts,
                 "openai_pack.request_ids": ",".join(request_ids) or None})
-        return self.cost
 
     def _count_success(self, found: costs.Cost, output: Any, usage: dict[str, Any], attempts: int) -> None:
         action, integration = self._labels
