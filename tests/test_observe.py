@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from integration.errors import BadRequestError, BudgetExceededError, ConfigError
+from integration.errors import BadRequestError, BudgetExceededError, ConfigError, RateLimitedError
 from integration.model import Integration
 from integration.redact import scrub
 from integration.store import IntegrationStore
@@ -367,3 +367,30 @@ def test_integrations_add_takes_spend_caps_and_a_reconify_override_without_showi
     assert APP_CANARY not in everything and API_CANARY not in everything
     bad = run_cli(env, "integrations", "add", "beta", "--auth", "none", "--monthly-cap-usd", "-3")
     assert bad.returncode == 2 and "spend_caps.monthly_usd" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_retries_and_429s_are_counted_in_the_metrics(kv: SqliteKV, simulator: Any,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from prometheus_client import REGISTRY
+
+    monkeypatch.delenv("OPENAI_PACK_RECONIFY_URL", raising=False)
+    labels = {"action": "create_chat_completion", "integration": "metered"}
+
+    def sample(name: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    patient = Integration(name="metered", base_url=simulator.url, auth={"placement": "none"}, max_retries=2)
+    before = sample("openai_pack_retries_total")
+    simulator.add_fault({"kind": "status", "status": 429, "times": 1, "headers": {"retry-after-ms": "20"}})
+    _metered_chat(kv, patient, "hello")
+    assert sample("openai_pack_retries_total") == before + 1
+
+    hasty = patient.model_copy(update={"max_retries": 0})
+    limited = sample("openai_pack_rate_limited_total")
+    simulator.add_fault({"kind": "status", "status": 429, "times": 1, "headers": {"retry-after-ms": "20"}})
+    with pytest.raises(RateLimitedError):
+        _metered_chat(kv, hasty, "hello")
+    assert sample("openai_pack_rate_limited_total") == limited + 1
+    failed = REGISTRY.get_sample_value("openai_pack_steps_total", {"action": "create_chat_completion",
+                                                                   "status": "failed", "code": "rate_limited"})
+    assert failed and failed >= 1
