@@ -3,13 +3,17 @@ page-token way (``page`` in, ``next_page`` out), so ``fetch_all``'s page style i
 really pages.
 
 Buckets are ``bucket_width`` wide (1m, 1h, 1d; default 1d) from ``start_time`` to ``end_time`` (default now),
-``limit`` per page (the API's defaults per width), at most ``MAX_BUCKETS`` in all; their ``results`` are empty
-(the simulator records no usage). A page token it did not issue is a 400 naming ``page``.
+``limit`` per page (the API's defaults per width), at most ``MAX_BUCKETS`` in all. Each bucket holds the results of
+the first bucket of the action's example answer (the spec's own example figures), so sums over a period are
+predictable. A page token it did not issue is a 400 naming ``page``.
 """
 
 from __future__ import annotations
 
+import copy
 import time
+from collections.abc import Callable
+from functools import cache
 from typing import Any
 
 from actions.simulator.behaviours import Call, Context, Reply, behaviour
@@ -40,8 +44,33 @@ def _integer(call: Call, name: str) -> int | None | Reply:
     return int(text)
 
 
-def usage_report(_context: Context, call: Call) -> Any:
-    """One page of buckets (see the module docstring)."""
+@cache
+def _example_results(operation_id: str) -> tuple[Any, ...]:
+    """The results of the first bucket of the example answer of the action bound to ``operation_id``."""
+    from actions import registry
+
+    for manifest in registry().values():
+        if manifest.openapi.operationId == operation_id and manifest.examples:
+            buckets = manifest.examples[0].output.get("data") or [{}]
+            results = buckets[0].get("results") if isinstance(buckets[0], dict) else None
+            return tuple(results) if isinstance(results, list) else ()
+    return ()
+
+
+def usage_report(operation_id: str) -> Callable[[Context, Call], Any]:
+    """The behaviour of one report: its buckets carry its example's results."""
+    def answer(_context: Context, call: Call) -> Any:
+        page = _page(call)
+        if isinstance(page, Reply):
+            return page
+        for bucket in page["data"]:
+            bucket["results"] = copy.deepcopy(list(_example_results(operation_id)))
+        return page
+    return answer
+
+
+def _page(call: Call) -> dict[str, Any] | Reply:
+    """One page of empty buckets, or the 400 naming the bad query parameter."""
     start, end, limit = _integer(call, "start_time"), _integer(call, "end_time"), _integer(call, "limit")
     for value in (start, end, limit):
         if isinstance(value, Reply):
@@ -72,4 +101,4 @@ def usage_report(_context: Context, call: Call) -> Any:
 
 
 for _operation_id in USAGE_OPERATIONS:
-    behaviour(_operation_id)(usage_report)
+    behaviour(_operation_id)(usage_report(_operation_id))
