@@ -2,7 +2,8 @@
 page-token way (``page`` in, ``next_page`` out), so ``fetch_all``'s page style is tested against a server that
 really pages.
 
-Buckets are ``bucket_width`` wide (1m, 1h, 1d; default 1d) from ``start_time`` to ``end_time`` (default now),
+Buckets are ``bucket_width`` wide (1m, 1h, 1d; default 1d), on the width's boundaries, from the one holding
+``start_time`` to ``end_time`` (default now),
 ``limit`` per page (the API's defaults per width), at most ``MAX_BUCKETS`` in all. Each bucket holds the results of
 the first bucket of the action's example answer (the spec's own example figures), so sums over a period are
 predictable. A page token it did not issue is a 400 naming ``page``.
@@ -85,7 +86,8 @@ def _page(call: Call) -> dict[str, Any] | Reply:
     if not 1 <= limit <= max_limit:
         return _invalid(f"Invalid value for 'limit': must be between 1 and {max_limit}.", "limit")
     end = int(time.time()) if end is None else end
-    starts = list(range(int(start), max(int(start), int(end)), width))[:MAX_BUCKETS]
+    first = int(start) // width * width  # buckets sit on the width's boundaries (UTC midnight for 1d), as the API's do
+    starts = list(range(first, max(first, int(end)), width))[:MAX_BUCKETS]
     token = call.query.get("page")
     offset = 0
     if token:
