@@ -431,7 +431,7 @@ def skill_content(_context: Context, call: Call) -> Any:
 
 @behaviour("GetSkillVersionContent")
 def skill_version_content(_context: Context, call: Call) -> Any:
-    return Download(skill_zip(call.params["skill_id"], call.params["version"]), "application/zip")
+    return Download(skill_zip(call.params["skill_id"]), "application/zip")
 
 
 # ---------------------------------------------------------------- streams of the Responses API, audio, images, runs

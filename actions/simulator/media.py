@@ -67,11 +67,11 @@ def video_asset(variant: str | None) -> tuple[bytes, str]:
     return mp4_bytes(), "video/mp4"
 
 
-def skill_zip(skill_id: str, version: str | None = None) -> bytes:
-    """A zip bundle holding the skill's SKILL.md (fixed timestamps: the same bytes every time)."""
+def skill_zip(skill_id: str) -> bytes:
+    """A zip bundle holding the skill's SKILL.md (fixed timestamps: the same bytes every time, for every version)."""
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as bundle:
-        text = f"# {skill_id}\n\nA simulated skill{f' (version {version})' if version else ''}.\n"
+        text = f"# {skill_id}\n\nA simulated skill.\n"
         bundle.writestr(zipfile.ZipInfo("SKILL.md", _ZIP_TIME), text)
     return out.getvalue()
 
