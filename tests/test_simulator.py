@@ -1007,3 +1007,42 @@ def test_an_operation_outside_the_spec_is_served_unvalidated(client: httpx.Clien
     with Simulator(manifests={"create_widget": extra}) as sim:
         answer = client.post(f"{sim.url}/widgets", json={"anything": ["goes"]})
         assert answer.status_code == 200 and answer.json() == {"id": "widget_1"}
+
+
+def test_speech_answers_bytes_of_the_requested_format(simulator: Simulator, client: httpx.Client) -> None:
+    kinds = {"mp3": ("audio/mpeg", b"\xff\xfb"), "wav": ("audio/wav", b"RIFF"), "opus": ("audio/opus", b"OggS"),
+             "flac": ("audio/flac", b"fLaC"), "aac": ("audio/aac", b"\xff\xf1"), "pcm": ("audio/pcm", b"\x00\x00")}
+    for response_format, (media_type, magic) in kinds.items():
+        answer = client.post(f"{simulator.url}/audio/speech", json={"model": "tts-1", "input": "hi", "voice": "alloy",
+                                                                    "response_format": response_format})
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith(media_type)
+        assert answer.content.startswith(magic), response_format
+    refused = client.post(f"{simulator.url}/audio/speech", json={"model": "tts-1", "voice": "alloy"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "input"
+
+
+def test_streamed_responses_and_transcriptions_are_the_apis_events(simulator: Simulator,
+                                                                    client: httpx.Client) -> None:
+    streamed = client.post(f"{simulator.url}/responses", json={"model": "gpt-4o-mini", "input": "hello", "stream": True})
+    events = sse_events(streamed)
+    kinds = [event["type"] for event in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.completed"
+    assert [event["sequence_number"] for event in events] == list(range(len(events)))
+    final = events[-1]["response"]
+    text = "".join(event["delta"] for event in events if event["type"] == "response.output_text.delta")
+    assert text == final["output"][0]["content"][0]["text"] and final["usage"]
+    fetched = client.get(f"{simulator.url}/responses/{final['id']}", params={"stream": "true"})
+    assert sse_events(fetched)[-1]["response"]["id"] == final["id"]
+    files = {"file": ("a.wav", b"RIFF0000WAVE", "audio/wav")}
+    spoken = client.post(f"{simulator.url}/audio/transcriptions", files=files,
+                         data={"model": "gpt-4o-transcribe", "stream": "true"})
+    events = sse_events(spoken)
+    assert events[-1]["type"] == "transcript.text.done"
+    assert "".join(e["delta"] for e in events[:-1]) == events[-1]["text"]
+
+
+def test_an_operation_without_a_body_answers_an_empty_200(simulator: Simulator, client: httpx.Client) -> None:
+    answer = client.post(f"{simulator.url}/realtime/calls/rtc_1/hangup")
+    assert answer.status_code == 200 and answer.content == b""
+    answer = client.delete(f"{simulator.url}/containers/cntr_1")
+    assert answer.status_code == 200 and answer.content == b""
