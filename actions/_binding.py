@@ -24,7 +24,7 @@ from actions._coerce import coerce_inputs
 from actions._files import read_file_field
 from actions._inputs import check_value, parse_json_text
 from actions._manifest import ActionManifest
-from actions._outputs import BinarySink, binary_output, empty_result, prepare_save_to
+from actions._outputs import BinarySink, binary_output, discard, empty_result, prepare_save_to
 from actions._streaming import assemble
 from actions._validate import problems_for
 from integration.client import DEFAULT_MAX_INLINE_WAIT, ApiResponse, BodyReader, client_for
@@ -183,7 +183,11 @@ class Call:
         if isinstance(response.body, dict):
             _add_usage(self.usage, response.body.get("usage"))
         if self.options.after_response:
-            self.options.after_response(self, response)
+            try:
+                self.options.after_response(self, response)
+            except BaseException:
+                discard(response.body)  # a saved answer's temporary file must not outlive the call
+                raise
         return response
 
     def default(self) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from typing import Any
 from integration.errors import InputError, ResponseShapeError
 
 __all__ = ["MAX_INLINE_BYTES", "MAX_PARSED_BYTES", "BinaryBody", "BinarySink", "SaveTarget", "binary_output",
-           "empty_result", "prepare_directory", "prepare_save_to", "save_in_directory"]
+           "discard", "empty_result", "prepare_directory", "prepare_save_to", "save_in_directory"]
 
 #: Largest answer returned as base64 without ``save_to`` (base64 adds a third, and run records keep outputs).
 MAX_INLINE_BYTES = 16 * 1024 * 1024
@@ -199,6 +199,12 @@ class BinarySink:
         directory = self.directory or Path(tempfile.gettempdir())
         temp, size, digest = _write_temp(directory, _extension(content_type), chunks)
         return BinaryBody(temp, size, digest, content_type, _filename(headers))
+
+
+def discard(body: Any) -> None:
+    """Remove a binary answer's temporary file when the call fails after it arrived (anything else: nothing)."""
+    if isinstance(body, BinaryBody):
+        body.temp.unlink(missing_ok=True)
 
 
 def _parsed(temp: Path, how: str, action: str) -> dict[str, Any]:

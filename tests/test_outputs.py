@@ -322,3 +322,16 @@ def test_image_stream_keeps_completed_images_and_falls_back_to_the_last_preview(
     assert assemble("image", [partial, done]) == {"created": 5, "data": [{"b64_json": "ZmluYWw="}],
                                                  "size": "1024x1024", "usage": {"total_tokens": 3}}
     assert assemble("image", [partial])["data"] == [{"b64_json": "cHJldmlldw=="}]
+
+
+def test_a_hook_failing_after_the_bytes_arrived_leaves_no_file(sim_integration: Integration, tmp_path: Path) -> None:
+    def refuse(_call: actions.Call, _response: Any) -> None:
+        raise RuntimeError("over budget")
+
+    manifest = actions.get("create_speech")
+    inputs = actions.prepare("create_speech", {"model": "tts-1", "input": "hi", "voice": "alloy",
+                                               "save_to": str(tmp_path / "out.mp3")})
+    call = actions.Call(manifest, inputs, sim_integration, actions.CallOptions(after_response=refuse))
+    with pytest.raises(RuntimeError, match="over budget"):
+        call.default()
+    assert list(tmp_path.iterdir()) == []
