@@ -9,17 +9,18 @@ import hashlib
 import io
 import json
 import os
+import tempfile
+import threading
 import wave
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import actions
-from actions import _outputs
-from actions._streaming import assemble
-from actions.simulator import Simulator
+from actions.simulator import Simulator, behaviours
 from actions.simulator.media import wav_bytes
 from integration import errors
 from integration.model import Integration
@@ -160,41 +161,112 @@ def test_parse_text_and_a_file_that_is_not_jsonl(sim_integration: Integration, t
         actions.run("download_file", {"file_id": uploaded["id"], "parse": "jsonl"}, sim_integration)
 
 
+#: Larger than the 16 MiB a binary answer is returned inline as base64.
+BIG = 16 * 1024 * 1024 + 1
+
+
+class _FileServer(ThreadingHTTPServer):
+    """Serves ``GET /files/{mode}/content`` the ways a real answer can arrive: in two halves with a pause
+    (``slow``: the second waits for ``release``), cut short (``cut``), too big for base64 (``big``), or with a file
+    name that tries to leave the directory (``named``). 127.0.0.1 only."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        super().__init__(("127.0.0.1", 0), _FileHandler)
+
+
+class _FileHandler(BaseHTTPRequestHandler):
+    server: _FileServer
+
+    def do_GET(self) -> None:  # noqa: N802 - the stdlib's spelling
+        mode = self.path.split("/")[3]
+        size = {"slow": 2 * 1024 * 1024, "cut": 2 * 1024 * 1024, "big": BIG}.get(mode, 3)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        if mode == "named":
+            self.send_header("Content-Disposition", 'attachment; filename="../../escape.jsonl"')
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        if mode == "named":
+            self.wfile.write(b"{}\n")
+        elif mode == "big":
+            for offset in range(0, size, 1024 * 1024):
+                self.wfile.write(b"z" * min(1024 * 1024, size - offset))
+        else:
+            self.wfile.write(b"a" * 1024 * 1024)
+            self.wfile.flush()
+            if mode == "slow":
+                self.server.release.wait(30)
+                self.wfile.write(b"b" * 1024 * 1024)
+            # "cut": the connection closes with half the promised bytes sent
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def file_server() -> Iterator[tuple[_FileServer, Integration]]:
+    server = _FileServer()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server, Integration(name="files", base_url=f"http://127.0.0.1:{server.server_address[1]}/v1",
+                                  auth={"placement": "none"}, timeout={"connect": 2, "read": 10}, max_retries=0)
+    finally:
+        server.release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_the_answer_is_written_to_disk_as_it_arrives(file_server: tuple[_FileServer, Integration],
+                                                     tmp_path: Path) -> None:
+    """Half the answer is on disk (a hidden partial file) before the rest is sent: it is never held whole in
+    memory, and the file appears under its name only once complete."""
+    server, integration = file_server
+    result: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: result.update(actions.run(
+        "download_file", {"file_id": "slow", "save_to": str(tmp_path / "video.bin")}, integration)))
+    worker.start()
+    partial: list[Path] = []
+    for _ in range(1500):  # a bounded wait for the first half to land (nothing is timed)
+        partial = [p for p in tmp_path.iterdir() if p.name.startswith(".partial-")]
+        if partial and partial[0].stat().st_size >= 1024 * 1024:
+            break
+        threading.Event().wait(0.02)
+    assert partial and partial[0].stat().st_size >= 1024 * 1024 and not (tmp_path / "video.bin").exists()
+    server.release.set()
+    worker.join(30)
+    assert result["bytes"] == 2 * 1024 * 1024 == (tmp_path / "video.bin").stat().st_size
+    assert [p.name for p in tmp_path.iterdir()] == ["video.bin"]
+
+
+def test_an_answer_cut_short_leaves_no_file(file_server: tuple[_FileServer, Integration], tmp_path: Path) -> None:
+    _, integration = file_server
+    with pytest.raises(errors.NoAnswerError):
+        actions.run("download_file", {"file_id": "cut", "save_to": str(tmp_path) + "/"}, integration)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_answer_too_large_for_base64_asks_for_save_to_and_leaves_no_file(
-        sim_integration: Integration, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_outputs, "MAX_INLINE_BYTES", 100)
-    monkeypatch.setattr(_outputs.tempfile, "tempdir", str(tmp_path))
+        file_server: tuple[_FileServer, Integration], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, integration = file_server
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
     with pytest.raises(errors.ResponseShapeError, match="give save_to"):
-        actions.run("create_speech", {"model": "tts-1", "input": "hi", "voice": "alloy"}, sim_integration)
-    assert list(tmp_path.iterdir()) == []
-    output = actions.run("create_speech", {"model": "tts-1", "input": "hi", "voice": "alloy",
-                                           "save_to": str(tmp_path / "big.mp3")}, sim_integration)
-    assert (tmp_path / "big.mp3").stat().st_size == output["bytes"] > 100
+        actions.run("download_file", {"file_id": "big"}, integration)
+    assert list((tmp_path / "tmp").iterdir()) == []
+    output = actions.run("download_file", {"file_id": "big", "save_to": str(tmp_path / "big.bin")}, integration)
+    assert (tmp_path / "big.bin").stat().st_size == output["bytes"] == BIG
 
 
-def test_the_answer_is_streamed_to_disk_in_chunks(tmp_path: Path) -> None:
-    """The reader writes each chunk as it comes: nothing joins the answer in memory."""
-    written: list[int] = []
-
-    def chunks() -> Iterator[bytes]:
-        for n in range(50):
-            written.append(n)
-            yield bytes([n]) * 65_536
-
-    body = _outputs.BinarySink(tmp_path)({"content-type": "video/mp4"}, chunks())
-    assert body.size == 50 * 65_536 and body.temp.parent == tmp_path and body.temp.suffix == ".mp4"
-    output = _outputs.binary_output(body, _outputs.SaveTarget(tmp_path, tmp_path / "v.mp4"), None, "x", "v")
-    assert Path(output["path"]).stat().st_size == body.size and not body.temp.exists()
-
-
-def test_a_stream_cut_mid_answer_leaves_no_partial_file(tmp_path: Path) -> None:
-    def broken() -> Iterator[bytes]:
-        yield b"partial"
-        raise ConnectionError("dropped")
-
-    with pytest.raises(ConnectionError):
-        _outputs.BinarySink(tmp_path)({}, broken())
-    assert list(tmp_path.iterdir()) == []
+def test_a_file_name_from_the_api_stays_inside_the_directory(file_server: tuple[_FileServer, Integration],
+                                                             tmp_path: Path) -> None:
+    _, integration = file_server
+    output = actions.run("download_file", {"file_id": "named", "save_to": str(tmp_path), "parse": "jsonl"},
+                         integration)
+    assert Path(output["path"]) == tmp_path.resolve() / "escape.jsonl" and output["filename"] == "escape.jsonl"
+    assert output["records"] == [{}]
 
 
 def test_save_to_refusals_name_the_field_before_any_call(sim_integration: Integration, simulator: Simulator,
@@ -207,13 +279,6 @@ def test_save_to_refusals_name_the_field_before_any_call(sim_integration: Integr
                         sim_integration)
         assert caught.value.problems[0]["field"] == "save_to" and words in caught.value.problems[0]["reason"]
     assert simulator.calls == 0
-
-
-def test_a_file_name_from_the_api_stays_inside_the_directory(tmp_path: Path) -> None:
-    body = _outputs.BinarySink(tmp_path)({"content-disposition": 'attachment; filename="../../etc/passwd"'},
-                                         iter([b"x"]))
-    output = _outputs.binary_output(body, _outputs.SaveTarget(tmp_path), None, "x", "stem")
-    assert Path(output["path"]).parent == tmp_path.resolve() and output["filename"] == "passwd"
 
 
 def test_each_binary_action_answers_with_its_media_type(sim_integration: Integration) -> None:
@@ -305,23 +370,28 @@ def test_streamed_transcription_image_edit_and_run(sim_integration: Integration,
     assert run["object"] == "thread.run" and run["status"] == "completed"
 
 
-def test_an_error_event_mid_stream_is_the_apis_error() -> None:
-    events = [{"type": "response.created", "response": {"id": "resp_1", "status": "in_progress"}},
-              {"type": "error", "code": "server_error", "message": "The model crashed."}]
+def test_an_error_event_mid_stream_is_the_apis_error(sim_integration: Integration,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(behaviours.STREAMS, "createResponse", lambda answer, _body: [
+        {"type": "response.created", "response": {**answer, "status": "in_progress"}},
+        {"type": "error", "code": "server_error", "message": "The model crashed."}])
     with pytest.raises(errors.UpstreamError, match="The model crashed") as caught:
-        assemble("response", events)
+        actions.run("create_response", {"model": "gpt-4o-mini", "input": "hi", "stream": True}, sim_integration)
     assert caught.value.error_code == "server_error"
-    with pytest.raises(errors.ResponseShapeError):
-        assemble("run", [{"object": "thread.message.delta"}])
+    monkeypatch.setitem(behaviours.STREAMS, "createRun", lambda _answer, _body: [{"object": "thread.message.delta"}])
+    with pytest.raises(errors.ResponseShapeError, match="no run object"):
+        actions.run("create_run", {"thread_id": "thread_abc123", "assistant_id": "assistant_abc123", "stream": True},
+                    sim_integration)
 
 
-def test_image_stream_keeps_completed_images_and_falls_back_to_the_last_preview() -> None:
-    partial = {"type": "image_generation.partial_image", "b64_json": "cHJldmlldw==", "created_at": 5}
-    done = {"type": "image_generation.completed", "b64_json": "ZmluYWw=", "created_at": 5, "size": "1024x1024",
-            "usage": {"total_tokens": 3}}
-    assert assemble("image", [partial, done]) == {"created": 5, "data": [{"b64_json": "ZmluYWw="}],
-                                                 "size": "1024x1024", "usage": {"total_tokens": 3}}
-    assert assemble("image", [partial])["data"] == [{"b64_json": "cHJldmlldw=="}]
+def test_an_image_stream_of_previews_only_keeps_the_last_preview(sim_integration: Integration,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(behaviours.STREAMS, "createImageEdit", lambda _answer, _body: [
+        {"type": "image_edit.partial_image", "b64_json": "Zmlyc3Q=", "created_at": 5},
+        {"type": "image_edit.partial_image", "b64_json": "bGFzdA==", "created_at": 5, "size": "1024x1024"}])
+    edit = dict(actions.get("create_image_edit").examples[0].input, model="gpt-image-1", stream=True)
+    assert actions.run("create_image_edit", edit, sim_integration) == {
+        "created": 5, "data": [{"b64_json": "bGFzdA=="}], "size": "1024x1024"}
 
 
 def test_a_hook_failing_after_the_bytes_arrived_leaves_no_file(sim_integration: Integration, tmp_path: Path) -> None:
