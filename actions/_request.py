@@ -110,7 +110,7 @@ def build_request(manifest: ActionManifest, inputs: dict[str, Any]) -> Request:
             if value is not None:
                 headers[header] = _header_text(name, value, manifest.name)
     stream = http.stream
-    streaming = stream is not None and sendable.get(stream.flag) is True
+    streaming = stream is not None and inputs.get(stream.flag) is True  # the flag may be a query field
     body = sendable if http.encoding == "json" else None
     parts = multipart_body(manifest, sendable) if http.encoding == "multipart" else None
     return Request(http.method, path, params or None, headers, body, parts or None, http.key == "admin", streaming)
