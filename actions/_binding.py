@@ -148,7 +148,7 @@ class Call:
         response = client_for(self.integration).request(
             method, path, json_body=json_body, params=params, files=files, data=data,
             idempotent=self.manifest.is_idempotent if idempotent is None else idempotent,
-            sse=assemble_stream is not None, max_retries=self.options.max_retries,
+            sse=assemble_stream is not None, max_retries=self.options.max_retries, action=self.manifest.name,
             max_inline_wait=self.options.max_inline_wait,
         )
         if assemble_stream is not None and response.events:
