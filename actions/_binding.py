@@ -141,6 +141,8 @@ class Call:
         data: Any = None,
         idempotent: bool | None = None,
         assemble_stream: str | None = None,
+        raw: bool = False,
+        headers: dict[str, str] | None = None,
     ) -> ApiResponse:
         """Send through the integration's client; with ``assemble_stream`` the SSE answer is rebuilt."""
         if self.options.before_request:
@@ -149,7 +151,7 @@ class Call:
             method, path, json_body=json_body, params=params, files=files, data=data,
             idempotent=self.manifest.is_idempotent if idempotent is None else idempotent,
             sse=assemble_stream is not None, max_retries=self.options.max_retries, action=self.manifest.name,
-            max_inline_wait=self.options.max_inline_wait,
+            max_inline_wait=self.options.max_inline_wait, raw=raw, headers=headers,
         )
         if assemble_stream is not None and response.events:
             response.body = assemble(assemble_stream, response.events)

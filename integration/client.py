@@ -172,11 +172,14 @@ class Client:
         max_inline_wait: float = DEFAULT_MAX_INLINE_WAIT,
         sleep: Callable[[float], None] = time.sleep,
         action: str | None = None,
+        raw: bool = False,
+        headers: dict[str, str] | None = None,
     ) -> ApiResponse:
         """Send one logical request, retrying only what is safe; raise a typed error otherwise.
 
         The provider decides the URL (Azure's deployments and api-version, a compatible server's base
         URL) before anything is sent, and may refuse the request there (``integration.providers``).
+        ``raw`` returns a 2xx body as bytes (with its content type in ``headers``), for the generic request.
         """
         retries = self.integration.max_retries if max_retries is None else max_retries
         routed = route(self.integration, method, path, json_body=json_body, files=files, action=action)
@@ -188,7 +191,7 @@ class Client:
         while True:
             attempt += 1
             try:
-                result = self._send_once(method, url, json_body, params, files, data, sse)
+                result = self._send_once(method, url, json_body, params, files, data, sse, raw, headers)
             except errors.NoAnswerError as exc:
                 exc.retryable = idempotent
                 exc.details.update(idempotent=idempotent, attempts=attempt)
@@ -215,11 +218,11 @@ class Client:
 
     def _send_once(
         self, method: str, url: str, json_body: Any, params: dict[str, Any] | None, files: Any,
-        data: dict[str, Any] | None, sse: bool,
+        data: dict[str, Any] | None, sse: bool, raw: bool = False, headers: dict[str, str] | None = None,
     ) -> ApiResponse | errors.ApiError:
         """One HTTP exchange; transport failures become typed errors without the URL or headers."""
         request = self._http.build_request(method, url, json=json_body if files is None else None,
-                                           params=params, files=files, data=data)
+                                           params=params, files=files, data=data, headers=headers)
         try:
             response = self._http.send(request, stream=True)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
@@ -230,7 +233,7 @@ class Client:
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
             raise self._no_answer(f"the connection dropped before an answer ({type(exc).__name__})") from None
         try:
-            return self._read(response, sse)
+            return self._read(response, sse, raw)
         except (httpx.ReadTimeout, httpx.WriteTimeout) as exc:
             raise self._no_answer(f"the answer stopped arriving ({type(exc).__name__})") from None
         except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
@@ -238,12 +241,15 @@ class Client:
         finally:
             response.close()
 
-    def _read(self, response: httpx.Response, sse: bool) -> ApiResponse | errors.ApiError:
+    def _read(self, response: httpx.Response, sse: bool, raw: bool = False) -> ApiResponse | errors.ApiError:
         request_id = response.headers.get("x-request-id")
         if response.status_code >= 400 or response.status_code < 200:
             response.read()
             return _error_from_response(response, request_id)
         headers = {k.lower(): v for k, v in response.headers.items() if k.lower().startswith(("x-", "openai-"))}
+        if raw:
+            headers["content-type"] = response.headers.get("content-type", "")
+            return ApiResponse(response.status_code, response.read(), headers, request_id, 1, 0.0)
         is_sse = sse and response.headers.get("content-type", "").startswith("text/event-stream")
         try:
             if is_sse:

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import os
 import re
-from enum import StrEnum
 from collections.abc import Mapping
+from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import (
@@ -307,8 +307,8 @@ class Integration(BaseModel):
     @classmethod
     def _azure_defaults(cls, data: Any) -> Any:
         """An Azure integration's base URL is its endpoint, and a key goes in the ``api-key`` header."""
-        if not isinstance(data, dict) or data.get("provider") != Provider.azure or not isinstance(data.get("azure"),
-                                                                                                   dict | AzureSettings):
+        azure_given = isinstance(data, dict) and isinstance(data.get("azure"), dict | AzureSettings)
+        if not azure_given or data.get("provider") != Provider.azure:
             return data
         data = dict(data)
         azure = data["azure"]

@@ -127,11 +127,11 @@ def _dated_body(path: str, body: Any, action: str | None) -> Any:
     """What Microsoft's 2024-10-21 spec takes: ``developer`` becomes ``system``; image limits refused by field."""
     if not isinstance(body, dict):
         return body
-    if path == "/chat/completions" and isinstance(body.get("messages"), list):
-        if any(isinstance(m, dict) and m.get("role") == "developer" for m in body["messages"]):
-            body = copy.copy(body)
-            body["messages"] = [{**m, "role": "system"} if isinstance(m, dict) and m.get("role") == "developer"
-                                else m for m in body["messages"]]
+    messages = body.get("messages") if path == "/chat/completions" else None
+    if isinstance(messages, list) and any(isinstance(m, dict) and m.get("role") == "developer" for m in messages):
+        body = copy.copy(body)
+        body["messages"] = [{**m, "role": "system"} if isinstance(m, dict) and m.get("role") == "developer" else m
+                            for m in messages]
     if path == "/images/generations":
         problems = []
         n = body.get("n")
