@@ -133,7 +133,7 @@ class EntraAuth(httpx.Auth):
             raise AuthenticationError(scrub(f"Entra ID gave no token for integration {self._integration!r} "
                                             f"(HTTP {response.status_code}{', ' + code if code else ''}) from "
                                             f"{where}: check the tenant, client id and secret variables"),
-                                      status=response.status_code, integration=self._integration)
+                                      status=response.status_code)
         register_secret(token)
         expires_in = payload.get("expires_in", 3600)
         try:
