@@ -294,10 +294,11 @@ def integrations_list(as_json: Annotated[bool, typer.Option("--json")] = False) 
     if as_json:
         emit([{**i.public_dict(), "default": i.name == default_name} for i in items])
         return
-    table = Table("name", "default", "base_url", "auth", "organization", "key")
+    table = Table("name", "default", "provider", "base_url", "auth", "organization", "labels", "key")
     for i in items:
-        table.add_row(i.name, "yes" if i.name == default_name else "", i.base_url, i.auth.placement.value,
-                      i.organization_id or "", "set" if i.api_key else "none")
+        table.add_row(i.name, "yes" if i.name == default_name else "", i.provider.value, i.base_url,
+                      i.auth.placement.value, i.organization_id or "",
+                      ", ".join(f"{k}={v}" for k, v in i.labels.items()), "set" if i.api_key else "none")
     console.print(table)
 
 
