@@ -25,6 +25,8 @@ from urllib.parse import quote
 
 import httpx
 
+from integration.auth import ApiKeyAuth
+from integration.entra import EntraAuth
 from integration.errors import ConfigError, InputError
 from integration.model import AuthPlacement, Integration, Provider
 
@@ -150,9 +152,5 @@ def _dated_body(path: str, body: Any, action: str | None) -> Any:
 def auth_for(integration: Integration) -> httpx.Auth:
     """The httpx auth that places this integration's credential: its key, or an Entra ID token."""
     if integration.auth.placement == AuthPlacement.entra:
-        from integration.entra import EntraAuth
-
         return EntraAuth(integration)
-    from integration.auth import ApiKeyAuth
-
     return ApiKeyAuth(integration)
