@@ -18,12 +18,13 @@ from __future__ import annotations
 import base64
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from actions._binding import Call
 from actions._files import read_file_field
-from actions.create_image import _write_atomically
+from actions._outputs import prepare_directory, save_in_directory
 from integration.errors import InputError, ResponseShapeError
 
 __all__ = ["repeat_safe", "run"]
@@ -97,17 +98,13 @@ def run(call: Call) -> dict[str, Any]:
         for name, value in files_given.items():
             parts.append((name, read_file_field(value, f"files.{name}", {}, action=call.manifest.name)))
     save_to = inputs.get("save_to")
-    if save_to:
-        directory = Path(save_to).expanduser()
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise _refuse("save_to", f"cannot create directory {str(directory)!r}: {exc.strerror}") from None
+    directory = prepare_directory(save_to, call.manifest.name) if save_to else None  # before the call
     response = call.send(method, path, json_body=inputs.get("body"), params=_query(inputs.get("query") or {}) or None,
-                         files=parts, idempotent=repeat_safe(inputs), raw=True, headers=headers or None)
-    content: bytes = response.body or b""
-    content_type = response.headers.get("content-type", "")
-    kept = {k: v for k, v in response.headers.items() if k.startswith(_SAFE_RESPONSE_HEADERS)}
+                         files=parts, idempotent=repeat_safe(inputs), body_reader=_whole_answer,
+                         headers=headers or None)
+    answer_headers, content = response.body if isinstance(response.body, tuple) else ({}, b"")
+    content_type = answer_headers.get("content-type", "")
+    kept = {k: v for k, v in answer_headers.items() if k.startswith(_SAFE_RESPONSE_HEADERS)}
     output: dict[str, Any] = {"status": response.status, "headers": kept}
     mime = content_type.split(";")[0].strip().lower()
     if not content:
@@ -116,8 +113,8 @@ def run(call: Call) -> dict[str, Any]:
         output["body"] = _json_body(content, response)
     elif mime.startswith("text/") or mime in ("application/x-ndjson", "application/jsonl"):
         output["body"] = content.decode("utf-8", "replace")
-    elif save_to:
-        target = _write_atomically(Path(save_to).expanduser(), "response", _EXTENSIONS.get(mime, "bin"), content)
+    elif directory is not None:
+        target = save_in_directory(directory, "response", _EXTENSIONS.get(mime, "bin"), [content])
         output["path"] = str(target.resolve())
     else:
         output["body_base64"] = base64.b64encode(content).decode("ascii")
@@ -128,6 +125,11 @@ def run(call: Call) -> dict[str, Any]:
                 if isinstance(value, int) and not isinstance(value, bool):
                     call.usage[key] = call.usage.get(key, 0) + value
     return output
+
+
+def _whole_answer(headers: dict[str, str], chunks: Iterator[bytes]) -> tuple[dict[str, str], bytes]:
+    """The answer's headers and bytes, whatever its type: this action decides how to read it."""
+    return headers, b"".join(chunks)
 
 
 def _json_body(content: bytes, response: Any) -> Any:

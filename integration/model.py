@@ -37,7 +37,7 @@ from integration.auth import api_key_from_text, checked_api_key, key_fingerprint
 from integration.errors import ConfigError
 
 __all__ = ["AZURE_KEY_HEADER", "Auth", "AuthPlacement", "AzureSettings", "EntraSettings", "Integration", "Provider",
-           "RateLimits", "Timeouts", "config_error_from"]
+           "RateLimits", "ReconifySink", "SpendCaps", "Timeouts", "config_error_from"]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 #: The header Azure OpenAI reads a key from.
@@ -211,6 +211,42 @@ class AzureSettings(BaseModel):
         return self.deployments.get(model, model)
 
 
+class SpendCaps(BaseModel):
+    """Most this account may spend, in estimated USD, per UTC day and month (enforced by the workers layer)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    daily_usd: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    monthly_usd: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+
+
+class ReconifySink(BaseModel):
+    """This integration's own Reconify application (overrides ``OPENAI_PACK_RECONIFY_URL`` and the keys)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str | None = None
+    app_key: SecretStr | None = Field(None, json_schema_extra={"writeOnly": True})
+    api_key: SecretStr | None = Field(None, json_schema_extra={"writeOnly": True})
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not re.match(r"^https?://[^/\s?#]+(/[^\s#]*)?$", value.strip()):
+            raise ValueError("must be an http(s) URL, e.g. https://track.reconify.com/...")
+        return value.strip()
+
+    @field_validator("app_key", "api_key")
+    @classmethod
+    def _check_key(cls, value: SecretStr | None) -> SecretStr | None:
+        return checked_api_key(value)
+
+    def public_dict(self) -> dict[str, Any]:
+        return {"url": self.url, "has_app_key": self.app_key is not None, "has_api_key": self.api_key is not None}
+
+
 class Integration(BaseModel):
     """One OpenAI account (or compatible server) and how to talk to it."""
 
@@ -233,6 +269,8 @@ class Integration(BaseModel):
     azure: AzureSettings | None = None
     labels: dict[str, str] = Field(default_factory=dict, description=(
         "Free-form tags (customer=acme) that a workflow step's integration selection can match."))
+    spend_caps: SpendCaps = SpendCaps()
+    reconify: ReconifySink | None = None
 
     _fingerprint: tuple[SecretStr, str] | None = PrivateAttr(None)
 
@@ -403,8 +441,10 @@ class Integration(BaseModel):
 
     def public_dict(self) -> dict[str, Any]:
         """What may be shown or stored in clear: everything but the key, plus whether one is set."""
-        data = self.model_dump(mode="json", exclude={"api_key"})
+        data = self.model_dump(mode="json", exclude={"api_key", "reconify"})
         data["has_api_key"] = self.api_key is not None
+        if self.reconify is not None:
+            data["reconify"] = self.reconify.public_dict()
         return data
 
 
