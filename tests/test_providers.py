@@ -328,16 +328,10 @@ def test_openai_request_reaches_a_path_no_manifest_covers_and_uploads_a_multipar
         "input": {"type": "object", "additionalProperties": False, "properties": {}},
         "output": {"type": "object"},
         "examples": [{"title": "all", "input": {}, "output": {"object": "list", "data": [{"id": "w1"}]}}]})
-    content_route = actions.ActionManifest.model_validate({  # the simulator keeps file bytes; no action reads them
-        "name": "download_file", "title": "Download File", "category": "Files", "description": "File bytes.",
-        "openapi": {"operationId": "downloadFile"}, "http": {"method": "GET", "path": "/files/{file_id}/content"},
-        "input": {"type": "object", "additionalProperties": False, "required": ["file_id"],
-                  "properties": {"file_id": {"type": "string"}}},
-        "output": {"type": "object"}, "examples": [{"title": "one", "input": {"file_id": "f"}, "output": {}}]})
     shipped = {m.http.path for m in actions.registry().values()}
-    assert "/acme/widgets" not in shipped and "/files/{file_id}/content" not in shipped
+    assert "/acme/widgets" not in shipped  # a compatible server's own route: no action of the pack has it
     with Simulator(port=0, api_key=CANARY_KEY, auth={"placement": "header", "name": "X-Api-Key"},
-                   manifests={**actions.registry(), "list_widgets": widgets, "download_file": content_route}) as server:
+                   manifests={**actions.registry(), "list_widgets": widgets}) as server:
         integration = _keyed(server)
         listed = actions.run("openai_request", {"method": "GET", "path": "acme/widgets", "query": {"limit": 2}},
                              integration)
