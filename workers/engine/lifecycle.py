@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 from integration.errors import PackError, StoreError
 from integration.model import Integration
 from integration.redact import scrub_data
-from integration.store import resolve
 from workers.calls import CallResult, LedgeredCalls, redact
 from workers.engine.context import TemplateContext
 from workers.engine.fanout import FanOut
+from workers.engine.selection import select_integration
 from workers.observe import run_started, step_scope
 from workers.requeue import Requeue
 from workers.settings import Settings
@@ -55,10 +55,18 @@ class Engine:
 
     # starting ------------------------------------------------------------------------------
     def start_run(self, workflow: Workflow, raw_inputs: Any, *, trigger: dict[str, Any],
-                  idempotency_key: str | None = None) -> tuple[str, bool]:
-        """Validate inputs, save the run and dispatch its first step: (run id, newly created)."""
+                  idempotency_key: str | None = None, integration: str | None = None) -> tuple[str, bool]:
+        """Validate inputs, save the run and dispatch its first step: (run id, newly created).
+
+        ``integration`` overrides the workflow's own default for this run (steps naming one keep theirs);
+        it is stored in the run's copy of the definition, so every worker sees it.
+        """
         inputs = workflow.coerce_inputs(raw_inputs)
-        run_id, created = self.store.create(workflow=workflow.to_dict(), inputs=inputs, trigger=trigger,
+        definition = workflow.to_dict()
+        if integration is not None:
+            definition["integration"] = integration
+            trigger = {**trigger, "integration": integration}
+        run_id, created = self.store.create(workflow=definition, inputs=inputs, trigger=trigger,
                                             idempotency_key=idempotency_key)
         if created:
             try:
@@ -156,8 +164,10 @@ class Engine:
             with step_scope(run_id, step_id, index):  # the step's span; the run id as the Reconify session
                 context = self.context.build(run_id, workflow, item=item, index=index, has_item=index is not None)
                 inputs = render(step.input, context, step=step_id)
+                integration = self._integration(workflow.integration_for(step), step.timeout, context, step_id)
+                record["integration"] = integration.name  # the run record says which integration each step used
                 result: CallResult = self.calls.call(
-                    step.action, inputs, self._integration(step.integration, step.timeout), key=ledger_key,
+                    step.action, inputs, integration, key=ledger_key,
                     what=f"step {step_id!r}", max_retries=step.retries, redact_paths=tuple(step.redact),
                     requeues=lambda: self.store.count(run_id, f"requeues:{ledger_key}"))
         except (Requeue, StoreError, OSError, ConnectionError):
@@ -183,8 +193,9 @@ class Engine:
         return record
 
     @staticmethod
-    def _integration(name: str | None, timeout: float | None) -> Integration:
-        integration = resolve(name)
+    def _integration(spec: str | dict[str, Any] | None, timeout: float | None, context: Any,
+                     step_id: str) -> Integration:
+        integration = select_integration(spec, context, step=step_id)
         if timeout is not None:
             integration = integration.model_copy(
                 update={"timeout": integration.timeout.model_copy(update={"read": float(timeout)})})

@@ -2,7 +2,7 @@
 
 Everything that can be checked before a run is checked when the file is loaded, so a mistake
 costs nothing: templates that do not compile or name unknown inputs or steps, literal inputs the
-action would refuse, a templated integration, a default its own input refuses. Each problem is a
+action would refuse, a malformed integration name, a default its own input refuses. Each problem is a
 ``WorkflowError`` naming the file, the step and the field.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -23,6 +24,9 @@ from workers.workflow.templates import ITEM_NAMES, compiled, has_template, parse
 
 __all__ = ["Scope", "check_action", "check_defaults", "check_integrations", "check_literal_inputs",
            "check_templates", "step_label", "suggest", "template_strings"]
+
+
+_INTEGRATION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def step_label(data: dict[str, Any], index: int) -> str:
@@ -130,14 +134,13 @@ def check_literal_inputs(step_input: dict[str, Any], action: str, source: str, s
                             field=f"input.{first['field']}" if first["field"] else "input")
 
 
-def check_integrations(data: dict[str, Any], source: str) -> None:
-    """A templated integration gets its own message (the schema's pattern error would not say why)."""
-    for index, raw in enumerate(data.get("steps") or []):
-        value = raw.get("integration") if isinstance(raw, dict) else None
-        if isinstance(value, str) and has_template(value):
-            raise WorkflowError("must be an integration name, not a template: which credentials a step uses is "
-                                "fixed when the workflow is written", file=source, step=step_label(data, index),
-                                field="integration")
+def check_integrations(value: Any, where: str, scope: Scope, source: str, step: str | None) -> None:
+    """A literal integration name is well-formed and its templates compile against the scope (which
+    integration exists is only known at run time: the store may change between load and run)."""
+    if isinstance(value, str) and not has_template(value) and not _INTEGRATION_NAME.match(value):
+        raise WorkflowError(f"{value!r} is not an integration name (1-64 letters, digits, '_', '.' or '-') nor a "
+                            "template", file=source, step=step, field=where)
+    check_templates(value, where, scope, source, step)
 
 
 def check_action(action: str, source: str, step_id: str) -> None:

@@ -281,6 +281,7 @@ def _build_step(raw: dict[str, Any], ids: list[str], scope: Scope, source: str, 
             check_templates(transition.condition, f"on[{index}].if", scope, source, sid)
             check_templates(transition.publish, f"on[{index}].publish", scope, source, sid)
         check_literal_inputs(step_input, action, source, sid)
+        check_integrations(raw.get("integration"), "integration", item_scope, source, sid)
     timeout = raw.get("timeout")
     return Step(
         id=sid, action=action, integration=raw.get("integration"), input=step_input, retries=raw.get("retries"),
@@ -298,7 +299,6 @@ def build(data: Any, source: str, *, trusted: bool = False) -> Workflow:
     if isinstance(steps_given, list) and len(steps_given) > MAX_STEPS:
         raise WorkflowError(f"has {len(steps_given)} steps, more than {MAX_STEPS}; {_LIMITS_DOC}",
                             file=source, field="steps")
-    check_integrations(data, source)
     if problem := _schema_error(data, source):
         raise problem
     ids = [s["id"] for s in data["steps"]]
@@ -321,8 +321,10 @@ def build(data: Any, source: str, *, trusted: bool = False) -> Workflow:
     hook = data.get("webhook")
     webhook = WebhookConfig(hook["secret_env"], hook.get("signature"),
                             int(hook.get("max_body_bytes", DEFAULT_MAX_BODY))) if hook else None
+    if not trusted:
+        check_integrations(data.get("integration"), "integration", scope, source, None)
     return Workflow(name=data["name"], description=data.get("description", ""), inputs=inputs, steps=steps,
-                    start=start, output=output, webhook=webhook, source=source)
+                    start=start, output=output, webhook=webhook, integration=data.get("integration"), source=source)
 
 
 # ---------------------------------------------------------------- entry points

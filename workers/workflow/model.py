@@ -69,7 +69,8 @@ class Step:
 
     id: str
     action: str
-    integration: str | None = None
+    #: a name, a template, or a selection ``{match, labels, fallback}`` (``workers.engine.selection``)
+    integration: str | dict[str, Any] | None = None
     input: dict[str, Any] = field(default_factory=dict)
     retries: int | None = None
     timeout: float | None = None
@@ -84,7 +85,7 @@ class Step:
         if self.description:
             out["description"] = self.description
         if self.integration is not None:
-            out["integration"] = self.integration
+            out["integration"] = copy.deepcopy(self.integration)
         out["input"] = copy.deepcopy(self.input)
         if self.retries is not None:
             out["retries"] = self.retries
@@ -126,6 +127,8 @@ class Workflow:
     start: str = ""
     output: dict[str, Any] | None = None
     webhook: WebhookConfig | None = None
+    #: the integration of steps that name none (same forms as ``Step.integration``)
+    integration: str | dict[str, Any] | None = None
     source: str = "<string>"
     _index: dict[str, int] = field(init=False, repr=False, compare=False, default_factory=dict)
 
@@ -133,6 +136,10 @@ class Workflow:
         self._index.update({s.id: i for i, s in enumerate(self.steps)})
         if not self.start and self.steps:
             object.__setattr__(self, "start", self.steps[0].id)
+
+    def integration_for(self, step: Step) -> str | dict[str, Any] | None:
+        """The step's own integration, else the workflow's (a run's override is stored as the workflow's)."""
+        return step.integration if step.integration is not None else self.integration
 
     def step(self, step_id: str) -> Step:
         index = self._index.get(step_id)
@@ -209,6 +216,8 @@ class Workflow:
             out["output"] = copy.deepcopy(self.output)
         if self.webhook is not None:
             out["webhook"] = self.webhook.to_dict()
+        if self.integration is not None:
+            out["integration"] = copy.deepcopy(self.integration)
         out["source"] = self.source
         return out
 
