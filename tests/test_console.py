@@ -37,7 +37,7 @@ TOKEN = "console-token-7d2f9a41c0b3e865"
 #: A custom header's value is a secret by another name: never on a page either.
 HEADER_SECRET = "hdr-secret-9b8c7d6e5f4a3b2c"
 SECRETS = (CANARY_KEY, TOKEN, HEADER_SECRET)
-SCREENSHOTS = ("login.png", "runs.png", "run.png", "run-failed.png", "workflow.png", "workflow-invalid.png",
+SCREENSHOTS = ("login.png", "runs.png", "run.png", "run-failed.png", "run-fanout.png", "workflow.png", "workflow-invalid.png",
                "actions.png", "action-result.png", "action-error.png", "integrations.png", "run-cancelled.png")
 TICKET = {"subject": "Printer on floor 3 shows error 49", "body": "The HP printer prints nothing.",
           "customer": "Acme Dental"}
@@ -51,6 +51,7 @@ inputs:
 steps:
   - id: moderate
     action: create_moderation
+    redact: [results]
     input: {input: "{{ inputs.text }}"}
   - id: summarise
     action: create_chat_completion
@@ -58,6 +59,21 @@ steps:
       model: gpt-4o-mini
       temperature: "{{ inputs.temperature }}"
       messages: [{role: user, content: "{{ inputs.text }}"}]
+"""
+EACH_TEMPERATURE = """\
+name: each-temperature
+description: One completion per temperature given (a fan-out; too hot an item fails alone).
+inputs:
+  temperatures: {type: array, items: {type: string}}
+steps:
+  - id: each
+    action: create_chat_completion
+    with_items: "{{ inputs.temperatures }}"
+    concurrency: 2
+    input:
+      model: gpt-4o-mini
+      temperature: "{{ item }}"
+      messages: [{role: user, content: "item {{ index }}"}]
 """
 BROKEN = """\
 name: broken
@@ -124,6 +140,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     workflows = tmp_path_factory.mktemp("console-workflows")
     shutil.copy(REPO_ROOT / "docs" / "examples" / "ticket-triage.yaml", workflows / "ticket-triage.yaml")
     (workflows / "hot-summary.yaml").write_text(HOT_SUMMARY)
+    (workflows / "each-temperature.yaml").write_text(EACH_TEMPERATURE)
     (workflows / "broken.yaml").write_text(BROKEN)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "CELERY"))}
     env.update(OPENAI_PACK_HOME=str(home), OPENAI_PACK_CONSOLE_TOKEN=TOKEN, PYTHONUNBUFFERED="1")
@@ -134,15 +151,18 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                   make_default=True)
         store.add(Integration(name="proxy", base_url=sim.url, auth={"placement": "none"},
                               extra_headers={"X-Proxy-Auth": HEADER_SECRET}, features={"legacy_edits": True}))
-        runs = {}
-        for name, inputs in (("ticket-triage", TICKET), ("hot-summary", {"text": "hello", "temperature": "7"})):
-            done = _cli(env, "workflow", "run", str(workflows / f"{name}.yaml"), "--input", json.dumps(inputs),
-                        "--json")
-            runs[name] = json.loads(done.stdout)["id"]
         port = _free_port()
+        # The console starts while the two runs run (all three at once: the slow part is Python starting).
         process = subprocess.Popen([sys.executable, "-m", "workers.cli", "console", "--port", str(port),
                                     "--workflows", str(workflows)], env=env, cwd=REPO_ROOT,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        starts = {name: subprocess.Popen([sys.executable, "-m", "workers.cli", "workflow", "run",
+                                          str(workflows / f"{name}.yaml"), "--input", json.dumps(inputs), "--json"],
+                                         env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         text=True)
+                  for name, inputs in (("ticket-triage", TICKET), ("hot-summary", {"text": "hello", "temperature": "7"}),
+                                       ("each-temperature", {"temperatures": ["0.1", "9", "0.5"]}))}
+        runs = {name: json.loads(started.communicate(timeout=120)[0])["id"] for name, started in starts.items()}
         url = f"http://127.0.0.1:{port}/console"
         try:
             deadline = time.monotonic() + 30
@@ -242,7 +262,7 @@ def test_a_foreign_host_name_is_refused(site: Site) -> None:
 # ---------------------------------------------------------------- runs
 
 
-def test_runs_list_shows_both_runs_and_filters(page: Any, site: Site) -> None:
+def test_runs_list_shows_the_runs_and_filters_them(page: Any, site: Site) -> None:
     page.goto(f"{site.url}/")
     triage = page.locator(f"tr[data-run='{site.runs['ticket-triage']}']")
     assert "succeeded" in triage.inner_text() and "ticket-triage" in triage.inner_text()
@@ -253,6 +273,12 @@ def test_runs_list_shows_both_runs_and_filters(page: Any, site: Site) -> None:
     page.select_option("select[name=status]", "failed")
     page.click("button:has-text('Filter')")
     page.wait_for_url("**status=failed**")
+    shown = {page.locator("table.runs tbody tr").nth(i).get_attribute("data-run")
+             for i in range(page.locator("table.runs tbody tr").count())}
+    assert shown == {site.runs["hot-summary"], site.runs["each-temperature"]}
+    page.select_option("select[name=workflow]", "hot-summary")
+    page.click("button:has-text('Filter')")
+    page.wait_for_url("**workflow=hot-summary**")
     assert page.locator("table.runs tbody tr").count() == 1
     assert page.locator(f"tr[data-run='{site.runs['hot-summary']}']").count() == 1
     site.check(page)
@@ -268,7 +294,7 @@ def test_run_page_shows_the_three_steps_their_timeline_and_output(page: Any, sit
         ["step-moderate", "step-summarise", "step-classify"]
     for i in range(3):
         assert "succeeded" in steps.nth(i).locator("summary").inner_text()
-    assert page.locator("svg.timeline rect").count() == 3
+    assert page.locator(".timeline .bar rect").count() == 3
     assert '"category": "hardware"' in page.inner_text("#run-output")
     assert "Simulated reply" in page.inner_text("#step-summarise pre.output")
     tokens = page.inner_text("#tokens")
@@ -285,8 +311,20 @@ def test_failed_step_shows_its_error_code_and_field(page: Any, site: Site) -> No
     error = page.locator("#step-summarise .step-error")
     assert "invalid_input" in error.inner_text()
     assert "temperature" in error.inner_text() and "at most 2" in error.inner_text()
-    assert "succeeded" in page.locator("#step-moderate summary").inner_text()
+    moderate = page.locator("#step-moderate")
+    assert "succeeded" in moderate.locator("summary").inner_text()
+    assert '"results": "[redacted]"' in moderate.locator("pre.output").inner_text()  # the step's redact: path
     site.check(page, "run-failed.png")
+
+
+def test_fan_out_shows_item_counts_and_the_failed_item(page: Any, site: Site) -> None:
+    page.goto(f"{site.url}/runs/{site.runs['each-temperature']}")
+    fanout = page.locator("#step-each .fanout")
+    assert "3 of 3 done · 2 succeeded · 1 failed" in fanout.inner_text()
+    assert page.get_attribute("#step-each progress", "value") == "3"
+    failed = fanout.locator("li").all_inner_texts()
+    assert len(failed) == 1 and failed[0].startswith("item 1: invalid_input") and "temperature" in failed[0]
+    site.check(page, "run-fanout.png")
 
 
 def test_runs_list_updates_live_and_a_run_is_cancelled_from_its_page(page: Any, site: Site) -> None:
@@ -354,15 +392,19 @@ def test_actions_search_by_name_and_category(page: Any, site: Site) -> None:
 def test_create_moderation_form_runs_with_the_keyboard(page: Any, site: Site) -> None:
     calls = site.action_calls()
     page.goto(f"{site.url}/actions/create_moderation")
-    model = page.locator("#field-model")
-    assert model.input_value() == "omni-moderation-latest"  # the manifest's default
+    assert page.get_attribute("#field-model", "placeholder") == "omni-moderation-latest"  # the manifest's default
     assert page.locator("#choices-model option[value='omni-moderation-latest']").count() == 1
+    assert not page.is_visible("#field-model")  # optional fields start folded
     page.focus("#integration")
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.id") == "field-input"
     page.keyboard.type("I will fix the printer tomorrow.")
     page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.tagName") == "SUMMARY"
+    page.keyboard.press("Enter")  # unfolds the optional fields
+    page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.id") == "field-model"
+    page.keyboard.type("omni-moderation-latest")
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.id") == "run-action"
     page.keyboard.press("Enter")
@@ -379,6 +421,7 @@ def test_a_wrong_value_gets_the_field_named_error_before_any_call(page: Any, sit
     page.goto(f"{site.url}/actions/create_chat_completion")
     page.fill("#field-messages", '[{"role": "user", "content": "hi"}]')
     page.fill("#field-model", "gpt-4o-mini")
+    page.click("details.optional summary")
     page.fill("#field-temperature", "7")
     page.click("#run-action")
     page.wait_for_selector("#form-error")
@@ -471,18 +514,27 @@ def test_serve_mounts_the_console_only_with_a_token(tmp_path: Path, monkeypatch:
         assert client.get("/healthz").status_code == 200  # the hooks are still there
 
 
-@pytest.mark.parametrize(("args", "token", "field"), [
-    (["--host", "0.0.0.0"], None, "OPENAI_PACK_CONSOLE_TOKEN"),
-    ([], "short", "OPENAI_PACK_CONSOLE_TOKEN"),
-    (["--port", "70000"], TOKEN, "--port"),
-])
-def test_console_command_refuses_unsafe_settings(args: list[str], token: str | None, field: str,
-                                                 isolated_home: Path) -> None:
+def test_console_command_refuses_beyond_loopback_without_a_token(isolated_home: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
     env["OPENAI_PACK_HOME"] = str(isolated_home)
-    if token:
-        env["OPENAI_PACK_CONSOLE_TOKEN"] = token
-    done = _cli(env, "console", *args)
-    assert done.returncode == 2
-    error = json.loads(done.stderr)["error"]
-    assert error["field"] == field and "Traceback" not in done.stderr
+    done = _cli(env, "console", "--host", "0.0.0.0")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert json.loads(done.stderr)["error"]["field"] == "OPENAI_PACK_CONSOLE_TOKEN"
+
+
+@pytest.mark.parametrize(("options", "token", "field"), [
+    ({"port": 70000}, TOKEN, "--port"),
+    ({"workflows": Path("/no/such/dir")}, TOKEN, "--workflows"),
+    ({}, "short", "OPENAI_PACK_CONSOLE_TOKEN"),
+    ({}, " " + TOKEN, "OPENAI_PACK_CONSOLE_TOKEN"),
+])
+def test_console_command_refuses_bad_settings(options: dict[str, Any], token: str, field: str,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from integration.errors import ConfigError
+    from workers.cli.console import console
+
+    monkeypatch.setenv("OPENAI_PACK_CONSOLE_TOKEN", token)
+    with pytest.raises(ConfigError) as refused:
+        console(**options)
+    assert refused.value.details["field"] == field
+    assert token not in refused.value.message

@@ -265,7 +265,7 @@ class Console:
                            if isinstance(schema, dict))
         models = await run_in_threadpool(self._models, chosen or None) if needs_models and names else []
         fields = fields_for(manifest, models)
-        values = {f.name: f.default for f in fields}
+        values: dict[str, str] = {}  # defaults are placeholders: left empty, the API's own default applies
         result: dict[str, Any] | None = None
         error: dict[str, Any] | None = None
         status = 200
@@ -283,6 +283,7 @@ class Console:
         if error and not problems and error.get("field"):
             problems = {error["field"]: error.get("message")}
         return self.page(request, "action.html", status=status, manifest=manifest, fields=fields, values=values,
+                         filled=[name for name, value in values.items() if value],
                          integrations=names, chosen=chosen, result=result, error=error, problems=problems,
                          signed_in=True, section="actions")
 

@@ -128,17 +128,18 @@ def _timeline(steps: list[dict[str, Any]], started: Any, finished: Any) -> dict[
     end = _parse_time(finished) or datetime.now(UTC)
     bars = []
     span = max((end - origin).total_seconds(), 0.001) if origin else 0.001
-    for row, step in enumerate(steps):
+    for step in steps:
         first, last = _parse_time(step.get("started")), _parse_time(step.get("finished"))
         if origin is None or first is None:
             continue
         last = last or end
         x = max(0.0, (first - origin).total_seconds()) / span * 1000
         width = max(2.0, (last - first).total_seconds() / span * 1000)
-        bars.append({"row": row, "y": row * 28 + 4, "x": round(min(x, 998), 1), "width": round(min(width, 1000 - x), 1),
-                     "id": step["id"], "status": step.get("status", ""),
-                     "label": f"{step['id']} {(last - first).total_seconds():.3f}s"})
-    return {"bars": bars, "span": round(span, 3), "height": max(len(steps), 1) * 28 + 8}
+        x = min(x, 998.0)
+        bars.append({"x": round(x, 1), "width": round(min(width, 1000 - x), 1), "id": step["id"],
+                     "status": step.get("status", ""), "duration": (last - first).total_seconds(),
+                     "attempts": int(step.get("attempts") or 0), "requeues": int(step.get("requeues") or 0)})
+    return {"bars": bars, "span": round(span, 3)}
 
 
 def run_page(store: RunStore, run_id: str) -> dict[str, Any] | None:
