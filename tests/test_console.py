@@ -369,6 +369,7 @@ def test_an_invalid_workflow_shows_its_error_at_the_step_and_field(page: Any, si
     page.wait_for_selector("#error-step")
     assert page.inner_text("#error-step") == "second" and page.inner_text("#error-field") == "action"
     assert "create_moderation" in page.inner_text(".validation")  # the suggestion
+    assert page.locator("svg.graph g.node.invalid").get_attribute("data-step") == "second"  # drawn at its step
     site.check(page, "workflow-invalid.png")
 
 
@@ -538,3 +539,17 @@ def test_console_command_refuses_bad_settings(options: dict[str, Any], token: st
         console(**options)
     assert refused.value.details["field"] == field
     assert token not in refused.value.message
+
+
+@pytest.mark.parametrize("definition", [
+    {"steps": "not a list"},
+    {"steps": [{"id": "a", "on": 5}, {"id": 7}, "text", {"id": "b", "on": [{"do": "a"}, 3, {"do": [None, "a"]}]}]},
+    {"steps": [{"id": "a", "on": [{"do": ["a"], "publish": [1]}]}], "start": ["x"]},
+])
+def test_an_invalid_file_is_drawn_as_far_as_it_goes(definition: dict[str, Any]) -> None:
+    """The Workflows page draws a file that failed validation from its raw YAML: no shape may break it."""
+    from workers.console.views import graph
+
+    drawn = graph(definition)
+    assert {node["id"] for node in drawn["nodes"]} <= {"a", "b"}
+    assert all(edge["to"] == "a" for edge in drawn["edges"])

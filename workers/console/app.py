@@ -207,7 +207,8 @@ class Console:
         chosen = next((f for f in files if f.name == name), None)
         if chosen is None:
             return self.refusal(request, 404, "No workflow of that name in the console's workflows directory.")
-        graph = views.graph(chosen.workflow.to_dict()) if chosen.workflow is not None else None
+        definition = chosen.workflow.to_dict() if chosen.workflow is not None else chosen.raw
+        graph = views.graph(definition) if definition else None
         return self.page(request, "workflow.html", graph=graph, name=chosen.name, source=str(chosen.path),
                          error=chosen.error, signed_in=True, section="workflows")
 

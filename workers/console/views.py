@@ -189,6 +189,8 @@ class WorkflowFile:
     path: Path
     workflow: Any = None
     error: dict[str, Any] = field(default_factory=dict)
+    #: The file as read (YAML/JSON), when it parsed: an invalid workflow is still drawn from it.
+    raw: dict[str, Any] | None = None
 
     @property
     def name(self) -> str:
@@ -206,16 +208,18 @@ def load_workflow_files(directory: Path | None) -> list[WorkflowFile]:
     for path in sorted(directory.iterdir()):
         if path.suffix not in (".yaml", ".yml", ".json") or path.name.startswith(("_", ".")) or not path.is_file():
             continue
+        raw = None
         try:
             data = load_yaml(path.read_text(encoding="utf-8"))
             if not isinstance(data, dict) or "steps" not in data:
                 continue  # a schedules file lives alongside workflows
+            raw = data
         except Exception:  # the loader below names the problem
             pass
         try:
             found.append(WorkflowFile(path, workflow=load_workflow(path)))
         except PackError as exc:
-            found.append(WorkflowFile(path, error=shown(exc.to_dict())))
+            found.append(WorkflowFile(path, error=shown(exc.to_dict()), raw=raw))
     return found
 
 
@@ -225,7 +229,9 @@ def graph(definition: dict[str, Any]) -> dict[str, Any]:
     Layers come from a breadth-first walk of the transitions from the start step (steps not reached
     go in a last layer); a step without ``on`` continues to the next step on success, as the engine does.
     """
-    steps = [s for s in definition.get("steps", []) if isinstance(s, dict) and "id" in s]
+    listed = definition.get("steps")
+    steps = [s for s in listed if isinstance(s, dict) and isinstance(s.get("id"), str)] \
+        if isinstance(listed, list) else []
     ids = [s["id"] for s in steps]
     edges: list[dict[str, Any]] = []
     for index, step in enumerate(steps):
@@ -234,12 +240,17 @@ def graph(definition: dict[str, Any]) -> dict[str, Any]:
             if index + 1 < len(steps):
                 edges.append({"from": step["id"], "to": ids[index + 1], "when": "success", "if": None, "publish": {}})
             continue
-        for transition in transitions:
+        for transition in transitions if isinstance(transitions, list) else []:
+            if not isinstance(transition, dict) or not isinstance(transition.get("do", []), list):
+                continue  # an invalid file is drawn as far as it can be; its error is shown beside
             for target in transition.get("do", []):
-                edges.append({"from": step["id"], "to": target, "when": transition.get("when", "success"),
-                              "if": transition.get("if"), "publish": transition.get("publish") or {}})
+                if not isinstance(target, str):
+                    continue
+                publish = transition.get("publish")
+                edges.append({"from": step["id"], "to": target, "when": str(transition.get("when", "success")),
+                              "if": transition.get("if"), "publish": publish if isinstance(publish, dict) else {}})
     layer: dict[str, int] = {}
-    start = definition.get("start") or (ids[0] if ids else None)
+    start = definition.get("start") if definition.get("start") in ids else (ids[0] if ids else None)
     frontier = [start] if start in ids else []
     if frontier:
         layer[start] = 0
@@ -266,7 +277,7 @@ def graph(definition: dict[str, Any]) -> dict[str, Any]:
     by_id = {s["id"]: s for s in steps}
     for step_id, node in nodes.items():
         step = by_id[step_id]
-        node.update(action=step.get("action", ""), fanout=step.get("with_items") is not None,
+        node.update(action=str(step.get("action", "")), fanout=step.get("with_items") is not None,
                     start=step_id == start)
     lines = []
     for edge in edges:
