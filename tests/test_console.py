@@ -259,6 +259,15 @@ def test_a_foreign_host_name_is_refused(site: Site) -> None:
     assert site.runs["ticket-triage"] not in answer.text
 
 
+def test_unknown_and_malformed_run_ids_are_not_found(site: Site) -> None:
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    for run_id in ("20990101000000-000000000000", "x" * 65, "a%20b", "%00", "%ED%A0%80"):
+        answer = httpx.get(f"{site.url}/runs/{run_id}", headers=bearer)
+        assert answer.status_code == 404 and "No run with that id" in answer.text, run_id
+    cancel = httpx.post(f"{site.url}/runs/{'x' * 65}/cancel", headers=bearer)
+    assert cancel.status_code == 404
+
+
 # ---------------------------------------------------------------- runs
 
 

@@ -13,6 +13,7 @@ Every answer passes through ``scrub``: a key the integration store knows is mask
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -58,6 +59,8 @@ _SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 _STATIC = Path(__file__).resolve().parent / "static"
+#: What a run id looks like (``workers.state.runs.new_run_id``); anything else is a 404 without a store read.
+_RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -172,6 +175,8 @@ class Console:
 
     async def run(self, request: Request) -> Response:
         run_id = request.path_params["run_id"]
+        if not _RUN_ID.fullmatch(run_id):
+            return self.refusal(request, 404, "No run with that id in the run store.")
         record = await run_in_threadpool(views.run_page, self.engine.store, run_id)
         if record is None:
             return self.refusal(request, 404, "No run with that id in the run store.")
@@ -181,6 +186,8 @@ class Console:
 
     async def cancel(self, request: Request) -> Response:
         run_id = request.path_params["run_id"]
+        if not _RUN_ID.fullmatch(run_id):
+            return self.refusal(request, 404, "No run with that id in the run store.")
         if await run_in_threadpool(self.engine.store.status, run_id) is None:
             return self.refusal(request, 404, "No run with that id in the run store.")
         cancelled = await run_in_threadpool(self.engine.cancel, run_id)
@@ -189,6 +196,8 @@ class Console:
 
     async def run_workflow(self, request: Request) -> Response:
         run_id = request.path_params["run_id"]
+        if not _RUN_ID.fullmatch(run_id):
+            return self.refusal(request, 404, "No run with that id in the run store.")
         definition = await run_in_threadpool(self.engine.store.definition, run_id)
         if not definition:
             return self.refusal(request, 404, "No run with that id in the run store.")
