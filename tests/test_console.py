@@ -275,7 +275,7 @@ def test_runs_list_shows_the_runs_and_filters_them(page: Any, site: Site) -> Non
     page.goto(f"{site.url}/")
     triage = page.locator(f"tr[data-run='{site.runs['ticket-triage']}']")
     assert "succeeded" in triage.inner_text() and "ticket-triage" in triage.inner_text()
-    assert "manual" in triage.inner_text()
+    assert "manual" in triage.inner_text() and "$" in triage.inner_text()
     hot = page.locator(f"tr[data-run='{site.runs['hot-summary']}']")
     assert "failed" in hot.inner_text()
     site.check(page, "runs.png")
@@ -310,6 +310,8 @@ def test_run_page_shows_the_three_steps_their_timeline_and_output(page: Any, sit
     assert tokens.endswith(str(sum(int(t) for t in tokens.split(" = ")[0].split() if t.isdigit())))
     assert int(tokens.rsplit("= ", 1)[1]) > 0
     assert page.inner_text("#trigger").startswith("manual")
+    assert page.inner_text("#cost").startswith("$") and float(page.inner_text("#cost")[1:].split()[0]) > 0
+    assert "$" in page.locator("#step-summarise summary").inner_text()  # each step's own estimate
     assert page.locator("form.cancel").count() == 0  # finished: nothing to cancel
     site.check(page, "run.png")
 

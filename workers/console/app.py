@@ -77,6 +77,7 @@ class Console:
         self.templates = Environment(loader=PackageLoader("workers.console", "templates"),
                                      autoescape=select_autoescape(default=True, default_for_string=True))
         self.templates.filters["pretty"] = views.pretty
+        self.templates.filters["usd"] = views.usd
         self.templates.filters["seconds"] = lambda v: "" if v is None else f"{v:.3f}s"
         self._failed_logins = MovingWindowRateLimiter(MemoryStorage())
         self._model_choices: dict[str, tuple[float, list[str]]] = {}

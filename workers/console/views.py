@@ -8,7 +8,6 @@ way to a page (``shown``), so a key that slipped into a record is masked there t
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +18,7 @@ from integration.redact import scrub_data
 from workers.state.runs import FINISHED, RunStore
 
 __all__ = ["RunFilters", "graph", "integration_rows", "load_workflow_files", "pretty", "run_page", "run_rows",
-           "shown"]
+           "shown", "usd"]
 
 #: Runs looked at for the list page (newest first), before filters.
 LIST_WINDOW = 500
@@ -38,6 +37,19 @@ def shown(value: Any) -> Any:
 def pretty(value: Any) -> str:
     """Indented JSON for a ``<pre>`` (the template escapes it); secrets masked."""
     return json.dumps(shown(value), indent=2, ensure_ascii=False, default=str)
+
+
+def usd(cost: Any) -> str:
+    """A cost record (``{"usd", "unpriced"}`` of a run, ``{"usd", "reason"}`` of a call) as text; "" when absent."""
+    if not isinstance(cost, dict):
+        return ""
+    amount = cost.get("usd")
+    text = "unknown" if amount is None else f"${float(amount):.6f}"
+    if amount is None and cost.get("reason"):
+        text += f" ({cost['reason']})"
+    if cost.get("unpriced"):
+        text += f" + {cost['unpriced']} call{'s' if cost['unpriced'] != 1 else ''} not priced"
+    return text
 
 
 def _parse_time(text: Any) -> datetime | None:
@@ -98,7 +110,7 @@ def run_rows(store: RunStore, filters: RunFilters) -> tuple[list[dict[str, Any]]
         rows.append(shown({"id": header.get("id"), "workflow": header.get("workflow"), "status": header.get("status"),
                            "trigger": trigger.get("type", ""), "created": header.get("created") or "",
                            "duration": _seconds(header.get("started"), header.get("finished")),
-                           "error": (header.get("error") or {}).get("code", "")}))
+                           "error": (header.get("error") or {}).get("code", ""), "cost": header.get("cost")}))
     return rows, sorted(names)
 
 
@@ -151,8 +163,7 @@ def run_page(store: RunStore, run_id: str) -> dict[str, Any] | None:
     declared = {s["id"]: s for s in definition.get("steps", []) if isinstance(s, dict) and "id" in s}
     records = store.steps(run_id)
     order = [s for s in declared if s in records] + [s for s in records if s not in declared]
-    steps, usage, cost, attempts = [], {}, 0.0, 0
-    has_cost = False
+    steps, usage, attempts = [], {}, 0
     for step_id in order:
         record = records[step_id] | {"id": step_id}
         record["duration"] = _seconds(record.get("started"), record.get("finished"))
@@ -160,9 +171,6 @@ def run_page(store: RunStore, run_id: str) -> dict[str, Any] | None:
         for key, value in (record.get("usage") or {}).items():
             if isinstance(value, int):
                 usage[key] = usage.get(key, 0) + value
-        if isinstance(record.get("cost"), int | float) and math.isfinite(record["cost"]):
-            cost += float(record["cost"])
-            has_cost = True
         attempts += int(record.get("attempts") or 0)
         if record.get("items") is not None:
             record["fanout"] = _fanout(store, run_id, step_id, record)
@@ -171,8 +179,7 @@ def run_page(store: RunStore, run_id: str) -> dict[str, Any] | None:
     header.update(
         steps=steps, variables=store.variables(run_id), unhandled=unhandled,
         pending=[s for s in declared if s not in records],
-        totals={"usage": usage, "cost": round(cost, 6) if has_cost or isinstance(header.get("cost"), int | float)
-                else None, "attempts": attempts, "steps": len(steps),
+        totals={"usage": usage, "cost": store.cost(run_id), "attempts": attempts, "steps": len(steps),
                 "duration": _seconds(header.get("started"), header.get("finished"))},
         timeline=_timeline(steps, header.get("started"), header.get("finished")),
         finished_run=header.get("status") in FINISHED, has_definition=bool(declared))
