@@ -32,6 +32,7 @@ from integration.model import Integration, Provider
 from integration.redact import install_log_redaction
 from integration.store import IntegrationStore, open_store, resolve
 from workers.cli import boundary
+from workers.cli.console import register as register_console_commands
 from workers.cli.inputs import read_json_object
 from workers.cli.output import console, emit
 from workers.cli.serve import register as register_serve_commands
@@ -392,6 +393,7 @@ def docs(
 register_workflow_commands(app)
 register_serve_commands(app)
 register_spec_commands(app)
+register_console_commands(app)
 register_usage_commands(app)
 
 
