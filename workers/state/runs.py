@@ -179,6 +179,15 @@ class RunStore:
         """
         return self.kv.finish_item(self._run(run_id, "flags"), self._run(run_id, "ctr"), step_id, index, failed)
 
+    def save_waiting(self, run_id: str, step_id: str, record: dict[str, Any], *,
+                     before: list[Op] | None = None) -> None:
+        """A step waiting for a remote job (``status: waiting``, what is awaited and how far it is).
+
+        Not final: each poll rewrites it. ``before`` (the ledger's "done" of the call that started
+        the job) goes first in the same round trip, so a redelivery never starts the job twice.
+        """
+        self.kv.batch([*(before or []), ("hset", (self._run(run_id, "steps"), {step_id: _dump(record)}), {})])
+
     # results: a step's final record is written once ------------------------------------------
     def save_step_result(self, run_id: str, step_id: str, record: dict[str, Any], full_output: Any = None, *,
                          before: list[Op] | None = None) -> bool:
