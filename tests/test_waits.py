@@ -13,6 +13,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -291,13 +292,26 @@ def own_broker(worker_env: dict[str, str], redis_server: str, monkeypatch: pytes
     workers.app.reconfigure()
 
 
-def test_killing_the_worker_mid_wait_loses_nothing(own_broker: dict[str, str], held_jobs: Simulator) -> None:
+BACKGROUND = f"""
+name: background
+steps:
+  - id: batch
+    action: create_response
+    input: {{model: gpt-4o-mini, input: "Summarise the night's alerts", background: true}}
+    wait: {QUICK}
+"""
+
+
+@pytest.mark.parametrize(("text", "created"), [(BATCH, "POST /batches"), (BACKGROUND, "POST /responses")],
+                         ids=["batch", "background-response"])
+def test_killing_the_worker_mid_wait_loses_nothing(own_broker: dict[str, str], held_jobs: Simulator, text: str,
+                                                   created: str) -> None:
     import workers.app
 
     engine = workers.app.engine()
     first = WorkerProcess(own_broker, concurrency=2, name="waiter")
     try:
-        run_id = _start(engine, BATCH, {"jsonl": _jsonl(10)})
+        run_id = _start(engine, text, {"jsonl": _jsonl(10)} if text is BATCH else {})
         record = _until(lambda: _waiting(engine, run_id, "batch", polls=2), what="two polls")
     finally:
         first.kill()
@@ -311,9 +325,28 @@ def test_killing_the_worker_mid_wait_loses_nothing(own_broker: dict[str, str], h
     assert done["status"] == "succeeded", done
     step = _steps(done)["batch"]
     assert step["wait"]["polls"] > polls_at_kill
-    assert held_jobs.calls_by_route()["POST /batches"] == 1
-    print(f"\n[waits] worker killed after {polls_at_kill} polls; the next worker finished the wait "
-          f"({step['wait']['polls']} polls in all, one batch created)")
+    assert held_jobs.calls_by_route()[created] == 1
+    print(f"\n[waits] {record['wait']['kind']}: worker killed after {polls_at_kill} polls; the next worker "
+          f"finished the wait ({step['wait']['polls']} polls in all, one job created)")
+
+
+def test_polls_are_counted_against_the_rate_budget(pack: Any, worker_env: dict[str, str],
+                                                   simulator: Simulator) -> None:
+    from integration.model import Integration
+    from integration.store import IntegrationStore
+    from workers.state.budget import window_for
+
+    IntegrationStore(path=Path(worker_env["OPENAI_PACK_HOME"]) / "integrations.json").add(
+        Integration(name="budgeted", base_url=simulator.url, auth={"placement": "none"},
+                    rate_limits={"requests_per_minute": 59}))
+    text = BATCH.replace("    wait:", "    integration: budgeted\n    wait:").replace(
+        "    action: create_file\n", "    action: create_file\n    integration: budgeted\n")
+    engine = pack.engine()
+    done = _finished(engine, _start(engine, text, {"jsonl": _jsonl(2)}))
+    assert done["status"] == "succeeded", done
+    polls = _steps(done)["batch"]["wait"]["polls"]
+    stats = engine.budget.limiter.get_window_stats(window_for(59), "openai-pack", "budgeted", "requests")
+    assert polls >= 1 and 59 - stats.remaining == 2 + polls  # upload, create, and every poll
 
 
 def _threads(pid: int) -> int:
