@@ -29,7 +29,7 @@ from typing import Any
 from actions._binding import Call
 from actions._files import read_file_field
 from actions._validate import problems_for
-from integration.errors import InputError, ResponseShapeError
+from integration.errors import InputError, PackError
 
 __all__ = ["OutputSchemaError", "finish", "output_text", "request_body"]
 
@@ -37,10 +37,10 @@ FILE_OPTIONS = ("files", "file_ids", "image_file_ids")
 _IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
 
 
-class OutputSchemaError(ResponseShapeError):
+class OutputSchemaError(PackError):
     """The model's structured answer is not JSON, or does not fit the schema the step asked for."""
 
-    code = "output_schema_mismatch"
+    code, category = "output_schema_mismatch", "api"
 
 
 def output_text(response: dict[str, Any]) -> str | None:

@@ -1,0 +1,232 @@
+"""Everyday jobs: the curated create_response, and the example workflows of docs/examples run end to end.
+
+The action is run in-process against the loopback simulator; the workflows run on the session's
+real worker (real redis-server) against the same simulator.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import actions
+from actions.create_response import OutputSchemaError
+from actions.simulator import Simulator
+from integration.errors import InputError
+from integration.model import Integration
+from tests.conftest import REPO_ROOT
+from workers.workflow import load_workflow, parse_workflow
+
+pytestmark = pytest.mark.timeout(180)
+
+ROUTE_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["team", "urgent"],
+                "properties": {"team": {"type": "string", "enum": ["network", "desk"]}, "urgent": {"type": "boolean"}}}
+ROUTE_FORMAT = {"format": {"type": "json_schema", "name": "route", "strict": True, "schema": ROUTE_SCHEMA}}
+PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
+
+
+def _sent(simulator: Simulator) -> dict[str, Any]:
+    posts = [r for r in simulator.requests if r["method"] == "POST" and r["path"] == "/v1/responses"]
+    assert posts, "no request reached the simulator"
+    return posts[-1]["body"]  # type: ignore[no-any-return]
+
+
+def _answer_with(simulator: Simulator, text: str) -> None:
+    """The next POST /responses answers a completed response whose text is ``text``."""
+    simulator.add_fault({"kind": "status", "status": 200, "path": "/responses", "method": "POST", "body": {
+        "id": "resp_scripted", "object": "response", "created_at": 1, "status": "completed", "model": "gpt-4o-mini",
+        "output": [{"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
+                    "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+        "text": ROUTE_FORMAT, "usage": {"input_tokens": 5, "output_tokens": 7, "total_tokens": 12}}})
+
+
+# ---------------------------------------------------------------- output_text and output_parsed
+
+
+def test_output_text_is_the_answer(simulator: Simulator, sim_integration: Integration) -> None:
+    result = actions.execute("create_response", {"model": "gpt-4o-mini", "input": "printer on fire",
+                                                 "instructions": "Be brief.", "reasoning": {"effort": "low"},
+                                                 "store": False}, sim_integration)
+    assert result.output["output_text"] == "Simulated reply to: printer on fire"
+    assert "output_parsed" not in result.output
+    assert result.usage["total_tokens"] == result.output["usage"]["total_tokens"] > 0
+    sent = _sent(simulator)
+    assert sent["reasoning"] == {"effort": "low"} and sent["store"] is False and sent["instructions"] == "Be brief."
+
+
+def test_output_parsed_fits_the_schema(simulator: Simulator, sim_integration: Integration) -> None:
+    output = actions.run("create_response", {"model": "gpt-4o-mini", "input": "VPN down", "text": ROUTE_FORMAT},
+                         sim_integration)
+    assert output["output_parsed"] == json.loads(output["output_text"])
+    assert output["output_parsed"]["team"] in ("network", "desk")
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ('{"team": "sales", "urgent": true}', "team: must be one of"),
+    ('{"team": "desk"}', "urgent"),
+    ("Sure! Here is the JSON you asked for", "is not JSON"),
+])
+def test_an_answer_that_does_not_fit_is_a_typed_error(simulator: Simulator, sim_integration: Integration,
+                                                      text: str, words: str) -> None:
+    _answer_with(simulator, text)
+    with pytest.raises(OutputSchemaError) as caught:
+        actions.run("create_response", {"model": "gpt-4o-mini", "input": "VPN down", "text": ROUTE_FORMAT},
+                    sim_integration)
+    assert caught.value.code == "output_schema_mismatch" and words in caught.value.message
+    assert caught.value.details["schema"] == "route"
+
+
+def test_a_schema_mismatch_fails_the_step_by_name(pack: Any, simulator: Simulator) -> None:
+    _answer_with(simulator, '{"team": "sales", "urgent": true}')
+    text = f"""
+name: classify
+steps:
+  - id: classify_ticket
+    action: create_response
+    input:
+      model: gpt-4o-mini
+      input: "VPN down"
+      text: {json.dumps(ROUTE_FORMAT)}
+"""
+    engine = pack.engine()
+    run_id, _ = engine.start_run(parse_workflow(text, "classify.yaml"), {}, trigger={"type": "manual"})
+    engine.wait(run_id, 60)
+    record = engine.store.record(run_id)
+    assert record is not None and record["status"] == "failed"
+    assert record["error"]["step"] == "classify_ticket" and record["error"]["code"] == "output_schema_mismatch"
+    assert record["error"]["type"] == "OutputSchemaError"
+
+
+# ---------------------------------------------------------------- files and images
+
+
+def test_files_become_parts_of_the_last_user_message(simulator: Simulator, sim_integration: Integration,
+                                                     tmp_path: Path) -> None:
+    pdf = tmp_path / "invoice.pdf"
+    pdf.write_bytes(b"%PDF-1.4 invoice 42")
+    image = tmp_path / "screen.png"
+    image.write_bytes(PNG)
+    actions.run("create_response", {
+        "model": "gpt-4o-mini", "files": [str(pdf), f"@{image}"], "file_ids": ["file-abc"],
+        "image_file_ids": ["file-img"],
+        "input": [{"role": "user", "content": "first"}, {"role": "assistant", "content": "ok"},
+                  {"role": "user", "content": "What is due?"}]}, sim_integration)
+    sent = _sent(simulator)["input"]
+    assert sent[:2] == [{"role": "user", "content": "first"}, {"role": "assistant", "content": "ok"}]
+    parts = sent[2]["content"]
+    assert parts[0] == {"type": "input_text", "text": "What is due?"}
+    assert parts[1] == {"type": "input_file", "filename": "invoice.pdf",
+                        "file_data": "data:application/pdf;base64," + base64.b64encode(pdf.read_bytes()).decode()}
+    assert parts[2]["type"] == "input_image" and parts[2]["image_url"].startswith("data:image/png;base64,")
+    assert parts[3:] == [{"type": "input_file", "file_id": "file-abc"},
+                         {"type": "input_image", "file_id": "file-img", "detail": "auto"}]
+
+
+def test_text_input_with_a_file_becomes_one_message(simulator: Simulator, sim_integration: Integration) -> None:
+    actions.run("create_response", {"model": "gpt-4o-mini", "input": "Summarise",
+                                    "files": ["data:text/plain;base64," + base64.b64encode(b"notes").decode()]},
+                sim_integration)
+    assert _sent(simulator)["input"] == [{"role": "user", "content": [
+        {"type": "input_text", "text": "Summarise"},
+        {"type": "input_file", "filename": "upload.txt", "file_data": "data:text/plain;base64,bm90ZXM="}]}]
+
+
+def test_bad_files_are_refused_before_anything_is_sent(simulator: Simulator, sim_integration: Integration,
+                                                       tmp_path: Path) -> None:
+    big = tmp_path / "huge.pdf"
+    with big.open("wb") as handle:  # sparse: 50 MB + 1 byte without writing them
+        handle.truncate(50 * 1024 * 1024 + 1)
+    cases = [
+        ({"files": [str(tmp_path / "missing.pdf")]}, "files[0]", "does not exist"),
+        ({"files": [str(tmp_path), str(big)]}, "files[0]", "is not a file"),
+        ({"files": ["x.txt", str(big)][1:]}, "files[0]", "more than the 52428800"),
+        ({"files": ["data:text/plain;base64,@@@"]}, "files[0]", "does not decode"),
+        ({"files": []}, "input", "is required"),
+    ]
+    for extra, field, words in cases:
+        with pytest.raises(InputError) as caught:
+            actions.run("create_response", {"model": "gpt-4o-mini", **extra}, sim_integration)
+        problem = caught.value.details["problems"][0]
+        assert problem["field"] == field and words in problem["reason"], (extra, problem)
+    assert simulator.calls == 0
+
+
+# ---------------------------------------------------------------- multi-turn across steps, tools
+
+
+MULTI_TURN = """
+name: multi-turn
+steps:
+  - id: conversation
+    action: create_conversation
+    input: {}
+  - id: first
+    action: create_response
+    input:
+      model: gpt-4o-mini
+      input: "The printer in room 4 is on fire"
+      conversation: "{{ steps.conversation.output.id }}"
+  - id: second
+    action: create_response
+    input:
+      model: gpt-4o-mini
+      input: "Which room was it?"
+      previous_response_id: "{{ steps.first.output.id }}"
+      tools:
+        - type: function
+          name: open_ticket
+          strict: true
+          parameters: {type: object, properties: {room: {type: integer}}, required: [room], additionalProperties: false}
+output:
+  first: "{{ steps.first.output.output_text }}"
+  call: "{{ steps.second.output.output[0].name }}"
+"""
+
+
+def test_conversation_and_previous_response_across_steps(pack: Any, simulator: Simulator) -> None:
+    engine = pack.engine()
+    run_id, _ = engine.start_run(parse_workflow(MULTI_TURN, "multi.yaml"), {}, trigger={"type": "manual"})
+    engine.wait(run_id, 60)
+    record = engine.store.record(run_id)
+    assert record is not None and record["status"] == "succeeded", record
+    assert record["output"] == {"first": "Simulated reply to: The printer in room 4 is on fire",
+                                "call": "open_ticket"}
+    posts = [r["body"] for r in simulator.requests if r["path"] == "/v1/responses"]
+    assert posts[0]["conversation"].startswith("conv_") and posts[1]["previous_response_id"].startswith("resp_")
+
+
+# ---------------------------------------------------------------- the example workflows
+
+
+def _example(pack: Any, name: str, inputs: dict[str, Any], timeout: float = 120) -> dict[str, Any]:
+    workflow = load_workflow(REPO_ROOT / "docs" / "examples" / f"{name}.yaml")
+    engine = pack.engine()
+    run_id, _ = engine.start_run(workflow, inputs, trigger={"type": "manual"})
+    header = engine.wait(run_id, timeout)
+    assert header is not None and header["status"] == "succeeded", engine.store.record(run_id)
+    record = engine.store.record(run_id)
+    assert record is not None
+    return record
+
+
+def test_example_knowledge_base_answer(pack: Any, simulator: Simulator, tmp_path: Path) -> None:
+    docs = []
+    for name, text in (("vpn.md", "To reset the VPN token, open the portal and choose Reset token."),
+                       ("printer.md", "Printer jams: open tray 2 and remove the paper.")):
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        docs.append(str(path))
+    record = _example(pack, "knowledge-base-answer", {"documents": docs, "customer": "acme",
+                                                      "question": "How do I reset the VPN token?"})
+    steps = {s["id"]: s for s in record["steps"]}
+    assert steps["index"]["wait"]["kind"] == "vector_store"
+    assert steps["index"]["output"]["file_counts"]["completed"] == 2
+    assert "open the portal and choose Reset token" in record["output"]["answer"]
+    assert record["output"]["sources"] == ["vpn.md"]
+    uploaded = [item["output"]["filename"] for item in steps["upload"]["item_results"]]
+    assert uploaded == [os.path.basename(d) for d in docs]
