@@ -141,5 +141,8 @@ def request_body(call: Call) -> dict[str, Any]:
 
 def run(call: Call) -> dict[str, Any]:
     body = request_body(call)
-    answer = call.expect_object(call.send("POST", "/responses", json_body=body))
+    stream = call.manifest.http.stream  # a streamed answer is assembled into the same response object
+    streaming = stream is not None and body.get(stream.flag) is True
+    answer = call.expect_object(call.send("POST", call.manifest.http.path, json_body=body,
+                                          assemble_stream=stream.assemble if stream and streaming else None))
     return finish(answer, body.get("text"))

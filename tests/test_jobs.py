@@ -230,3 +230,40 @@ def test_example_knowledge_base_answer(pack: Any, simulator: Simulator, tmp_path
     assert record["output"]["sources"] == ["vpn.md"]
     uploaded = [item["output"]["filename"] for item in steps["upload"]["item_results"]]
     assert uploaded == [os.path.basename(d) for d in docs]
+
+
+SOLVED = [{"text": "Printer on floor 2 jams when printing labels", "team": "desk"},
+          {"text": "VPN tunnel drops every hour for remote staff", "team": "network"},
+          {"text": "New laptop needs Office licence", "team": "procurement"}]
+
+
+@pytest.mark.parametrize(("ticket", "team"), [
+    ("Remote staff say the VPN tunnel drops again", "network"),
+    ("The label printer jams on floor 2", "desk"),
+    ("Coffee machine is broken", "triage"),
+])
+def test_example_similar_ticket_routing(pack: Any, simulator: Simulator, ticket: str, team: str) -> None:
+    record = _example(pack, "similar-ticket-routing", {"ticket": ticket, "solved": SOLVED})
+    output = record["output"]
+    assert output["team"] == team
+    assert output["note"]["priority"] in ("low", "normal", "high")
+    best = record["variables"]["best"]
+    assert output["similarity"] == best["score"]
+    assert (output["similar_to"] == SOLVED[best["index"]]["text"]) == (team != "triage")
+    embeds = [r for r in simulator.requests if r["path"] == "/v1/embeddings"]
+    assert len(embeds) == 1 and len(embeds[0]["body"]["input"]) == 4  # one call for all four texts
+
+
+def test_similarity_filters_refuse_what_is_not_a_vector() -> None:
+    from integration.errors import TemplateError
+    from workers.workflow import render
+
+    assert render("{{ [1, 0] | cosine([1, 0]) }}", {}) == 1.0
+    assert render("{{ ([[0, 1], [1, 1], [1, 0]] | top_k([1, 0], 2)) | map(attribute='index') | list }}", {}) == [2, 1]
+    for text, words in (("{{ [1, 0] | cosine([1, 0, 0]) }}", "different lengths"),
+                        ("{{ 'abc' | cosine([1]) }}", "must be a non-empty list of numbers"),
+                        ("{{ [[1]] | top_k([1], 0) }}", "k must be a whole number"),
+                        ("{{ [[1, 'x']] | top_k([1, 1]) }}", "only finite numbers")):
+        with pytest.raises(TemplateError) as caught:
+            render(text, {}, step="route")
+        assert words in caught.value.message and "step 'route'" in caught.value.message
