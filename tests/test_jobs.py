@@ -267,3 +267,32 @@ def test_similarity_filters_refuse_what_is_not_a_vector() -> None:
         with pytest.raises(TemplateError) as caught:
             render(text, {}, step="route")
         assert words in caught.value.message and "step 'route'" in caught.value.message
+
+
+def test_example_voicemail_to_ticket(pack: Any, simulator: Simulator, tmp_path: Path) -> None:
+    recording = tmp_path / "voicemail.mp3"
+    recording.write_bytes(b"ID3\x03\x00\x00\x00" + bytes(range(256)) * 8)
+    record = _example(pack, "voicemail-to-ticket", {"recording": str(recording), "boards": ["network", "billing"]})
+    ticket = record["output"]["ticket"]
+    steps = {s["id"]: s for s in record["steps"]}
+    transcript = steps["transcribe"]["output"]["text"]
+    assert ticket["body"].endswith(transcript) and transcript
+    assert ticket["priority"] in ("low", "normal", "high") and ticket["board"] in ("network", "billing")
+    assert ticket["title"] == steps["summarise"]["output"]["output_parsed"]["title"]
+    upload = next(r for r in simulator.requests if r["path"] == "/v1/audio/transcriptions")
+    assert upload["body"]["file"] == "voicemail.mp3"  # the simulator keeps a multipart file as its name
+    classify = [r["body"] for r in simulator.requests if r["path"] == "/v1/responses"][-1]
+    assert classify["text"]["format"]["schema"]["properties"]["board"]["enum"] == ["network", "billing"]
+
+
+def test_example_voicemail_with_a_missing_recording_sends_nothing(pack: Any, simulator: Simulator,
+                                                                  tmp_path: Path) -> None:
+    workflow = load_workflow(REPO_ROOT / "docs" / "examples" / "voicemail-to-ticket.yaml")
+    engine = pack.engine()
+    run_id, _ = engine.start_run(workflow, {"recording": str(tmp_path / "gone.mp3")}, trigger={"type": "manual"})
+    engine.wait(run_id, 60)
+    record = engine.store.record(run_id)
+    assert record is not None and record["status"] == "failed"
+    assert record["error"]["step"] == "transcribe" and record["error"]["code"] == "invalid_input"
+    assert "file:" in record["error"]["message"] and "does not exist" in record["error"]["message"]
+    assert simulator.calls == 0
