@@ -21,7 +21,7 @@ import redis
 
 from actions.simulator import Simulator
 from integration.errors import WorkflowError
-from tests.conftest import WorkerProcess
+from tests.conftest import WorkerProcess, run_cli
 from workers.workflow import parse_workflow
 
 pytestmark = pytest.mark.timeout(240)
@@ -103,10 +103,12 @@ def held_jobs(simulator: Simulator) -> Iterator[Simulator]:
 # ---------------------------------------------------------------- the wait itself
 
 
-def test_batch_wait_shows_progress_then_succeeds(pack: Any, held_jobs: Simulator) -> None:
+def test_batch_wait_shows_progress_then_succeeds(pack: Any, held_jobs: Simulator, worker_env: dict[str, str]) -> None:
     engine = pack.engine()
     run_id = _start(engine, BATCH, {"jsonl": _jsonl(100)})
     record = _until(lambda: _waiting(engine, run_id, "batch", polls=2), what="two polls")
+    shown = run_cli(worker_env, "runs", "show", run_id)
+    assert shown.returncode == 0 and "waiting" in shown.stdout and "batch in_progress, " in shown.stdout
     wait = record["wait"]
     assert wait["kind"] == "batch" and wait["job_id"].startswith("batch_")
     assert wait["status"] == "in_progress" and wait["summary"].startswith("batch in_progress, ")
