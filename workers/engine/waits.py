@@ -135,7 +135,7 @@ _KINDS = (
              {"vector_store_id": "vector_store_id", "batch_id": "id"}, frozenset({"completed"}),
              frozenset({"failed", "cancelled"}), frozenset({"in_progress"}), cancel="cancel_vector_store_file_batch",
              progress=_counts("file_counts", ("completed", "failed", "cancelled"))),
-     ()),
+     ("create_vector_store_file_batch",)),
     (JobKind("video", "get_video", {"video_id": "id"}, frozenset({"completed"}), frozenset({"failed"}),
              frozenset({"queued", "in_progress"}), progress=_percent),
      ("create_video", "create_video_remix", "create_video_edit", "create_video_extend")),
