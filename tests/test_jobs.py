@@ -296,3 +296,116 @@ def test_example_voicemail_with_a_missing_recording_sends_nothing(pack: Any, sim
     assert record["error"]["step"] == "transcribe" and record["error"]["code"] == "invalid_input"
     assert "file:" in record["error"]["message"] and "does not exist" in record["error"]["message"]
     assert simulator.calls == 0
+
+
+# ---------------------------------------------------------------- mode: batch
+
+needs_download = pytest.mark.skipif("download_file" not in actions.registry(),
+                                    reason="mode: batch reads the batch's output with download_file (binary outputs)")
+
+CLASSIFY = """
+name: classify-{mode}
+inputs:
+  records: {{type: array, items: {{type: string}}}}
+steps:
+  - id: classify
+    action: create_chat_completion
+    with_items: "{{{{ inputs.records }}}}"
+    concurrency: 20
+    mode: {mode}
+    wait: {{interval: 0.2, max_interval: 0.5}}
+    input:
+      model: gpt-4o-mini
+      messages:
+        - {{role: system, content: "One label: billing, outage, other."}}
+        - {{role: user, content: "{{{{ item }}}}"}}
+"""
+
+
+@pytest.mark.parametrize(("step", "field", "words"), [
+    ("action: create_image\n    with_items: [a]\n    mode: batch\n    input: {prompt: '{{ item }}'}", "mode",
+     "'create_image' cannot run in mode: batch: /v1/batches accepts only"),
+    ("action: create_embedding\n    mode: batch\n    input: {model: m, input: x}", "mode",
+     "mode: batch applies to a step with with_items"),
+    pytest.param("action: create_embedding\n    with_items: [a]\n    mode: batch\n    wait: {until: completed}\n"
+                 "    input: {model: m, input: '{{ item }}'}", "wait.until", "until does not apply",
+                 marks=needs_download),
+    ("action: create_embedding\n    with_items: [a]\n    mode: nightly\n    input: {model: m, input: x}", "mode",
+     "must be one of"),
+])
+def test_mode_batch_is_checked_when_the_file_loads(step: str, field: str, words: str) -> None:
+    from integration.errors import WorkflowError
+
+    with pytest.raises(WorkflowError) as caught:
+        parse_workflow(f"name: w\nsteps:\n  - id: s\n    {step}\n", "w.yaml")
+    assert caught.value.details.get("field") == field and words in caught.value.message, caught.value.to_dict()
+
+
+def test_a_batch_over_the_file_limits_is_split() -> None:
+    from workers.engine.batchmode import split_lines
+
+    lines = [(i, json.dumps({"custom_id": f"item-{i}", "pad": "x" * (i % 7)})) for i in range(25)]
+    files = split_lines(lines, max_lines=10, max_bytes=10_000)
+    assert [(first, count) for first, count, _ in files] == [(0, 10), (10, 10), (20, 5)]
+    assert b"".join(body for _, _, body in files).decode().splitlines() == [line for _, line in lines]
+    by_size = split_lines(lines, max_lines=1000, max_bytes=200)
+    assert all(len(body) <= 200 for _, _, body in by_size) and sum(c for _, c, _ in by_size) == 25
+
+
+@needs_download
+def test_batch_mode_gives_the_same_items_as_live(pack: Any, simulator: Simulator) -> None:
+    records = [f"ticket {i}: {'printer jam' if i % 3 else 'invoice wrong'}" for i in range(1000)]
+    engine = pack.engine()
+    results = {}
+    for mode in ("live", "batch"):
+        simulator.reset()
+        run_id, _ = engine.start_run(parse_workflow(CLASSIFY.format(mode=mode), f"{mode}.yaml"),
+                                     {"records": records}, trigger={"type": "manual"})
+        engine.wait(run_id, 150)
+        record = engine.store.record(run_id)
+        assert record is not None and record["status"] == "succeeded", record.get("error") if record else None
+        results[mode] = (record, simulator.calls_by_route(), list(simulator.requests))
+    live, batch = results["live"][0]["steps"][0], results["batch"][0]["steps"][0]
+    assert len(live["item_results"]) == len(batch["item_results"]) == 1000
+    for index, (a, b) in enumerate(zip(live["item_results"], batch["item_results"], strict=True)):
+        assert a["status"] == b["status"] == "succeeded", index
+        assert a["output"]["choices"] == b["output"]["choices"], index
+        assert a["usage"] == b["usage"], index
+    routes, requests = results["batch"][1], results["batch"][2]
+    assert routes.get("POST /chat/completions") is None and routes["POST /files"] == 1
+    assert routes["POST /batches"] == 1
+    downloads = [r for r in requests if r["path"].endswith("/content")]
+    assert 1 <= len(downloads) <= 2  # the output file, and the error file when there is one
+    polls = [r for r in requests if r["method"] == "GET" and r["path"].startswith("/v1/batches/")]
+    assert len(polls) == batch["wait"]["polls"] >= 1
+    assert batch["items"] == {"total": 1000, "succeeded": 1000, "failed": 0}
+    print(f"\n[batch] 1000 items: live made {results['live'][1]['POST /chat/completions']} calls; batch made "
+          f"1 upload, 1 create, {len(polls)} polls, {len(downloads)} downloads")
+
+
+@needs_download
+def test_batch_mode_items_fail_alone(pack: Any, simulator: Simulator) -> None:
+    """An item the action refuses fails before the upload; the others still run in the batch."""
+    text = CLASSIFY.format(mode="batch").replace('content: "{{ item }}"', 'content: "{{ item }}", name: "{{ item }}"')
+    engine = pack.engine()
+    run_id, _ = engine.start_run(parse_workflow(text, "b.yaml"), {"records": ["ok_one", "not ok!", "ok_two"]},
+                                 trigger={"type": "manual"})
+    engine.wait(run_id, 60)
+    record = engine.store.record(run_id)
+    assert record is not None and record["status"] == "failed"
+    step = record["steps"][0]
+    assert step["items"] == {"total": 3, "succeeded": 2, "failed": 1}
+    assert step["error"]["failed_items"] == [1]
+    sent = [r for r in simulator.requests if r["path"] == "/v1/files"]
+    assert len(sent) == 1
+
+
+@needs_download
+def test_example_nightly_batch_classification(pack: Any, simulator: Simulator) -> None:
+    records = [f"record {i}: {'the server is down' if i % 2 else 'please fix my bill'}" for i in range(10_000)]
+    record = _example(pack, "nightly-batch-classification", {"records": records}, timeout=170)
+    labels = record["output"]["labels"]
+    assert len(labels) == 10_000 and all(isinstance(label, str) and label for label in labels)
+    routes = simulator.calls_by_route()
+    assert routes["POST /batches"] == 1 and "POST /chat/completions" not in routes
+    assert record["steps"][0]["wait"]["summary"] == "batch completed, 10000/10000"

@@ -18,6 +18,7 @@ from integration.model import Integration
 from integration.redact import scrub_data
 from integration.store import resolve
 from workers.calls import CallResult, LedgeredCalls, redact
+from workers.engine.batchmode import BatchMode
 from workers.engine.context import TemplateContext
 from workers.engine.fanout import FanOut
 from workers.engine.waits import Waits
@@ -53,6 +54,7 @@ class Engine:
         self.context = TemplateContext(store)
         self.fanout = FanOut(self)
         self.waits = Waits(self)
+        self.batches = BatchMode(self)
 
     # starting ------------------------------------------------------------------------------
     def start_run(self, workflow: Workflow, raw_inputs: Any, *, trigger: dict[str, Any],

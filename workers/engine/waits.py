@@ -332,7 +332,10 @@ class Waits:
         for step_id, record in self.engine.store.steps(run_id).items():
             if record.get("status") != "waiting" or not isinstance(record.get("wait"), dict):
                 continue
-            self.cancel_remote(run_id, workflow.step(step_id), record["wait"])
+            if record.get("mode") == "batch":  # a with_items step in mode: batch waits for its batches
+                self.engine.batches.cancel_remote(run_id, workflow.step(step_id), record["wait"])
+            else:
+                self.cancel_remote(run_id, workflow.step(step_id), record["wait"])
             self.engine.dispatch(run_id, step_id, None, None)
             woken.append(step_id)
         return woken

@@ -152,6 +152,11 @@ class RunStore:
             fields = [str(i) for i in range(start, min(start + size, total))]
             yield start, [_load(v) for v in self.kv.hmget(key, fields)]
 
+    def item_input_chunks(self, run_id: str, step_id: str, total: int,
+                          size: int = 1000) -> Iterator[tuple[int, list[Any]]]:
+        """``(start, items)`` of a fan-out's rendered items in index order, ``size`` at a time."""
+        return self._chunks(self._run(run_id, f"fanout:{step_id}"), total, size)
+
     def save_item_inputs(self, run_id: str, step_id: str, items: list[Any]) -> None:
         """One field per item, so an item task reads its own item, not the whole list."""
         key = self._run(run_id, f"fanout:{step_id}")

@@ -23,7 +23,7 @@ from workers.workflow.errors import WorkflowError
 from workers.workflow.model import WaitSpec, input_schema
 from workers.workflow.templates import ITEM_NAMES, compiled, has_template, parsed, shown
 
-__all__ = ["Scope", "check_action", "check_defaults", "check_integrations", "check_literal_inputs",
+__all__ = ["Scope", "check_action", "check_batch_mode", "check_defaults", "check_integrations", "check_literal_inputs",
            "check_templates", "check_wait", "parse_duration", "step_label", "suggest", "template_strings", "wait_spec"]
 
 
@@ -207,10 +207,27 @@ def wait_spec(raw: Any, source: str, step_id: str) -> WaitSpec | None:
     return spec
 
 
-def check_wait(action: str, spec: WaitSpec, fan_out: bool, source: str, step_id: str) -> None:
+def check_batch_mode(action: str, fan_out: bool, source: str, step_id: str) -> None:
+    """``mode: batch`` is for a with_items step whose action ``/v1/batches`` accepts."""
+    from workers.engine.batchmode import batch_problem  # the engine imports this package
+
+    if not fan_out:
+        raise WorkflowError("mode: batch applies to a step with with_items (its items become one batch job)",
+                            file=source, step=step_id, field="mode")
+    problem = batch_problem(action)
+    if problem:
+        raise WorkflowError(problem, file=source, step=step_id, field="mode")
+
+
+def check_wait(action: str, spec: WaitSpec, fan_out: bool, source: str, step_id: str, *, mode: str = "live") -> None:
     """The action starts (or retrieves) a job the pack knows how to poll, and ``until`` names its statuses."""
     from workers.engine.waits import job_for, waitable_actions  # the engine imports this package
 
+    if mode == "batch":  # the step's batches are waited for: only the times apply
+        if spec.until:
+            raise WorkflowError("a mode: batch step waits until its batches end; until does not apply",
+                                file=source, step=step_id, field="wait.until")
+        return
     if fan_out:
         raise WorkflowError("a with_items step cannot wait yet: wait for each job in a step of its own, or "
                             "use one batch job", file=source, step=step_id, field="wait")

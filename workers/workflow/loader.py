@@ -25,6 +25,7 @@ from actions import problems_for
 from workers.workflow.checks import (
     Scope,
     check_action,
+    check_batch_mode,
     check_defaults,
     check_integrations,
     check_literal_inputs,
@@ -290,15 +291,18 @@ def _build_step(raw: dict[str, Any], ids: list[str], scope: Scope, source: str, 
             check_templates(transition.condition, f"on[{index}].if", scope, source, sid)
             check_templates(transition.publish, f"on[{index}].publish", scope, source, sid)
         check_literal_inputs(step_input, action, source, sid)
+    mode = raw.get("mode", "live")
+    if mode == "batch" and not trusted:
+        check_batch_mode(action, with_items is not None, source, sid)
     wait = wait_spec(raw.get("wait"), source, sid)
     if wait is not None and not trusted:
-        check_wait(action, wait, with_items is not None, source, sid)
+        check_wait(action, wait, with_items is not None, source, sid, mode=mode)
     timeout = raw.get("timeout")
     return Step(
         id=sid, action=action, integration=raw.get("integration"), input=step_input, retries=raw.get("retries"),
         timeout=float(timeout) if timeout is not None else None, redact=tuple(raw.get("redact") or ()),
         with_items=with_items, concurrency=int(raw.get("concurrency", DEFAULT_CONCURRENCY)), on=on,
-        description=raw.get("description", ""), wait=wait,
+        description=raw.get("description", ""), wait=wait, mode=mode,
     )
 
 

@@ -98,6 +98,7 @@ class Step:
     on: tuple[Transition, ...] | None = None
     description: str = ""
     wait: WaitSpec | None = None
+    mode: Literal["live", "batch"] = "live"
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "action": self.action}
@@ -115,6 +116,8 @@ class Step:
         if self.with_items is not None:
             out["with_items"] = copy.deepcopy(self.with_items)
             out["concurrency"] = self.concurrency
+        if self.mode != "live":
+            out["mode"] = self.mode
         if self.wait is not None:
             out["wait"] = self.wait.to_dict()
         if self.on is not None:
