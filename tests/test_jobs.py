@@ -312,14 +312,16 @@ steps:
     action: create_chat_completion
     with_items: "{{{{ inputs.records }}}}"
     concurrency: 20
-    mode: {mode}
-    wait: {{interval: 0.2, max_interval: 0.5}}
+    mode: {mode}{wait}
     input:
       model: gpt-4o-mini
       messages:
         - {{role: system, content: "One label: billing, outage, other."}}
         - {{role: user, content: "{{{{ item }}}}"}}
 """
+
+
+BATCH_WAIT = "\n    wait: {interval: 0.2, max_interval: 0.5}"
 
 
 @pytest.mark.parametrize(("step", "field", "words"), [
@@ -359,7 +361,7 @@ def test_batch_mode_gives_the_same_items_as_live(pack: Any, simulator: Simulator
     results = {}
     for mode in ("live", "batch"):
         simulator.reset()
-        run_id, _ = engine.start_run(parse_workflow(CLASSIFY.format(mode=mode), f"{mode}.yaml"),
+        run_id, _ = engine.start_run(parse_workflow(CLASSIFY.format(mode=mode, wait=BATCH_WAIT if mode == "batch" else ""), f"{mode}.yaml"),
                                      {"records": records}, trigger={"type": "manual"})
         engine.wait(run_id, 150)
         record = engine.store.record(run_id)
@@ -386,7 +388,7 @@ def test_batch_mode_gives_the_same_items_as_live(pack: Any, simulator: Simulator
 @needs_download
 def test_batch_mode_items_fail_alone(pack: Any, simulator: Simulator) -> None:
     """An item the action refuses fails before the upload; the others still run in the batch."""
-    text = CLASSIFY.format(mode="batch").replace('content: "{{ item }}"', 'content: "{{ item }}", name: "{{ item }}"')
+    text = CLASSIFY.format(mode="batch", wait=BATCH_WAIT).replace('content: "{{ item }}"', 'content: "{{ item }}", name: "{{ item }}"')
     engine = pack.engine()
     run_id, _ = engine.start_run(parse_workflow(text, "b.yaml"), {"records": ["ok_one", "not ok!", "ok_two"]},
                                  trigger={"type": "manual"})
