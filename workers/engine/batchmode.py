@@ -216,6 +216,7 @@ class BatchMode:
                 wait["timed_out"] = True
             else:
                 return self._again(run_id, step, record, now, spec)
+        self.engine.store.save_waiting(run_id, step.id, record)  # the last poll's state stays in the record
         self._collect(run_id, workflow, step, record)
 
     def _again(self, run_id: str, step: Step, record: dict[str, Any], now: float, spec: WaitSpec) -> None:
