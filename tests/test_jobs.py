@@ -388,9 +388,10 @@ def test_batch_mode_gives_the_same_items_as_live(pack: Any, simulator: Simulator
 @needs_download
 def test_batch_mode_items_fail_alone(pack: Any, simulator: Simulator) -> None:
     """An item the action refuses fails before the upload; the others still run in the batch."""
-    text = CLASSIFY.format(mode="batch", wait=BATCH_WAIT).replace('content: "{{ item }}"', 'content: "{{ item }}", name: "{{ item }}"')
+    text = CLASSIFY.format(mode="batch", wait=BATCH_WAIT).replace("model: gpt-4o-mini",
+                                                                  'model: gpt-4o-mini\n      temperature: "{{ item }}"')
     engine = pack.engine()
-    run_id, _ = engine.start_run(parse_workflow(text, "b.yaml"), {"records": ["ok_one", "not ok!", "ok_two"]},
+    run_id, _ = engine.start_run(parse_workflow(text, "b.yaml"), {"records": ["0.5", "hot", "1"]},
                                  trigger={"type": "manual"})
     engine.wait(run_id, 60)
     record = engine.store.record(run_id)
@@ -398,8 +399,9 @@ def test_batch_mode_items_fail_alone(pack: Any, simulator: Simulator) -> None:
     step = record["steps"][0]
     assert step["items"] == {"total": 3, "succeeded": 2, "failed": 1}
     assert step["error"]["failed_items"] == [1]
-    sent = [r for r in simulator.requests if r["path"] == "/v1/files"]
-    assert len(sent) == 1
+    assert "temperature" in step["item_results"][1]["error"]["message"]
+    assert [r["output"]["object"] for r in step["item_results"][::2]] == ["chat.completion"] * 2
+    assert simulator.calls_by_route()["POST /files"] == 1
 
 
 @needs_download
