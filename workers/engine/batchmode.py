@@ -113,7 +113,10 @@ class BatchMode:
             store.save_item_inputs(run_id, step.id, items)
         total = store.item_total(run_id, step.id)
         started = record.get("started") or now_iso()
+        began = time.monotonic()
         lines = self._lines(run_id, workflow, step, total)
+        log.info("step %s of run %s: %d of %d items as batch requests in %.1fs", step.id, run_id, len(lines), total,
+                 time.monotonic() - began)
         batches = []
         for number, (first, count, body) in enumerate(split_lines(lines)):
             batches.append(self._create(run_id, step, number, first, count, body))
@@ -241,22 +244,24 @@ class BatchMode:
                     continue
                 content = actions.execute(_DOWNLOAD, {"file_id": file_id, "parse": "jsonl"}, integration,
                                           options=options).output
+                results = []
                 for line in content.get("records") or []:
                     index = _index_of(line)
-                    if index is None or store.item(run_id, step.id, index) is not None:
-                        continue
-                    item_record, output = _item_result(step, line, batch["id"], finished)
-                    store.save_item_result(run_id, step.id, index, item_record, output)
+                    if index is not None:
+                        results.append((index, *_item_result(step, line, batch["id"], finished)))
+                for start in range(0, len(results), 500):  # set-once per item: a replay changes nothing
+                    store.save_item_results(run_id, step.id, results[start:start + 500])
         total = store.item_total(run_id, step.id)
         for start, chunk in store.item_record_chunks(run_id, step.id, total):
+            missing = []
             for offset, entry in enumerate(chunk):
                 if entry is None:  # no line for it: the batch failed, expired or was cancelled first
-                    batch_status = record["wait"]["status"]
                     error = JobFailedError(f"step {step.id!r}: item {start + offset} has no result: the batch ended "
-                                           f"{batch_status}" + (" (the wait timed out)"
-                                                                if record["wait"].get("timed_out") else ""))
+                                           f"{record['wait']['status']}" + (" (the wait timed out)"
+                                                                            if record["wait"].get("timed_out") else ""))
                     failed = engine.failed({"action": step.action, "attempts": 0, "started": finished}, error)
-                    store.save_item_result(run_id, step.id, start + offset, failed)
+                    missing.append((start + offset, failed, None))
+            store.save_item_results(run_id, step.id, missing)
         engine.fanout.finish(run_id, workflow, step.id)
 
     # cancelling ------------------------------------------------------------------------------------------

@@ -218,6 +218,18 @@ class RunStore:
                ("hset_if_first", (self._run(run_id, "flags"), f"final:{step_id}:{index}", writes), {})]
         return bool(self.kv.batch(ops)[-1])
 
+    def save_item_results(self, run_id: str, step_id: str,
+                          results: list[tuple[int, dict[str, Any], Any]]) -> None:
+        """``save_item_result`` for many items in one round trip (a batch job's results, mapped back)."""
+        ops: list[Op] = []
+        for index, record, full_output in results:
+            writes = [(self._run(run_id, f"items:{step_id}"), str(index), _dump(record))]
+            if full_output is not None:
+                writes.append((self._run(run_id, f"ctx:{step_id}"), str(index), _json(full_output)))
+            ops.append(("hset_if_first", (self._run(run_id, "flags"), f"final:{step_id}:{index}", writes), {}))
+        if ops:
+            self.kv.batch(ops)
+
     def full_output(self, run_id: str, step_id: str) -> tuple[bool, Any]:
         """(found, value): the unredacted output kept for templates while the run is active."""
         raw = self.kv.hget(self._run(run_id, "ctx"), step_id)
