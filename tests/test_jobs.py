@@ -66,6 +66,17 @@ def test_output_parsed_fits_the_schema(simulator: Simulator, sim_integration: In
     assert output["output_parsed"]["team"] in ("network", "desk")
 
 
+@pytest.mark.skipif(actions.get("create_response").http.stream is None,
+                    reason="the Responses stream is assembled once the binder reads it (http.stream)")
+def test_a_streamed_answer_is_assembled(simulator: Simulator, sim_integration: Integration) -> None:
+    result = actions.execute("create_response", {"model": "gpt-4o-mini", "input": "VPN down", "stream": True,
+                                                 "text": ROUTE_FORMAT}, sim_integration)
+    assert _sent(simulator)["stream"] is True
+    assert result.output["status"] == "completed" and result.output["object"] == "response"
+    assert result.output["output_parsed"] == json.loads(result.output["output_text"])
+    assert result.usage["total_tokens"] > 0
+
+
 @pytest.mark.parametrize(("text", "words"), [
     ('{"team": "sales", "urgent": true}', "team: must be one of"),
     ('{"team": "desk"}', "urgent"),
