@@ -424,3 +424,14 @@ def test_example_nightly_batch_classification(pack: Any, simulator: Simulator) -
     routes = simulator.calls_by_route()
     assert routes["POST /batches"] == 1 and "POST /chat/completions" not in routes
     assert record["steps"][0]["wait"]["summary"] == "batch completed, 10000/10000"
+
+
+def test_migration_guide_maps_every_assistants_action() -> None:
+    """docs/migration.md lists each deprecated Assistants action with the replaced_by its manifest names."""
+    text = (REPO_ROOT / "docs" / "migration.md").read_text(encoding="utf-8")
+    assistants = {name: m for name, m in actions.registry().items()
+                  if m.deprecated and "Assistants" in m.deprecated}
+    assert len(assistants) >= 20
+    for name, manifest in assistants.items():
+        assert manifest.replaced_by in actions.registry(), name
+        assert f"| `{name}` | `{manifest.replaced_by}` |" in text, f"docs/migration.md: {name} -> {manifest.replaced_by}"
