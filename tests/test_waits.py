@@ -166,6 +166,25 @@ output:
     assert len(gets) == step["wait"]["polls"] >= 1
 
 
+def test_a_poll_that_fails_for_a_passing_reason_is_tried_again(pack: Any, simulator: Simulator) -> None:
+    simulator.add_fault({"kind": "status", "status": 503, "method": "GET", "path": "/responses", "times": 3})
+    engine = pack.engine()
+    done = _finished(engine, _start(engine, BACKGROUND))
+    assert done["status"] == "succeeded", done
+    step = _steps(done)["batch"]
+    assert step["wait"]["errors"] == 0 and "last_error" not in step["wait"]
+    gets = [r for r in simulator.requests if r["method"] == "GET" and r["path"].startswith("/v1/responses/")]
+    assert len(gets) == step["wait"]["polls"] + 3  # one poll's three tries failed, the next poll went on
+
+
+def test_a_poll_refused_for_good_fails_the_step(pack: Any, simulator: Simulator) -> None:
+    simulator.add_fault({"kind": "status", "status": 404, "method": "GET", "path": "/responses", "times": 1})
+    engine = pack.engine()
+    done = _finished(engine, _start(engine, BACKGROUND))
+    step = _steps(done)["batch"]
+    assert done["status"] == "failed" and step["error"]["code"] == "not_found" and step["status"] == "failed"
+
+
 def test_cancelling_the_run_cancels_the_remote_batch(pack: Any, held_jobs: Simulator) -> None:
     engine = pack.engine()
     run_id = _start(engine, BATCH, {"jsonl": _jsonl(5)})

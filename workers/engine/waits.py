@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import actions
 from actions.create_response import finish as finish_response
-from integration.errors import PackError
+from integration.errors import PackError, TransportError
 from workers.calls import redact
 from workers.requeue import Requeue
 from workers.state.kv import Op
@@ -248,7 +248,8 @@ class Waits:
             raise  # the rate budget is spent: the poll itself waits on the queue
         except PackError as exc:
             wait["errors"] = int(wait.get("errors") or 0) + 1
-            if not exc.retryable or wait["errors"] > MAX_POLL_ERRORS:
+            passing = exc.retryable or isinstance(exc, TransportError)  # a 5xx, a dropped connection
+            if not passing or wait["errors"] > MAX_POLL_ERRORS:
                 return self._failed(record, exc), None, []
             wait["last_error"] = {"code": exc.code, "message": exc.message}
             return self._again(run_id, step, record, now)
