@@ -435,3 +435,18 @@ def test_migration_guide_maps_every_assistants_action() -> None:
     for name, manifest in assistants.items():
         assert manifest.replaced_by in actions.registry(), name
         assert f"| `{name}` | `{manifest.replaced_by}` |" in text, f"docs/migration.md: {name} -> {manifest.replaced_by}"
+
+
+@needs_download
+def test_batch_mode_a_refused_batch_fails_every_item_with_its_error(pack: Any, simulator: Simulator) -> None:
+    simulator.add_fault({"kind": "status", "status": 400, "method": "POST", "path": "/batches"})
+    engine = pack.engine()
+    run_id, _ = engine.start_run(parse_workflow(CLASSIFY.format(mode="batch", wait=BATCH_WAIT), "b.yaml"),
+                                 {"records": ["a", "b", "c"]}, trigger={"type": "manual"})
+    engine.wait(run_id, 60)
+    record = engine.store.record(run_id)
+    assert record is not None and record["status"] == "failed"
+    step = record["steps"][0]
+    assert step["items"] == {"total": 3, "succeeded": 0, "failed": 3}
+    assert {item["error"]["code"] for item in step["item_results"]} == {"bad_request"}
+    assert "POST /chat/completions" not in simulator.calls_by_route()

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import actions
-from integration.errors import InputError, PackError
+from integration.errors import InputError, PackError, TransportError
 from workers.calls import redact
 from workers.engine.waits import JobFailedError
 from workers.requeue import Requeue
@@ -118,8 +118,13 @@ class BatchMode:
         log.info("step %s of run %s: %d of %d items as batch requests in %.1fs", step.id, run_id, len(lines), total,
                  time.monotonic() - began)
         batches = []
-        for number, (first, count, body) in enumerate(split_lines(lines)):
-            batches.append(self._create(run_id, step, number, first, count, body))
+        try:
+            for number, (first, count, body) in enumerate(split_lines(lines)):
+                batches.append(self._create(run_id, step, number, first, count, body))
+        except PackError as exc:  # the upload or the create was refused: every item still waiting fails with it
+            self._fail_remaining(run_id, step, exc)
+            engine.fanout.finish(run_id, workflow, step.id)
+            return store.step(run_id, step.id) or {"status": "failed"}
         spec = step.wait or DEFAULT_WAIT
         now = time.time()
         record = {"status": "waiting", "action": step.action, "mode": "batch", "started": started, "attempts": 0,
@@ -200,9 +205,13 @@ class BatchMode:
                 seen = actions.execute("retrieve_batch", {"batch_id": batch["id"]}, integration, options=options).output
             except PackError as exc:
                 wait["errors"] = int(wait.get("errors") or 0) + 1
-                if exc.retryable and wait["errors"] <= 5:
+                if (exc.retryable or isinstance(exc, TransportError)) and wait["errors"] <= 5:
                     return self._again(run_id, step, record, now, spec)
-                raise
+                wait["poll_error"] = {"code": exc.code, "message": exc.message}
+                self.engine.store.save_waiting(run_id, step.id, record)
+                self._fail_remaining(run_id, step, exc)
+                self.engine.fanout.finish(run_id, workflow, step.id)
+                return None
             batch.update(status=seen.get("status"), request_counts=seen.get("request_counts"),
                          output_file_id=seen.get("output_file_id"), error_file_id=seen.get("error_file_id"))
         wait["polls"] = int(wait.get("polls") or 0) + 1
@@ -251,18 +260,20 @@ class BatchMode:
                         results.append((index, *_item_result(step, line, batch["id"], finished)))
                 for start in range(0, len(results), 500):  # set-once per item: a replay changes nothing
                     store.save_item_results(run_id, step.id, results[start:start + 500])
-        total = store.item_total(run_id, step.id)
-        for start, chunk in store.item_record_chunks(run_id, step.id, total):
-            missing = []
-            for offset, entry in enumerate(chunk):
-                if entry is None:  # no line for it: the batch failed, expired or was cancelled first
-                    error = JobFailedError(f"step {step.id!r}: item {start + offset} has no result: the batch ended "
-                                           f"{record['wait']['status']}" + (" (the wait timed out)"
-                                                                            if record["wait"].get("timed_out") else ""))
-                    failed = engine.failed({"action": step.action, "attempts": 0, "started": finished}, error)
-                    missing.append((start + offset, failed, None))
-            store.save_item_results(run_id, step.id, missing)
+        self._fail_remaining(run_id, step, JobFailedError(
+            f"step {step.id!r}: no result for this item: the batch ended {record['wait']['status']}"
+            + (" (the wait timed out)" if record["wait"].get("timed_out") else "")))
         engine.fanout.finish(run_id, workflow, step.id)
+
+    def _fail_remaining(self, run_id: str, step: Step, error: PackError) -> None:
+        """Every item without a record yet fails with ``error`` (its request never ran, or its result is lost)."""
+        store = self.engine.store
+        total = store.item_total(run_id, step.id)
+        finished = now_iso()
+        for start, chunk in store.item_record_chunks(run_id, step.id, total):
+            failed = self.engine.failed({"action": step.action, "attempts": 0, "started": finished}, error)
+            store.save_item_results(run_id, step.id, [(start + offset, failed, None)
+                                                      for offset, entry in enumerate(chunk) if entry is None])
 
     # cancelling ------------------------------------------------------------------------------------------
     def cancel_remote(self, run_id: str, step: Step, wait: dict[str, Any]) -> dict[str, Any]:
