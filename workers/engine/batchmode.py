@@ -33,36 +33,22 @@ from workers.engine.waits import JobFailedError
 from workers.requeue import Requeue
 from workers.state.runs import FINISHED, now_iso
 from workers.workflow import Step, TemplateError, Workflow, render
+from workers.workflow.jobs import DOWNLOAD_ACTION
 from workers.workflow.model import WaitSpec
 
 if TYPE_CHECKING:
     from workers.engine.lifecycle import Engine
 
-__all__ = ["BATCH_ENDPOINTS", "BatchMode", "batch_problem", "split_lines"]
+__all__ = ["BatchMode", "split_lines"]
 
 log = logging.getLogger("openai_pack.batchmode")
 
-#: What ``/v1/batches`` accepts (the spec's ``endpoint`` enum), as the actions' paths.
-BATCH_ENDPOINTS = frozenset({"/responses", "/chat/completions", "/embeddings", "/completions", "/moderations"})
 #: The API's limits per batch input file.
 MAX_LINES_PER_FILE = 50_000
 MAX_BYTES_PER_FILE = 190 * 1024 * 1024  # under the API's 200 MB, with room for the multipart envelope
 #: Polling when the step has no ``wait:`` of its own: the batch window is 24 h.
 DEFAULT_WAIT = WaitSpec(timeout=25 * 3600.0, interval=5.0, max_interval=300.0)
 _ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
-_DOWNLOAD = "download_file"
-
-
-def batch_problem(action: str) -> str | None:
-    """Why ``action`` cannot run in ``mode: batch`` (None when it can); checked when the file loads."""
-    manifest = actions.get(action)
-    if manifest.http.method != "POST" or manifest.http.path not in BATCH_ENDPOINTS or manifest.http.encoding != "json":
-        return (f"{action!r} cannot run in mode: batch: /v1/batches accepts only "
-                + ", ".join(f"/v1{p}" for p in sorted(BATCH_ENDPOINTS)) + f" (it calls {manifest.http.method} "
-                f"/v1{manifest.http.path})")
-    if _DOWNLOAD not in actions.registry():
-        return "mode: batch needs the download_file action (batch output files), which this pack does not ship yet"
-    return None
 
 
 @dataclass
@@ -251,7 +237,7 @@ class BatchMode:
                 file_id = batch.get(file_key)
                 if not file_id:
                     continue
-                content = actions.execute(_DOWNLOAD, {"file_id": file_id, "parse": "jsonl"}, integration,
+                content = actions.execute(DOWNLOAD_ACTION, {"file_id": file_id, "parse": "jsonl"}, integration,
                                           options=options).output
                 results = []
                 for line in content.get("records") or []:

@@ -30,18 +30,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import actions
-from actions.create_response import finish as finish_response
 from integration.errors import PackError, TransportError
 from workers.calls import redact
 from workers.requeue import Requeue
 from workers.state.kv import Op
 from workers.state.runs import now_iso
 from workers.workflow import Step
+from workers.workflow.jobs import JobKind, job_for
 
 if TYPE_CHECKING:
     from workers.engine.lifecycle import Engine
 
-__all__ = ["JobFailedError", "JobKind", "Waits", "WaitTimeoutError", "job_for", "waitable_actions"]
+__all__ = ["JobFailedError", "Waits", "WaitTimeoutError"]
 
 log = logging.getLogger("openai_pack.waits")
 
@@ -61,105 +61,6 @@ class WaitTimeoutError(PackError):
     """The job did not end within the step's ``wait.timeout`` (it is cancelled where the API can)."""
 
     code, category = "wait_timeout", "timeout"
-
-
-def _counts(name: str, done_keys: tuple[str, ...]) -> Callable[[dict[str, Any]], str | None]:
-    """Progress from a counts object: ``37/100`` (and ``, 2 failed``)."""
-
-    def progress(job: dict[str, Any]) -> str | None:
-        counts = job.get(name)
-        if not isinstance(counts, dict) or not isinstance(counts.get("total"), int):
-            return None
-        done = sum(int(counts.get(key) or 0) for key in done_keys)
-        failed = int(counts.get("failed") or 0)
-        return f"{done}/{counts['total']}" + (f", {failed} failed" if failed else "")
-
-    return progress
-
-
-def _percent(job: dict[str, Any]) -> str | None:
-    value = job.get("progress")
-    return f"{value}%" if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-@dataclass(frozen=True)
-class JobKind:
-    """One kind of long job: how to retrieve it, which statuses end it, how to cancel it."""
-
-    name: str
-    retrieve: str
-    #: retrieve action's input field -> the job object's field holding it
-    ids: dict[str, str]
-    done: frozenset[str]
-    failed: frozenset[str]
-    running: frozenset[str]
-    cancel: str | None = None
-    progress: Callable[[dict[str, Any]], str | None] | None = None
-    finish: Callable[[dict[str, Any]], dict[str, Any]] | None = None
-
-    @property
-    def statuses(self) -> frozenset[str]:
-        return self.done | self.failed | self.running
-
-
-@dataclass(frozen=True)
-class Job:
-    """An action that starts (or retrieves) a job of ``kind``."""
-
-    kind: JobKind
-    action: str
-
-
-_KINDS = (
-    (JobKind("batch", "retrieve_batch", {"batch_id": "id"}, frozenset({"completed"}),
-             frozenset({"failed", "expired", "cancelled"}),
-             frozenset({"validating", "in_progress", "finalizing", "cancelling"}), cancel="cancel_batch",
-             progress=_counts("request_counts", ("completed", "failed"))),
-     ("create_batch",)),
-    (JobKind("response", "get_response", {"response_id": "id"}, frozenset({"completed"}),
-             frozenset({"failed", "cancelled", "incomplete"}), frozenset({"queued", "in_progress"}),
-             cancel="cancel_response", finish=finish_response),
-     ("create_response",)),
-    (JobKind("fine_tuning_job", "retrieve_fine_tuning_job", {"fine_tuning_job_id": "id"}, frozenset({"succeeded"}),
-             frozenset({"failed", "cancelled"}), frozenset({"validating_files", "queued", "running"}),
-             cancel="cancel_fine_tuning_job"),
-     ("create_fine_tuning_job",)),
-    (JobKind("vector_store", "get_vector_store", {"vector_store_id": "id"}, frozenset({"completed"}),
-             frozenset({"expired"}), frozenset({"in_progress"}),
-             progress=_counts("file_counts", ("completed", "failed", "cancelled"))),
-     ("create_vector_store",)),
-    (JobKind("vector_store_file", "get_vector_store_file", {"vector_store_id": "vector_store_id", "file_id": "id"},
-             frozenset({"completed"}), frozenset({"failed", "cancelled"}), frozenset({"in_progress"})),
-     ("create_vector_store_file",)),
-    (JobKind("vector_store_file_batch", "get_vector_store_file_batch",
-             {"vector_store_id": "vector_store_id", "batch_id": "id"}, frozenset({"completed"}),
-             frozenset({"failed", "cancelled"}), frozenset({"in_progress"}), cancel="cancel_vector_store_file_batch",
-             progress=_counts("file_counts", ("completed", "failed", "cancelled"))),
-     ("create_vector_store_file_batch",)),
-    (JobKind("video", "get_video", {"video_id": "id"}, frozenset({"completed"}), frozenset({"failed"}),
-             frozenset({"queued", "in_progress"}), progress=_percent),
-     ("create_video", "create_video_remix", "create_video_edit", "create_video_extend")),
-    (JobKind("eval_run", "get_eval_run", {"eval_id": "eval_id", "run_id": "id"}, frozenset({"completed"}),
-             frozenset({"failed", "canceled"}), frozenset({"queued", "in_progress"}), cancel="cancel_eval_run",
-             progress=_counts("result_counts", ("passed", "failed", "errored"))),
-     ("create_eval_run",)),
-)
-
-#: Every action a step may wait on: those that start a job, and the job's own retrieve action.
-_JOBS: dict[str, Job] = {}
-for _kind, _creators in _KINDS:
-    for _action in (*_creators, _kind.retrieve):
-        _JOBS[_action] = Job(_kind, _action)
-
-
-def job_for(action: str) -> Job | None:
-    """The job an action starts or retrieves, when the pack knows how to wait for it."""
-    job = _JOBS.get(action)
-    return job if job is not None and job.kind.retrieve in actions.registry() else None
-
-
-def waitable_actions() -> list[str]:
-    return sorted(name for name in _JOBS if job_for(name) is not None)
 
 
 def _outcome(kind: JobKind, until: tuple[str, ...], status: Any) -> str:
@@ -194,7 +95,7 @@ class Waits:
         if job is None or spec is None or not isinstance(full_output, dict):
             return record, full_output, done
         kind = job.kind
-        missing = [field for field, key in kind.ids.items() if not full_output.get(key)]
+        missing = [name for name, key in kind.ids.items() if not full_output.get(key)]
         if missing:
             error = JobFailedError(f"step {step.id!r}: the {kind.name} the API answered has no "
                                    f"{kind.ids[missing[0]]!r} to poll it by", kind=kind.name)
@@ -207,7 +108,7 @@ class Waits:
         summary, progress = _summary(kind, full_output)
         record.update(status="waiting", output=redact(full_output, step.redact), wait={
             "kind": kind.name, "job_id": full_output.get("id"), "retrieve": kind.retrieve,
-            "retrieve_input": {field: full_output[key] for field, key in kind.ids.items()},
+            "retrieve_input": {name: full_output[key] for name, key in kind.ids.items()},
             "status": full_output.get("status"), "progress": progress, "summary": summary,
             "until": list(spec.until) or sorted(kind.done), "polls": 0, "errors": 0, "since": now_iso(),
             "deadline": now + spec.timeout, "interval": spec.interval, "next_poll": now + spec.interval,

@@ -20,6 +20,7 @@ from jinja2 import TemplateSyntaxError, meta, nodes
 import actions
 from actions import coerce_inputs, problems_for
 from workers.workflow.errors import WorkflowError
+from workers.workflow.jobs import batch_problem, job_for, waitable_actions
 from workers.workflow.model import WaitSpec, input_schema
 from workers.workflow.templates import ITEM_NAMES, compiled, has_template, parsed, shown
 
@@ -209,8 +210,6 @@ def wait_spec(raw: Any, source: str, step_id: str) -> WaitSpec | None:
 
 def check_batch_mode(action: str, fan_out: bool, source: str, step_id: str) -> None:
     """``mode: batch`` is for a with_items step whose action ``/v1/batches`` accepts."""
-    from workers.engine.batchmode import batch_problem  # the engine imports this package
-
     if not fan_out:
         raise WorkflowError("mode: batch applies to a step with with_items (its items become one batch job)",
                             file=source, step=step_id, field="mode")
@@ -221,8 +220,6 @@ def check_batch_mode(action: str, fan_out: bool, source: str, step_id: str) -> N
 
 def check_wait(action: str, spec: WaitSpec, fan_out: bool, source: str, step_id: str, *, mode: str = "live") -> None:
     """The action starts (or retrieves) a job the pack knows how to poll, and ``until`` names its statuses."""
-    from workers.engine.waits import job_for, waitable_actions  # the engine imports this package
-
     if mode == "batch":  # the step's batches are waited for: only the times apply
         if spec.until:
             raise WorkflowError("a mode: batch step waits until its batches end; until does not apply",
