@@ -29,7 +29,7 @@ from typing import Any
 from actions._binding import Call
 from actions._files import read_file_field
 from actions._validate import problems_for
-from integration.errors import InputError, PackError
+from integration.errors import PackError
 
 __all__ = ["OutputSchemaError", "finish", "output_text", "request_body"]
 
@@ -131,11 +131,6 @@ def request_body(call: Call) -> dict[str, Any]:
     parts = _parts(inputs, call.manifest.properties)
     if parts:
         body["input"] = _with_parts(inputs.get("input"), parts)
-    if "input" not in body and "prompt" not in body and "conversation" not in body \
-            and "previous_response_id" not in body:
-        raise InputError([{"field": "input", "reason": "is required: give input text or messages (or files, a "
-                                                      "prompt, a conversation or a previous_response_id)"}],
-                         action=call.manifest.name)
     return body
 
 

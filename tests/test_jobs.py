@@ -157,7 +157,7 @@ def test_bad_files_are_refused_before_anything_is_sent(simulator: Simulator, sim
         ({"files": [str(tmp_path), str(big)]}, "files[0]", "is not a file"),
         ({"files": ["x.txt", str(big)][1:]}, "files[0]", "more than the 52428800"),
         ({"files": ["data:text/plain;base64,@@@"]}, "files[0]", "does not decode"),
-        ({"files": []}, "input", "is required"),
+        ({"files": ["x"] * 21}, "files", "at most 20"),
     ]
     for extra, field, words in cases:
         with pytest.raises(InputError) as caught:
