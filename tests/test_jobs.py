@@ -340,9 +340,8 @@ BATCH_WAIT = "\n    wait: {interval: 0.2, max_interval: 0.5}"
      "'create_image' cannot run in mode: batch: /v1/batches accepts only"),
     ("action: create_embedding\n    mode: batch\n    input: {model: m, input: x}", "mode",
      "mode: batch applies to a step with with_items"),
-    pytest.param("action: create_embedding\n    with_items: [a]\n    mode: batch\n    wait: {until: completed}\n"
-                 "    input: {model: m, input: '{{ item }}'}", "wait.until", "until does not apply",
-                 marks=needs_download),
+    ("action: create_embedding\n    with_items: [a]\n    mode: batch\n    wait: {until: completed}\n"
+     "    input: {model: m, input: '{{ item }}'}", "wait.until", "until does not apply"),
     ("action: create_embedding\n    with_items: [a]\n    mode: nightly\n    input: {model: m, input: x}", "mode",
      "must be one of"),
 ])
@@ -352,6 +351,19 @@ def test_mode_batch_is_checked_when_the_file_loads(step: str, field: str, words:
     with pytest.raises(WorkflowError) as caught:
         parse_workflow(f"name: w\nsteps:\n  - id: s\n    {step}\n", "w.yaml")
     assert caught.value.details.get("field") == field and words in caught.value.message, caught.value.to_dict()
+
+
+@pytest.mark.skipif("download_file" in actions.registry(), reason="this pack reads batch output files")
+def test_batch_mode_without_download_file_fails_before_sending(pack: Any, simulator: Simulator) -> None:
+    engine = pack.engine()
+    run_id, _ = engine.start_run(parse_workflow(CLASSIFY.format(mode="batch", wait=BATCH_WAIT), "b.yaml"),
+                                 {"records": ["a", "b"]}, trigger={"type": "manual"})
+    engine.wait(run_id, 60)
+    record = engine.store.record(run_id)
+    assert record is not None and record["status"] == "failed"
+    errors = [item["error"] for item in record["steps"][0]["item_results"]]
+    assert [e["code"] for e in errors] == ["config_invalid"] * 2 and "download_file" in errors[0]["message"]
+    assert simulator.calls == 0
 
 
 def test_a_batch_over_the_file_limits_is_split() -> None:

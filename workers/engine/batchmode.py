@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import actions
-from integration.errors import InputError, PackError, TransportError
+from integration.errors import ConfigError, InputError, PackError, TransportError
 from workers.calls import redact
 from workers.engine.waits import JobFailedError
 from workers.requeue import Requeue
@@ -99,6 +99,12 @@ class BatchMode:
             store.save_item_inputs(run_id, step.id, items)
         total = store.item_total(run_id, step.id)
         started = record.get("started") or now_iso()
+        if DOWNLOAD_ACTION not in actions.registry():  # the results could not be read back: send nothing
+            self._fail_remaining(run_id, step, ConfigError(
+                f"step {step.id!r}: mode: batch needs the {DOWNLOAD_ACTION} action to read the batch's output, "
+                "and this pack does not ship it yet; use mode: live", field="mode"))
+            engine.fanout.finish(run_id, workflow, step.id)
+            return store.step(run_id, step.id) or {"status": "failed"}
         began = time.monotonic()
         lines = self._lines(run_id, workflow, step, total)
         log.info("step %s of run %s: %d of %d items as batch requests in %.1fs", step.id, run_id, len(lines), total,

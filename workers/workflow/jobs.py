@@ -127,6 +127,4 @@ def batch_problem(action: str) -> str | None:
         return (f"{action!r} cannot run in mode: batch: /v1/batches accepts only "
                 + ", ".join(f"/v1{p}" for p in sorted(BATCH_ENDPOINTS)) + f" (it calls {manifest.http.method} "
                 f"/v1{manifest.http.path})")
-    if DOWNLOAD_ACTION not in actions.registry():
-        return "mode: batch needs the download_file action (batch output files), which this pack does not ship yet"
     return None
