@@ -357,16 +357,17 @@ def test_polls_are_counted_against_the_rate_budget(pack: Any, worker_env: dict[s
     from integration.store import IntegrationStore
     from workers.state.budget import window_for
 
+    name = f"budgeted-{os.getpid()}-{time.monotonic_ns()}"  # a fresh budget window of its own
     IntegrationStore(path=Path(worker_env["OPENAI_PACK_HOME"]) / "integrations.json").add(
-        Integration(name="budgeted", base_url=simulator.url, auth={"placement": "none"},
+        Integration(name=name, base_url=simulator.url, auth={"placement": "none"},
                     rate_limits={"requests_per_minute": 59}))
-    text = BATCH.replace("    wait:", "    integration: budgeted\n    wait:").replace(
-        "    action: create_file\n", "    action: create_file\n    integration: budgeted\n")
+    text = BATCH.replace("    wait:", f"    integration: {name}\n    wait:").replace(
+        "    action: create_file\n", f"    action: create_file\n    integration: {name}\n")
     engine = pack.engine()
     done = _finished(engine, _start(engine, text, {"jsonl": _jsonl(2)}))
     assert done["status"] == "succeeded", done
     polls = _steps(done)["batch"]["wait"]["polls"]
-    stats = engine.budget.limiter.get_window_stats(window_for(59), "openai-pack", "budgeted", "requests")
+    stats = engine.budget.limiter.get_window_stats(window_for(59), "openai-pack", name, "requests")
     assert polls >= 1 and 59 - stats.remaining == 2 + polls  # upload, create, and every poll
 
 
