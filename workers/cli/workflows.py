@@ -182,6 +182,9 @@ def _print_run(run_id: str, as_json: bool) -> None:
         elif step.get("items"):
             items = step["items"]
             detail = f"{items.get('succeeded', 0)}/{items['total']} items"
+        elif step.get("wait"):  # a durable wait: what is awaited and how far it is
+            wait = step["wait"]
+            detail = f"{wait.get('summary', wait.get('kind'))} ({wait.get('polls', 0)} polls)"
         table.add_row(step["id"], step.get("action", ""), step.get("status", ""), str(step.get("attempts", 0)),
                       str((step.get("usage") or {}).get("total_tokens", "")), _usd(step.get("cost")),
                       str(step.get("started", ""))[11:23],

@@ -17,16 +17,18 @@ from integration.errors import PackError, StoreError
 from integration.model import Integration
 from integration.redact import scrub_data
 from workers.calls import CallResult, LedgeredCalls, redact
+from workers.engine.batchmode import BatchMode
 from workers.engine.context import TemplateContext
 from workers.engine.fanout import FanOut
 from workers.engine.selection import select_integration
+from workers.engine.waits import Waits
 from workers.observe import run_started, step_scope
 from workers.requeue import Requeue
 from workers.settings import Settings
 from workers.state.kv import Op
 from workers.state.ledger import Ledger
 from workers.state.runs import FINISHED, RunStore, now_iso
-from workers.workflow import Workflow, render
+from workers.workflow import Step, Workflow, render
 
 if TYPE_CHECKING:
     from workers.state.budget import Budget
@@ -52,6 +54,8 @@ class Engine:
         self.calls = LedgeredCalls(ledger, settings, budget, store)
         self.context = TemplateContext(store)
         self.fanout = FanOut(self)
+        self.waits = Waits(self)
+        self.batches = BatchMode(self)
 
     # starting ------------------------------------------------------------------------------
     def start_run(self, workflow: Workflow, raw_inputs: Any, *, trigger: dict[str, Any],
@@ -98,6 +102,7 @@ class Engine:
         if status is None or status in FINISHED:
             return False
         self.store.update(run_id, status="cancelled", cancelled=now_iso())
+        self.waits.cancel_run(run_id)  # remote jobs the run waits for are cancelled now, not at the next poll
         return True
 
     def workflow(self, run_id: str) -> Workflow:
@@ -142,10 +147,15 @@ class Engine:
         record = self.store.step(run_id, step_id) or {}
         replay = record.get("status") in FINISHED
         if not replay:
-            if cancelled:
+            step = workflow.step(step_id)
+            if record.get("status") == "waiting":  # a durable wait: poll the job once (or re-queue)
+                record, full_output, done = self.waits.poll(run_id, step, record, cancelled=cancelled)
+            elif cancelled:
                 record, full_output, done = {"status": "cancelled", "finished": now_iso()}, None, []
             else:
                 record, full_output, done = self.execute(run_id, workflow, step_id, record, None, None)
+                if step.wait is not None and record["status"] == "succeeded":
+                    record, full_output, done = self.waits.begin(run_id, step, record, full_output, done)
             # ledger "done", full output, record: in this order, one round trip; the first final record wins
             if not self.store.save_step_result(run_id, step_id, record, full_output, before=done):
                 log.warning("step %s of run %s was ended by another delivery meanwhile; its record stands "
@@ -191,6 +201,11 @@ class Engine:
         record.update(status="failed", finished=now_iso(), error=scrub_data(error.to_dict()),
                       attempts=record.get("attempts", 0) + int(error.details.get("attempts") or 1))
         return record
+
+    def integration_for(self, step: Step, chosen: str | None = None) -> Integration:
+        """The integration of a step's later calls (a wait's polls and cancel, batch mode), its timeout applied:
+        ``chosen`` is the name the step's selection gave when it ran (kept in its record), else its own setting."""
+        return self._integration(chosen or step.integration, step.timeout, {}, step.id)
 
     @staticmethod
     def _integration(spec: str | dict[str, Any] | None, timeout: float | None, context: Any,

@@ -31,7 +31,7 @@ from integration.errors import InputError
 from workers.workflow.errors import WorkflowError
 from workers.workflow.templates import evaluate, render
 
-__all__ = ["DEFAULT_CONCURRENCY", "DEFAULT_MAX_BODY", "Step", "Transition", "WebhookConfig", "Workflow",
+__all__ = ["DEFAULT_CONCURRENCY", "DEFAULT_MAX_BODY", "Step", "Transition", "WaitSpec", "WebhookConfig", "Workflow",
            "input_schema"]
 
 DEFAULT_CONCURRENCY = 5
@@ -64,6 +64,25 @@ _WHEN_OF_STATUS = {"succeeded": "success", "failed": "failure"}
 
 
 @dataclass(frozen=True)
+class WaitSpec:
+    """A step's ``wait:``: poll the job the step started until it ends (``workers.engine.waits``).
+
+    ``until`` empty means the job kind's own success statuses; times are seconds.
+    """
+
+    until: tuple[str, ...] = ()
+    timeout: float = 24 * 3600.0
+    interval: float = 5.0
+    max_interval: float = 300.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"timeout": self.timeout, "interval": self.interval, "max_interval": self.max_interval}
+        if self.until:
+            out["until"] = list(self.until)
+        return out
+
+
+@dataclass(frozen=True)
 class Step:
     """One step; ``on`` is None when the file had no ``on`` (then: next step in the list on success)."""
 
@@ -79,6 +98,8 @@ class Step:
     concurrency: int = DEFAULT_CONCURRENCY
     on: tuple[Transition, ...] | None = None
     description: str = ""
+    wait: WaitSpec | None = None
+    mode: Literal["live", "batch"] = "live"
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "action": self.action}
@@ -96,6 +117,10 @@ class Step:
         if self.with_items is not None:
             out["with_items"] = copy.deepcopy(self.with_items)
             out["concurrency"] = self.concurrency
+        if self.mode != "live":
+            out["mode"] = self.mode
+        if self.wait is not None:
+            out["wait"] = self.wait.to_dict()
         if self.on is not None:
             out["on"] = [t.to_dict() for t in self.on]
         return out
