@@ -34,7 +34,7 @@ demo: setup
 # The test suite starts its own redis-server on 127.0.0.1 (free port) and stops it afterwards.
 test: setup redis-server chromium
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2
 
 lint: setup
 	$(VENV)/bin/ruff check .
