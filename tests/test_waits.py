@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from actions.simulator import Simulator
 from integration.errors import WorkflowError
-from tests.conftest import WorkerProcess, run_cli
+from tests.conftest import WorkerProcess, broker_of_its_own, run_cli
 from workers.workflow import parse_workflow
 
 pytestmark = pytest.mark.timeout(240)
@@ -299,18 +298,7 @@ steps:
 def own_broker(worker_env: dict[str, str], redis_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         dict[str, str]]:
     """Workers of this test's own on another Redis database, so the session worker takes none of its tasks."""
-    env = dict(worker_env)
-    env["OPENAI_PACK_BROKER_URL"] = redis_server.rsplit("/", 1)[0] + "/5"
-    env["OPENAI_PACK_VISIBILITY_TIMEOUT"] = "8"
-    redis.Redis.from_url(env["OPENAI_PACK_BROKER_URL"]).flushdb()
-    for key, value in env.items():
-        if key.startswith("OPENAI_PACK"):
-            monkeypatch.setenv(key, value)
-    import workers.app
-
-    workers.app.reconfigure()
-    yield env
-    workers.app.reconfigure()
+    yield from broker_of_its_own(worker_env, redis_server, monkeypatch, db=5)
 
 
 BACKGROUND = f"""
