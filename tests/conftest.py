@@ -218,3 +218,17 @@ def broker_of_its_own(worker_env: dict[str, str], redis_server: str, monkeypatch
     workers.app.reconfigure()
     yield env
     workers.app.reconfigure()
+
+
+def finished_record(engine: Any, run_id: str, timeout: float = 60) -> dict[str, Any]:
+    """Wait for a run to end (succeeded, failed or cancelled) and return its whole record."""
+    header = engine.wait(run_id, timeout)
+    assert header is not None and header["status"] in ("succeeded", "failed", "cancelled"), header
+    record = engine.store.record(run_id)
+    assert record is not None
+    return record
+
+
+def steps_by_id(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A run record's step records keyed by step id."""
+    return {s["id"]: s for s in record["steps"]}

@@ -20,7 +20,7 @@ import pytest
 
 from actions.simulator import Simulator
 from integration.errors import WorkflowError
-from tests.conftest import WorkerProcess, broker_of_its_own, run_cli
+from tests.conftest import WorkerProcess, broker_of_its_own, finished_record, run_cli, steps_by_id
 from workers.workflow import parse_workflow
 
 pytestmark = pytest.mark.timeout(240)
@@ -80,18 +80,6 @@ def _waiting(engine: Any, run_id: str, step: str, polls: int = 1) -> dict[str, A
     return None
 
 
-def _finished(engine: Any, run_id: str, timeout: float = 60) -> dict[str, Any]:
-    header = engine.wait(run_id, timeout)
-    assert header is not None and header["status"] in ("succeeded", "failed", "cancelled"), header
-    record = engine.store.record(run_id)
-    assert record is not None
-    return record
-
-
-def _steps(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {s["id"]: s for s in record["steps"]}
-
-
 @pytest.fixture
 def held_jobs(simulator: Simulator) -> Iterator[Simulator]:
     """Jobs run until the test finishes them (``complete_jobs``)."""
@@ -115,9 +103,9 @@ def test_batch_wait_shows_progress_then_succeeds(pack: Any, held_jobs: Simulator
     assert record["output"]["id"] == wait["job_id"]
     assert engine.store.header(run_id)["status"] == "running"
     held_jobs.complete_jobs()
-    done = _finished(engine, run_id)
+    done = finished_record(engine, run_id)
     assert done["status"] == "succeeded", done
-    step = _steps(done)["batch"]
+    step = steps_by_id(done)["batch"]
     assert step["status"] == "succeeded" and step["output"]["status"] == "completed"
     assert step["wait"]["summary"] == "batch completed, 100/100"
     assert done["output"]["output_file_id"].startswith("file-")
@@ -154,9 +142,9 @@ output:
   team: "{{{{ steps.answer.output.output_parsed.team }}}}"
 """
     engine = pack.engine()
-    done = _finished(engine, _start(engine, text))
+    done = finished_record(engine, _start(engine, text))
     assert done["status"] == "succeeded", done
-    step = _steps(done)["answer"]
+    step = steps_by_id(done)["answer"]
     assert step["output"]["status"] == "completed" and step["wait"]["kind"] == "response"
     assert step["output"]["output_parsed"] == json.loads(step["output"]["output_text"])
     assert done["output"]["team"] in ("network", "desk")
@@ -168,9 +156,9 @@ output:
 def test_a_poll_that_fails_for_a_passing_reason_is_tried_again(pack: Any, simulator: Simulator) -> None:
     simulator.add_fault({"kind": "status", "status": 503, "method": "GET", "path": "/responses", "times": 3})
     engine = pack.engine()
-    done = _finished(engine, _start(engine, BACKGROUND))
+    done = finished_record(engine, _start(engine, BACKGROUND))
     assert done["status"] == "succeeded", done
-    step = _steps(done)["batch"]
+    step = steps_by_id(done)["batch"]
     assert step["wait"]["errors"] == 0 and "last_error" not in step["wait"]
     gets = [r for r in simulator.requests if r["method"] == "GET" and r["path"].startswith("/v1/responses/")]
     assert len(gets) == step["wait"]["polls"] + 3  # one poll's three tries failed, the next poll went on
@@ -179,8 +167,8 @@ def test_a_poll_that_fails_for_a_passing_reason_is_tried_again(pack: Any, simula
 def test_a_poll_refused_for_good_fails_the_step(pack: Any, simulator: Simulator) -> None:
     simulator.add_fault({"kind": "status", "status": 404, "method": "GET", "path": "/responses", "times": 1})
     engine = pack.engine()
-    done = _finished(engine, _start(engine, BACKGROUND))
-    step = _steps(done)["batch"]
+    done = finished_record(engine, _start(engine, BACKGROUND))
+    step = steps_by_id(done)["batch"]
     assert done["status"] == "failed" and step["error"]["code"] == "not_found" and step["status"] == "failed"
 
 
@@ -190,12 +178,12 @@ def test_cancelling_the_run_cancels_the_remote_batch(pack: Any, held_jobs: Simul
     record = _until(lambda: _waiting(engine, run_id, "batch"), what="the wait")
     batch_id = record["wait"]["job_id"]
     assert engine.cancel(run_id)
-    done = _finished(engine, run_id)
+    done = finished_record(engine, run_id)
     assert done["status"] == "cancelled"
-    assert _steps(done)["batch"]["status"] == "cancelled"
+    assert steps_by_id(done)["batch"]["status"] == "cancelled"
     cancels = [r for r in held_jobs.requests if r["path"] == f"/v1/batches/{batch_id}/cancel"]
     assert len(cancels) == 1
-    assert _steps(done)["batch"]["wait"]["cancel"] == {"sent": True, "by": "an earlier cancel"}
+    assert steps_by_id(done)["batch"]["wait"]["cancel"] == {"sent": True, "by": "an earlier cancel"}
 
 
 def test_a_failed_job_fails_the_step_with_a_typed_error(pack: Any, held_jobs: Simulator) -> None:
@@ -203,9 +191,9 @@ def test_a_failed_job_fails_the_step_with_a_typed_error(pack: Any, held_jobs: Si
     run_id = _start(engine, BATCH, {"jsonl": _jsonl(3)})
     batch_id = _until(lambda: _waiting(engine, run_id, "batch"), what="the wait")["wait"]["job_id"]
     held_jobs.complete_jobs(batch_id, outcome="expired")
-    done = _finished(engine, run_id)
+    done = finished_record(engine, run_id)
     assert done["status"] == "failed"
-    error = _steps(done)["batch"]["error"]
+    error = steps_by_id(done)["batch"]["error"]
     assert error["code"] == "job_failed" and error["status"] == "expired" and error["job_id"] == batch_id
     assert done["error"]["step"] == "batch"
 
@@ -213,8 +201,8 @@ def test_a_failed_job_fails_the_step_with_a_typed_error(pack: Any, held_jobs: Si
 def test_a_wait_past_its_timeout_fails_and_cancels_the_job(pack: Any, held_jobs: Simulator) -> None:
     engine = pack.engine()
     text = BATCH.replace(QUICK, "{interval: 0.2, max_interval: 0.3, timeout: 1}")
-    done = _finished(engine, _start(engine, text, {"jsonl": _jsonl(3)}))
-    step = _steps(done)["batch"]
+    done = finished_record(engine, _start(engine, text, {"jsonl": _jsonl(3)}))
+    step = steps_by_id(done)["batch"]
     assert done["status"] == "failed" and step["error"]["code"] == "wait_timeout"
     assert "did not end within 1 s" in step["error"]["message"]
     assert step["wait"]["cancel"]["sent"] is True
@@ -224,8 +212,8 @@ def test_a_wait_past_its_timeout_fails_and_cancels_the_job(pack: Any, held_jobs:
 def test_a_job_that_already_ended_needs_no_poll(pack: Any, simulator: Simulator) -> None:
     simulator.configure_jobs(after_polls=0)
     engine = pack.engine()
-    done = _finished(engine, _start(engine, BATCH, {"jsonl": _jsonl(2)}))
-    step = _steps(done)["batch"]
+    done = finished_record(engine, _start(engine, BATCH, {"jsonl": _jsonl(2)}))
+    step = steps_by_id(done)["batch"]
     assert done["status"] == "succeeded" and step["wait"]["polls"] == 0
     assert not any(r["method"] == "GET" and r["path"].startswith("/v1/batches/") for r in simulator.requests)
 
@@ -249,8 +237,8 @@ steps:
     watcher = _start(engine, text, {"batch": batch_id})
     _until(lambda: _waiting(engine, watcher, "watch"), what="the watcher's wait")
     held_jobs.complete_jobs(batch_id)
-    assert _finished(engine, watcher)["status"] == "succeeded"
-    assert _finished(engine, run_id)["status"] == "succeeded"
+    assert finished_record(engine, watcher)["status"] == "succeeded"
+    assert finished_record(engine, run_id)["status"] == "succeeded"
 
 
 # ---------------------------------------------------------------- load-time checks
@@ -328,11 +316,11 @@ def test_killing_the_worker_mid_wait_loses_nothing(own_broker: dict[str, str], h
     held_jobs.complete_jobs(record["wait"]["job_id"])
     second = WorkerProcess(own_broker, concurrency=2, name="after")
     try:
-        done = _finished(engine, run_id, timeout=90)
+        done = finished_record(engine, run_id, timeout=90)
     finally:
         second.stop()
     assert done["status"] == "succeeded", done
-    step = _steps(done)["batch"]
+    step = steps_by_id(done)["batch"]
     assert step["wait"]["polls"] > polls_at_kill
     assert held_jobs.calls_by_route()[created] == 1
     print(f"\n[waits] {record['wait']['kind']}: worker killed after {polls_at_kill} polls; the next worker "
@@ -352,9 +340,9 @@ def test_polls_are_counted_against_the_rate_budget(pack: Any, worker_env: dict[s
     text = BATCH.replace("    wait:", f"    integration: {name}\n    wait:").replace(
         "    action: create_file\n", f"    action: create_file\n    integration: {name}\n")
     engine = pack.engine()
-    done = _finished(engine, _start(engine, text, {"jsonl": _jsonl(2)}))
+    done = finished_record(engine, _start(engine, text, {"jsonl": _jsonl(2)}))
     assert done["status"] == "succeeded", done
-    polls = _steps(done)["batch"]["wait"]["polls"]
+    polls = steps_by_id(done)["batch"]["wait"]["polls"]
     stats = engine.budget.limiter.get_window_stats(window_for(59), "openai-pack", name, "requests")
     assert polls >= 1 and 59 - stats.remaining == 2 + polls  # upload, create, and every poll
 
@@ -379,7 +367,7 @@ def test_twenty_waiting_batch_steps_hold_no_threads(own_broker: dict[str, str], 
         during = _threads(worker.process.pid)
         held_jobs.complete_jobs()
         for run_id in warm + runs:
-            assert _finished(engine, run_id)["status"] == "succeeded"
+            assert finished_record(engine, run_id)["status"] == "succeeded"
     finally:
         worker.stop()
     assert during <= baseline, f"threads grew from {baseline} to {during} while 20 steps waited"
