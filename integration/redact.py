@@ -20,10 +20,10 @@ import os
 import re
 import threading
 from typing import Any
-from urllib.parse import quote, quote_plus
+from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit
 
-__all__ = ["MASK", "fingerprint", "install_log_redaction", "register_fingerprint", "register_secret", "scrub",
-           "scrub_data"]
+__all__ = ["MASK", "fingerprint", "install_log_redaction", "redact_url", "register_fingerprint", "register_secret",
+           "register_url_secrets", "scrub", "scrub_data"]
 
 MASK = "[REDACTED]"
 _MIN_SECRET_LENGTH = 6
@@ -188,3 +188,38 @@ def install_log_redaction() -> None:
             return
         logging.setLogRecordFactory(_redacting_factory(current))
         _installed = True
+
+
+#: Query parameters of broker and store URLs that carry a credential (``?password=`` in redis-py, sentinel passwords).
+_URL_SECRET_PARAMS = re.compile(r"(?i)^(password|passwd|pass|sentinel_password|token|secret)$")
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/;]*):(?P<password>[^@/]*)@")
+
+
+def redact_url(url: str) -> str:
+    """A broker or store URL fit to print: the password of each ``user:password@`` and credential
+    parameters masked, whatever their length (short passwords are not scrubbed by value).
+
+    Works on the multi-host forms too (``sentinel://:pw@h1:26379;sentinel://:pw@h2:26379``)."""
+    masked = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@" if m["password"] else m[0], url)
+    if "?" in masked:
+        head, _, query = masked.partition("?")
+        parts = [part.split("=", 1) for part in query.split("&")]
+        query = "&".join(f"{p[0]}={MASK}" if len(p) == 2 and _URL_SECRET_PARAMS.match(unquote(p[0])) else "=".join(p)
+                         for p in parts)
+        masked = f"{head}?{query}"
+    return masked
+
+
+def register_url_secrets(url: str | None) -> None:
+    """Scrub a URL's passwords from logs and errors from now on (every host of a multi-host URL)."""
+    if not url:
+        return
+    for single in re.split(r"[;,](?=[A-Za-z][A-Za-z0-9+.-]*://)", url):
+        try:
+            parts = urlsplit(single)
+            register_secret(unquote(parts.password) if parts.password else None)
+            for name, value in parse_qsl(parts.query):
+                if _URL_SECRET_PARAMS.match(name):
+                    register_secret(value)
+        except ValueError:  # an unparsable URL is refused where it is used; nothing to learn from it here
+            continue

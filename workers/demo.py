@@ -14,6 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from integration.redact import redact_url
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "ticket-triage.yaml"
 TICKET = {
     "subject": "Printer on floor 3 shows error 49",
@@ -50,7 +52,8 @@ def main() -> int:
             header = engine.wait(run_id, timeout=120)
         record = engine.store.record(run_id) or {}
         print(f"run {run_id}: {record.get('status')} in {record['totals']['duration']}s "
-              f"(broker {worker_app.settings.broker_url}, run store {worker_app.settings.store_url})")
+              f"(broker {redact_url(worker_app.settings.broker_url)}, "
+              f"run store {redact_url(worker_app.settings.store_url)})")
         for step in record["steps"]:
             usage = step.get("usage") or {}
             print(f"  {step['id']:10} {step.get('action', ''):24} {step['status']:10} attempts={step.get('attempts')} "

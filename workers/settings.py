@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from integration.errors import ConfigError
+from integration.redact import register_url_secrets
 from integration.store import default_home
 
 EMBEDDED_BROKER = "memory://"
@@ -80,6 +81,8 @@ class Settings:
             else:
                 store = "sqlite:///" + str(Path(default_home()) / "runs.sqlite3")
         visibility = _number("OPENAI_PACK_VISIBILITY_TIMEOUT", 120, 5, 86400)
+        for url in (broker, store, os.environ.get("OPENAI_PACK_RESULT_BACKEND")):
+            register_url_secrets(url)  # a broker or store password is scrubbed like an API key from here on
         return cls(
             broker_url=broker,
             store_url=store,
