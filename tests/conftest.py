@@ -1,15 +1,20 @@
-"""Shared fixtures: real parts only (a loopback simulator of the API, a real redis-server)."""
+"""Shared fixtures: real parts only (a loopback simulator of the API, a real redis-server, a real RabbitMQ)."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +26,19 @@ from integration.model import Integration
 
 #: A recognisable fake key: tests grep for it to prove it never leaks.
 CANARY_KEY = "sk-canary-LEAK-4f9c2e7d1b3a5c8e0f6d"
+#: The test RabbitMQ user's password: every AMQP URL of the suite carries it, and tests grep for it.
+RABBITMQ_PASSWORD = "amqp-canary-PW-6b1d9e03f7"
+RABBITMQ_USER = "pack"
+#: RabbitMQ's consumer timeout on the test node (seconds): a delivery held unacknowledged longer
+#: closes its channel. Above scenario 11's 15 s call, far below the server's default 30 min.
+RABBITMQ_CONSUMER_TIMEOUT = 20
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_OPENAPI = REPO_ROOT.parent / "shared" / "openapi"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "rabbitmq: runs against the session's own RabbitMQ node (make test "
+                                       "installs rabbitmq-server)")
 
 
 @pytest.fixture(autouse=True)
@@ -107,6 +123,134 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=5)
+
+
+# ---------------------------------------------------------------- RabbitMQ: a node of the session's own
+
+
+def _rabbitmq_password_hash(password: str) -> str:
+    """RabbitMQ's default ``rabbit_password_hashing_sha256``: base64(salt + sha256(salt + password))."""
+    salt = os.urandom(4)
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
+
+
+class RabbitMQNode:
+    """``rabbitmq-server`` on 127.0.0.1 with free ports, its own epmd, files and cookie under ``workdir``.
+
+    A user ``pack`` with a password (the default ``guest`` is not created) owns two virtual hosts:
+    ``/`` for the session's worker, ``isolated`` for tests that start and kill workers of their own.
+    The consumer timeout is ``RABBITMQ_CONSUMER_TIMEOUT`` and checked every second (the server
+    checks it once a minute by default), so a test can prove no delivery is held that long.
+    """
+
+    VHOSTS = ("/", "isolated")
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port, self.dist_port, self.epmd_port = _free_port(), _free_port(), _free_port()
+        self.node = f"rabbit-opk{os.getpid()}-{self.port}@localhost"
+        bindir = Path("/usr/lib/rabbitmq/bin")  # the Debian wrapper in /usr/sbin switches to the rabbitmq user
+        self.server = str(bindir / "rabbitmq-server") if bindir.is_dir() else shutil.which("rabbitmq-server")
+        self.ctl = str(bindir / "rabbitmqctl") if bindir.is_dir() else shutil.which("rabbitmqctl")
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))} | {
+            "HOME": str(workdir),  # the Erlang cookie is written here
+            "ERL_EPMD_PORT": str(self.epmd_port), "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODENAME": self.node, "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port), "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(workdir / "mnesia"), "RABBITMQ_LOG_BASE": str(workdir / "log"),
+            "RABBITMQ_CONFIG_FILE": str(workdir / "rabbitmq"),  # .conf is appended
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(workdir / "advanced.config"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(workdir / "enabled_plugins"),
+            "RABBITMQ_PID_FILE": str(workdir / "rabbitmq.pid"),
+        }
+        self.epmd: subprocess.Popen[bytes] | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def url(self, vhost: str = "/", password: str = RABBITMQ_PASSWORD) -> str:
+        path = "/" if vhost == "/" else vhost
+        return f"amqp://{RABBITMQ_USER}:{password}@127.0.0.1:{self.port}/{path}"
+
+    def _write_config(self) -> None:
+        definitions = {
+            "users": [{"name": RABBITMQ_USER, "password_hash": _rabbitmq_password_hash(RABBITMQ_PASSWORD),
+                       "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ["administrator"]}],
+            "vhosts": [{"name": vhost} for vhost in self.VHOSTS],
+            "permissions": [{"user": RABBITMQ_USER, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}
+                            for vhost in self.VHOSTS],
+        }
+        (self.workdir / "definitions.json").write_text(json.dumps(definitions))
+        (self.workdir / "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
+            f"load_definitions = {self.workdir / 'definitions.json'}\n"
+            f"consumer_timeout = {RABBITMQ_CONSUMER_TIMEOUT * 1000}\n"
+            "log.console = false\nlog.file.level = info\n")
+        (self.workdir / "advanced.config").write_text("[{rabbit, [{channel_tick_interval, 1000}]}].\n")
+        (self.workdir / "enabled_plugins").write_text("[].\n")
+
+    def start(self, timeout: float = 90) -> None:
+        if self.server is None or self.ctl is None or shutil.which("epmd") is None:
+            pytest.fail("rabbitmq-server is not installed: `make test` installs it (apt-get install rabbitmq-server)")
+        self._write_config()
+        self.epmd = subprocess.Popen(["epmd", "-port", str(self.epmd_port), "-address", "127.0.0.1"],
+                                     env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen([self.server], env=self.env, cwd=self.workdir, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with self.connection():
+                    return
+            except Exception:  # not listening yet, or still loading the definitions
+                pass
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                log = "\n".join(p.read_text(errors="replace")[-3000:] for p in (self.workdir / "log").glob("*.log"))
+                self.stop()
+                pytest.fail(f"rabbitmq-server did not start within {timeout:g}s:\n{log}")
+            time.sleep(0.2)
+
+    def connection(self, vhost: str = "/") -> Any:
+        """A py-amqp connection as the ``pack`` user (a context manager)."""
+        import amqp
+
+        connection = amqp.Connection(f"127.0.0.1:{self.port}", userid=RABBITMQ_USER, password=RABBITMQ_PASSWORD,
+                                     virtual_host=vhost, connect_timeout=2)
+        connection.connect()
+        return connection
+
+    def delete_queues(self, vhost: str, *names: str) -> None:
+        with self.connection(vhost) as connection:
+            channel = connection.channel()
+            for name in names:
+                channel.queue_delete(name)
+
+    def log_text(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in (self.workdir / "log").glob("*.log"))
+
+    def stop(self) -> None:
+        """``rabbitmqctl stop``, then make sure the node and this node's epmd are gone."""
+        if self.process is not None and self.process.poll() is None:
+            subprocess.run([self.ctl or "rabbitmqctl", "-n", self.node, "stop"], env=self.env, cwd=self.workdir,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60, check=False)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        for child in (self.epmd,):
+            if child is not None and child.poll() is None:
+                child.terminate()
+                child.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQNode]:
+    """A RabbitMQ node of this test process (each pytest-xdist worker starts its own), stopped at the end."""
+    node = RabbitMQNode(tmp_path_factory.mktemp("rabbitmq"))
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
 
 
 # ---------------------------------------------------------------- workers: real redis, real worker processes
@@ -232,3 +376,71 @@ def finished_record(engine: Any, run_id: str, timeout: float = 60) -> dict[str, 
 def steps_by_id(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """A run record's step records keyed by step id."""
     return {s["id"]: s for s in record["steps"]}
+
+
+# ---------------------------------------------------------------- workers on RabbitMQ (the store stays in Redis)
+
+
+@contextmanager
+def _use_env(env: dict[str, str]) -> Iterator[None]:
+    """Point this process's OPENAI_PACK_* variables (and Celery app) at ``env`` until the generator ends."""
+    import workers.app
+
+    saved = {k: v for k, v in os.environ.items() if k.startswith("OPENAI_PACK")}
+    for key in saved:
+        del os.environ[key]
+    os.environ.update({k: v for k, v in env.items() if k.startswith("OPENAI_PACK")})
+    workers.app.reconfigure()
+    try:
+        yield
+    finally:
+        for key in [k for k in os.environ if k.startswith("OPENAI_PACK")]:
+            del os.environ[key]
+        os.environ.update(saved)
+        workers.app.reconfigure()
+
+
+def rabbitmq_env(worker_env: dict[str, str], redis_server: str, node: RabbitMQNode, *, vhost: str,
+                 store_db: int) -> dict[str, str]:
+    """``worker_env`` with RabbitMQ (virtual host ``vhost``) as the broker and Redis database ``store_db`` as the store."""
+    import redis
+
+    store = redis_server.rsplit("/", 1)[0] + f"/{store_db}"
+    redis.Redis.from_url(store).flushdb()
+    return dict(worker_env) | {"OPENAI_PACK_BROKER_URL": node.url(vhost), "OPENAI_PACK_STORE_URL": store,
+                               "OPENAI_PACK_CONSUMER_TIMEOUT": str(RABBITMQ_CONSUMER_TIMEOUT)}
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_worker_env(worker_env: dict[str, str], redis_server: str,
+                        rabbitmq_server: RabbitMQNode) -> dict[str, str]:
+    """Environment of the session's RabbitMQ worker: virtual host ``/``, the store in Redis database 9."""
+    rabbitmq_server.delete_queues("/", "openai_pack")
+    return rabbitmq_env(worker_env, redis_server, rabbitmq_server, vhost="/", store_db=9)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_session_worker(rabbitmq_worker_env: dict[str, str]) -> Iterator[WorkerProcess]:
+    worker = WorkerProcess(rabbitmq_worker_env, concurrency=8, name="rabbit")
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def rabbitmq_pack(rabbitmq_worker_env: dict[str, str], rabbitmq_session_worker: WorkerProcess,
+                  simulator: Simulator) -> Iterator[Any]:
+    """Like ``pack``, with RabbitMQ as the broker: the session's RabbitMQ worker runs the runs."""
+    import workers.app
+
+    with _use_env(rabbitmq_worker_env):
+        yield workers.app
+    close_all_clients()
+
+
+def rabbitmq_of_its_own(worker_env: dict[str, str], redis_server: str, node: RabbitMQNode) -> Iterator[dict[str, str]]:
+    """For a fixture: workers of a test's own on the ``isolated`` virtual host (emptied first), the
+    store in Redis database 10, so the session's workers take none of its tasks."""
+    node.delete_queues("isolated", "openai_pack")
+    env = rabbitmq_env(worker_env, redis_server, node, vhost="isolated", store_db=10)
+    with _use_env(env):
+        yield env

@@ -18,6 +18,7 @@ from typing import Any
 from celery import Celery, Task
 from celery.exceptions import Reject
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init
+from kombu import Exchange, Queue
 
 import actions
 from integration.errors import PackError, StoreError
@@ -35,26 +36,51 @@ from workers.triggers.beat import register_fire_task
 __all__ = ["STEP_TASK", "app", "engine", "settings"]
 
 STEP_TASK = "openai_pack.step"
+QUEUE = "openai_pack"
 log = logging.getLogger("openai_pack.worker")
 
 
+def _transport_options(settings: Settings) -> dict[str, Any]:
+    """The broker's own options: Redis emulates acknowledgements with a visibility timeout, AMQP has them."""
+    if settings.embedded:
+        # The in-memory broker polls; a short interval keeps a step's hand-off in milliseconds.
+        return {"polling_interval": 0.005}
+    if settings.amqp:
+        # Publisher confirms: apply_async returns only once RabbitMQ has taken the message (else a
+        # broker at its memory or disk alarm could drop a step silently). No visibility timeout
+        # exists: an unacknowledged message comes back as soon as its consumer's connection drops.
+        return {"confirm_publish": True, "confirm_timeout": 30}
+    return {
+        # A crashed worker's unacknowledged step is handed to another worker after this long.
+        "visibility_timeout": settings.visibility_timeout,
+        # ... and the check for such messages runs this often. kombu scans only on every
+        # `unacked_restore_throttle`-th check (default 10): 1 makes every check scan, so a
+        # crashed worker's message is back within visibility_timeout + this interval.
+        "unacked_restore_interval": settings.restore_interval,
+        "unacked_restore_throttle": 1,
+        "health_check_interval": 10,
+    }
+
+
+def _queues(settings: Settings) -> tuple[Queue, ...] | None:
+    """RabbitMQ: one durable classic queue and exchange; messages are persistent (delivery mode 2).
+
+    Classic, not quorum: Celery holds a countdown's message in the worker and raises the
+    channel's prefetch to make room for it, which needs the global QoS that quorum queues do not
+    support (Celery 5.5+ then switches countdowns to a delay-exchange topology we do not test).
+    """
+    if not settings.amqp:
+        return None
+    return (Queue(QUEUE, Exchange(QUEUE, type="direct", durable=True), routing_key=QUEUE, durable=True,
+                  auto_delete=False),)
+
+
 def _configure(app: Celery, settings: Settings) -> None:
-    # The in-memory broker polls; a short interval keeps a step's hand-off in milliseconds.
-    transport_options: dict[str, Any] = {"polling_interval": 0.005}
-    if not settings.embedded:
-        transport_options = {
-            # A crashed worker's unacknowledged step is handed to another worker after this long.
-            "visibility_timeout": settings.visibility_timeout,
-            # ... and the check for such messages runs this often. kombu scans only on every
-            # `unacked_restore_throttle`-th check (default 10): 1 makes every check scan, so a
-            # crashed worker's message is back within visibility_timeout + this interval.
-            "unacked_restore_interval": settings.restore_interval,
-            "unacked_restore_throttle": 1,
-            "health_check_interval": 10,
-        }
     app.conf.update(
         broker_url=settings.broker_url,
-        broker_transport_options=transport_options,
+        broker_transport_options=_transport_options(settings),
+        task_queues=_queues(settings),
+        task_default_delivery_mode="persistent",
         broker_connection_retry_on_startup=True,
         result_backend=settings.result_backend,
         task_ignore_result=settings.result_backend is None,
@@ -68,7 +94,7 @@ def _configure(app: Celery, settings: Settings) -> None:
         task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=1,
         worker_redirect_stdouts=False,
-        task_default_queue="openai_pack",
+        task_default_queue=QUEUE,
         enable_utc=True,
         timezone="UTC",
         worker_cancel_long_running_tasks_on_connection_loss=False,

@@ -4,7 +4,8 @@
 in-process worker, and run records in a SQLite file under ``$OPENAI_PACK_HOME``. Set it to
 ``redis://host:6379/0`` and every worker, beat and webhook process on every machine shares one
 broker, one run store (the same Redis unless ``OPENAI_PACK_STORE_URL`` says otherwise), one
-ledger and one rate budget.
+ledger and one rate budget. With RabbitMQ (``amqp://`` or ``amqps://``) as the broker, the run
+store, ledger and budget still live in Redis, so ``OPENAI_PACK_STORE_URL`` must name one.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from integration.redact import register_url_secrets
 from integration.store import default_home
 
 EMBEDDED_BROKER = "memory://"
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
+#: Stores shared by every machine (Sentinel URLs name a Redis too).
+SHARED_STORE_SCHEMES = (*REDIS_SCHEMES, "redis+sentinel://", "sentinel://")
 
 
 def _number(name: str, default: float, low: float, high: float) -> float:
@@ -51,6 +56,22 @@ class Settings:
     #: Where ``openai.<name>`` tasks keep their results for callers' ``.get()`` (``OPENAI_PACK_RESULT_BACKEND``,
     #: e.g. ``redis://host:6379/1``); unset, results are not kept (workflow steps never need them).
     result_backend: str | None = None
+    #: RabbitMQ's ``consumer_timeout`` in seconds (``OPENAI_PACK_CONSUMER_TIMEOUT``, the server's
+    #: default 1800): a delivery held unacknowledged longer gets its channel closed, which stops
+    #: the Celery worker. Every countdown (an ETA message is held unacknowledged until due) and
+    #: every step must stay below it. Only used with an AMQP broker.
+    consumer_timeout: float = 1800.0
+
+    @property
+    def amqp(self) -> bool:
+        """RabbitMQ: unacknowledged messages come back when the consumer's connection drops."""
+        return self.broker_url.startswith(AMQP_SCHEMES)
+
+    @property
+    def redelivery_after(self) -> float:
+        """How long a live delivery may stay unacknowledged before the broker hands it out again
+        (Redis) or closes its channel (RabbitMQ's consumer timeout)."""
+        return self.consumer_timeout if self.amqp else self.visibility_timeout
 
     @property
     def lease_ttl(self) -> float:
@@ -58,13 +79,17 @@ class Settings:
 
         Short on purpose and independent of how long a call may take: the heartbeat keeps a slow
         call's lease alive, and after a crash the lease lapses this soon, so the redelivered step
-        is not held back (the visibility timeout still decides when it is redelivered).
+        is not held back (the visibility timeout still decides when it is redelivered). RabbitMQ
+        redelivers a crashed worker's messages at once, so there the lease alone holds the step
+        back: 6 s, the shortest that still leaves the heartbeat two chances every TTL.
         """
+        if self.amqp:
+            return 6.0
         return max(2.0, min(10.0, self.visibility_timeout / 2))
 
     @property
     def restore_interval(self) -> float:
-        """Seconds between the broker's sweeps for unacknowledged messages of crashed workers."""
+        """Seconds between the broker's sweeps for unacknowledged messages of crashed workers (Redis only)."""
         return min(10.0, self.visibility_timeout / 4)
 
     @property
@@ -75,20 +100,45 @@ class Settings:
     def from_env(cls) -> Settings:
         broker = os.environ.get("OPENAI_PACK_BROKER_URL", "").strip() or EMBEDDED_BROKER
         store = os.environ.get("OPENAI_PACK_STORE_URL", "").strip()
+        for url in (broker, store, os.environ.get("OPENAI_PACK_RESULT_BACKEND")):
+            register_url_secrets(url)  # a broker or store password is scrubbed like an API key from here on
+        amqp = broker.startswith(AMQP_SCHEMES)
+        if amqp:
+            _require_redis_store(store)
         if not store:
-            if broker.startswith(("redis://", "rediss://", "unix://")):
+            if broker.startswith(REDIS_SCHEMES):
                 store = broker
             else:
                 store = "sqlite:///" + str(Path(default_home()) / "runs.sqlite3")
         visibility = _number("OPENAI_PACK_VISIBILITY_TIMEOUT", 120, 5, 86400)
-        for url in (broker, store, os.environ.get("OPENAI_PACK_RESULT_BACKEND")):
-            register_url_secrets(url)  # a broker or store password is scrubbed like an API key from here on
+        consumer_timeout = _number("OPENAI_PACK_CONSUMER_TIMEOUT", 1800, 5, 86400 * 7)
+        # An ETA message is held unacknowledged until it is due: keep every hop at half of what the
+        # broker tolerates (RabbitMQ checks its consumer timeout only about once a minute, so the
+        # channel closes between the timeout and a minute after it; half leaves room either way).
+        redelivery_after = consumer_timeout if amqp else visibility
         return cls(
             broker_url=broker,
             store_url=store,
             visibility_timeout=visibility,
             max_inline_wait=_number("OPENAI_PACK_MAX_INLINE_WAIT", 5, 0, 600),
-            max_countdown=min(_number("OPENAI_PACK_MAX_COUNTDOWN", 300, 1, 86400), visibility * 0.5),
+            max_countdown=min(_number("OPENAI_PACK_MAX_COUNTDOWN", 300, 1, 86400), redelivery_after * 0.5),
             max_requeues=int(_number("OPENAI_PACK_MAX_REQUEUES", 50, 0, 10000)),
             result_backend=os.environ.get("OPENAI_PACK_RESULT_BACKEND", "").strip() or None,
+            consumer_timeout=consumer_timeout,
         )
+
+
+def _require_redis_store(store: str) -> None:
+    """With RabbitMQ as the broker, the run store, ledger and rate budget must still be one shared Redis.
+
+    A SQLite file would be private to each machine (two workers would each pay for the same
+    item), so there is no default: the error names the variable and never echoes the URL.
+    """
+    if not store:
+        raise ConfigError("OPENAI_PACK_STORE_URL is not set: with an amqp:// broker the run store, ledger and "
+                          "rate budget live in Redis; set it to e.g. redis://127.0.0.1:6379/0",
+                          field="OPENAI_PACK_STORE_URL")
+    if not store.startswith(SHARED_STORE_SCHEMES):
+        scheme = store.split("://", 1)[0] if "://" in store else "no scheme"
+        raise ConfigError(f"OPENAI_PACK_STORE_URL must be a Redis URL (redis://, rediss://, unix:// or a Sentinel "
+                          f"URL) with an amqp:// broker, got {scheme!r}", field="OPENAI_PACK_STORE_URL")

@@ -58,7 +58,7 @@ in_flight = Gauge("openai_pack_calls_in_flight", "API calls being made now.", ["
 
 
 class QueueDepth(Collector):
-    """Messages waiting in the broker's queue, read at scrape time (Redis brokers only)."""
+    """Messages waiting in the broker's queue, read at scrape time (Redis and RabbitMQ brokers)."""
 
     def __init__(self, broker_url: str) -> None:
         self.broker_url = broker_url
@@ -66,18 +66,33 @@ class QueueDepth(Collector):
     def collect(self) -> Any:
         family = GaugeMetricFamily("openai_pack_queue_depth", "Messages waiting in the broker queue.",
                                    labels=["queue"])
-        if self.broker_url.startswith(("redis://", "rediss://", "unix://")):
-            try:
-                import redis
-
-                client = redis.Redis.from_url(self.broker_url, socket_timeout=1, socket_connect_timeout=1)
-                try:
-                    family.add_metric([QUEUE], float(client.llen(QUEUE)))
-                finally:
-                    client.close()
-            except Exception as exc:  # a scrape must not fail because the broker is away
-                log.debug("queue depth unavailable: %s", type(exc).__name__)
+        try:
+            depth = self._depth()
+        except Exception as exc:  # a scrape must not fail because the broker is away (the type only: no URL)
+            log.debug("queue depth unavailable: %s", type(exc).__name__)
+            depth = None
+        if depth is not None:
+            family.add_metric([QUEUE], float(depth))
         yield family
+
+    def _depth(self) -> int | None:
+        if self.broker_url.startswith(("redis://", "rediss://", "unix://")):
+            import redis
+
+            client = redis.Redis.from_url(self.broker_url, socket_timeout=1, socket_connect_timeout=1)
+            try:
+                return int(client.llen(QUEUE))
+            finally:
+                client.close()
+        if self.broker_url.startswith(("amqp://", "amqps://", "pyamqp://")):
+            from kombu import Connection
+
+            # A passive declare answers the ready count (unacknowledged deliveries are not in it,
+            # as with Redis) and never creates the queue.
+            with Connection(self.broker_url, connect_timeout=1, transport_options={"max_retries": 0}) as conn:
+                _, ready, _ = conn.default_channel.queue_declare(QUEUE, passive=True)
+                return int(ready)
+        return None
 
 
 def _registry() -> CollectorRegistry:
