@@ -200,7 +200,7 @@ def test_5_sigkill_mid_fanout_loses_nothing_and_pays_once(fault_broker: dict[str
         header = engine.wait(run_id, 120)
     finally:
         second.stop()
-    assert header is not None and header["status"] in ("succeeded", "failed"), header
+    assert header is not None and header["status"] in ("succeeded", "failed"), (header, second.output[-3000:])
     record = engine.store.record(run_id)
     assert record is not None
     items = record["steps"][0]["item_results"]

@@ -102,7 +102,11 @@ class FanOut:
                 return
             lease_key = f"{run_id}:{step_id}:{index}"
             if not self.store.leases.acquire(lease_key, owner, engine.settings.lease_ttl):
-                return  # another delivery is running this item; it carries the chain on
+                # Another delivery holds this item: look again later, as ``run_step`` does. Trusting it
+                # to carry the chain on stopped the slot when it was a crashed worker's lease that had
+                # not lapsed yet (RabbitMQ hands a dead worker's messages back at once).
+                engine.dispatch(run_id, step_id, index, min(2.0, engine.settings.max_countdown))
+                return
             try:
                 done_here += 1
                 if not cancelled and done_here % 20 == 0:
