@@ -407,8 +407,10 @@ def rabbitmq_env(worker_env: dict[str, str], redis_server: str, node: RabbitMQNo
 
     store = redis_server.rsplit("/", 1)[0] + f"/{store_db}"
     redis.Redis.from_url(store).flushdb()
+    # RabbitMQ has no visibility timeout: the default is kept, so nothing here leans on the 20 s the Redis tests use.
     return dict(worker_env) | {"OPENAI_PACK_BROKER_URL": node.url(vhost), "OPENAI_PACK_STORE_URL": store,
-                               "OPENAI_PACK_CONSUMER_TIMEOUT": str(RABBITMQ_CONSUMER_TIMEOUT)}
+                               "OPENAI_PACK_CONSUMER_TIMEOUT": str(RABBITMQ_CONSUMER_TIMEOUT),
+                               "OPENAI_PACK_VISIBILITY_TIMEOUT": "120"}
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,202 @@
+"""RabbitMQ as the broker: configuration, the consumer timeout, and a URL password that never shows.
+
+The session's own RabbitMQ node (``tests.conftest.RabbitMQNode``) checks its consumer timeout
+(20 s) every second, and its only user ``pack`` has a password: every AMQP URL of these tests
+carries it, so any place that prints a broker URL would show it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from actions.simulator import Simulator
+from tests.conftest import (
+    RABBITMQ_CONSUMER_TIMEOUT,
+    RABBITMQ_PASSWORD,
+    RabbitMQNode,
+    WorkerProcess,
+    finished_record,
+    rabbitmq_of_its_own,
+    run_cli,
+    steps_by_id,
+)
+from workers.settings import Settings
+from workers.workflow import parse_workflow
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(240)]
+
+
+@pytest.fixture
+def own_rabbitmq(worker_env: dict[str, str], redis_server: str,
+                 rabbitmq_server: RabbitMQNode) -> Iterator[dict[str, str]]:
+    yield from rabbitmq_of_its_own(worker_env, redis_server, rabbitmq_server)
+
+
+# ---------------------------------------------------------------- settings
+
+
+def _settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
+    for name in ("OPENAI_PACK_BROKER_URL", "OPENAI_PACK_STORE_URL", "OPENAI_PACK_CONSUMER_TIMEOUT",
+                 "OPENAI_PACK_MAX_COUNTDOWN", "OPENAI_PACK_VISIBILITY_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return Settings.from_env()
+
+
+def test_an_amqp_broker_needs_a_redis_store_and_bounds_countdowns_by_the_consumer_timeout(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from integration.errors import ConfigError
+
+    broker = f"amqps://pack:{RABBITMQ_PASSWORD}@rabbit.example:5671/prod"
+    for store, words in (("", "is not set"), ("sqlite:///tmp/runs.sqlite3", "got 'sqlite'")):
+        with pytest.raises(ConfigError) as caught:
+            _settings(monkeypatch, OPENAI_PACK_BROKER_URL=broker, OPENAI_PACK_STORE_URL=store)
+        assert caught.value.details["field"] == "OPENAI_PACK_STORE_URL" and words in str(caught.value)
+        assert RABBITMQ_PASSWORD not in str(caught.value)
+    settings = _settings(monkeypatch, OPENAI_PACK_BROKER_URL=broker, OPENAI_PACK_STORE_URL="redis://r:6379/2")
+    assert settings.amqp and settings.store_url == "redis://r:6379/2"
+    assert settings.max_countdown == 300 and settings.lease_ttl == 6  # default consumer timeout 1800 s
+    short = _settings(monkeypatch, OPENAI_PACK_BROKER_URL=broker, OPENAI_PACK_STORE_URL="redis://r:6379/2",
+                      OPENAI_PACK_CONSUMER_TIMEOUT="60")
+    assert short.max_countdown == 30  # half the consumer timeout: RabbitMQ checks it only once a minute
+    redis_broker = _settings(monkeypatch, OPENAI_PACK_BROKER_URL="redis://r:6379/0", OPENAI_PACK_CONSUMER_TIMEOUT="60")
+    assert not redis_broker.amqp and redis_broker.max_countdown == 60  # Redis: visibility 120 s / 2, as before
+
+    import workers.app
+
+    options = workers.app._transport_options(settings)
+    assert options["confirm_publish"] is True and "visibility_timeout" not in options
+    (queue,) = workers.app._queues(settings) or ()
+    assert queue.durable and not queue.auto_delete and queue.exchange.durable
+
+
+def test_cli_refuses_an_amqp_broker_without_a_redis_store(worker_env: dict[str, str], tmp_path: Path) -> None:
+    env = dict(worker_env) | {"OPENAI_PACK_BROKER_URL": f"amqp://pack:{RABBITMQ_PASSWORD}@127.0.0.1:1//"}
+    env.pop("OPENAI_PACK_STORE_URL", None)
+    workflow = tmp_path / "one.yaml"
+    workflow.write_text("name: one\nsteps:\n  - id: m\n    action: create_moderation\n    input: {input: hi}\n")
+    for args in (["worker"], ["workflow", "run", str(workflow)]):
+        result = run_cli(env, *args, timeout=60)
+        assert result.returncode == 2, result.stderr
+        error = json.loads(result.stderr)
+        assert "OPENAI_PACK_STORE_URL" in result.stderr and "Traceback" not in result.stderr, error
+        assert RABBITMQ_PASSWORD not in result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------- the consumer timeout
+
+
+WAIT_25S = """
+name: long-wait
+steps:
+  - id: answer
+    action: create_response
+    input: {model: gpt-4o-mini, input: "summarise the backlog", background: true}
+    wait: {interval: 25, max_interval: 25}
+"""
+
+
+def test_a_wait_longer_than_the_consumer_timeout_hops_and_completes(own_rabbitmq: dict[str, str],
+                                                                    rabbitmq_server: RabbitMQNode,
+                                                                    simulator: Simulator) -> None:
+    """A 25 s poll interval with a 20 s consumer timeout: held as one countdown, RabbitMQ would close
+    the worker's channel (and Celery stop the worker); covered in hops of 10 s, nothing is held that long."""
+    import workers.app
+
+    assert workers.app.settings.consumer_timeout == RABBITMQ_CONSUMER_TIMEOUT
+    assert workers.app.settings.max_countdown == RABBITMQ_CONSUMER_TIMEOUT / 2
+    simulator.configure_jobs(after_polls=None, after_seconds=1)
+    worker = WorkerProcess(own_rabbitmq, concurrency=2, name="patient")
+    try:
+        engine = workers.app.engine()
+        run_id, _ = engine.start_run(parse_workflow(WAIT_25S, "wait.yaml"), {}, trigger={"type": "manual"})
+        done = finished_record(engine, run_id, timeout=90)
+    finally:
+        worker.stop()
+    step = steps_by_id(done)["answer"]
+    assert done["status"] == "succeeded", done
+    assert step["wait"]["polls"] == 1 and step["output"]["status"] == "completed"
+    hops = worker.output.count("re-queued for 10.0s: waiting for response")
+    assert hops >= 2, worker.output[-3000:]
+    assert "PRECONDITION_FAILED" not in worker.output and "Unrecoverable error" not in worker.output
+    assert "acknowledgement" not in rabbitmq_server.log_text()  # RabbitMQ closed no channel for a timeout
+    print(f"\n[rabbitmq] a 25 s wait with a {RABBITMQ_CONSUMER_TIMEOUT} s consumer timeout: {hops} hops of 10 s "
+          f"and 1 poll; run succeeded in {done['totals']['duration']:.1f}s, no channel closed")
+
+
+# ---------------------------------------------------------------- the URL password never shows
+
+
+def _redis_dump(url: str) -> str:
+    client = redis.Redis.from_url(url)
+    dump = []
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key).decode()
+        value: Any = {"string": client.get, "hash": client.hgetall, "list": lambda k: client.lrange(k, 0, -1),
+                      "set": client.smembers, "zset": lambda k: client.zrange(k, 0, -1)}.get(kind, lambda k: b"")(key)
+        dump.append(f"{key!r} {value!r}")
+    return "\n".join(dump)
+
+
+def test_the_broker_password_appears_in_no_output(own_rabbitmq: dict[str, str], rabbitmq_server: RabbitMQNode,
+                                                  simulator: Simulator, tmp_path: Path) -> None:
+    """A DEBUG worker, a workflow run through the CLI, a worker and a CLI with a wrong password: no
+    log line, stdout, stderr, error, run record or Redis key holds either password."""
+    wrong = "wrong-PW-canary-5e8a1c"
+    env = own_rabbitmq | {"TEST_WORKER_LOGLEVEL": "DEBUG"}
+    workflow = tmp_path / "moderate.yaml"
+    workflow.write_text("name: moderate\nsteps:\n  - id: m\n    action: create_moderation\n    input: {input: hi}\n")
+    worker = WorkerProcess(env, concurrency=2, name="secretive")
+    try:
+        ran = run_cli(env, "workflow", "run", str(workflow), "--wait", "--json", "--timeout", "60")
+    finally:
+        worker.stop()
+    assert ran.returncode == 0, ran.stderr
+    run_id = json.loads(ran.stdout)["id"]
+    shown = run_cli(env, "runs", "show", run_id, "--json")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["status"] == "succeeded"
+
+    bad = env | {"OPENAI_PACK_BROKER_URL": rabbitmq_server.url("isolated", password=wrong)}
+    refused = run_cli(bad, "workflow", "run", str(workflow), "--timeout", "5", timeout=120)
+    assert refused.returncode != 0
+    lost = WorkerProcessNeverReady(bad)
+    outputs = [worker.output, ran.stdout, ran.stderr, shown.stdout, shown.stderr, refused.stdout, refused.stderr,
+               lost.output, _redis_dump(env["OPENAI_PACK_STORE_URL"])]
+    haystack = "\n".join(outputs)
+    assert "DEBUG" in worker.output and "amqp://pack:**@127.0.0.1" in worker.output  # Celery's banner, masked
+    assert "ACCESS_REFUSED" in lost.output or "AccessRefused" in lost.output, lost.output[-2000:]
+    for secret in (RABBITMQ_PASSWORD, wrong):
+        assert secret not in haystack, f"password found: ...{haystack[haystack.index(secret) - 200:][:400]}"
+    print(f"\n[rabbitmq] scanned {len(worker.lines) + len(lost.lines)} worker log lines, CLI output of 4 commands "
+          f"(one refused: exit {refused.returncode}) and the Redis store: 0 occurrences of either password")
+
+
+class WorkerProcessNeverReady:
+    """A worker whose broker refuses its password: run it for a few seconds, keep what it printed."""
+
+    def __init__(self, env: dict[str, str], seconds: float = 6) -> None:
+        import subprocess
+        import sys
+
+        from tests.conftest import REPO_ROOT
+
+        process = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", "-c", "1", "--loglevel", "DEBUG",
+                                    "-n", "refused@%h"], env=env, cwd=REPO_ROOT, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        time.sleep(seconds)
+        process.terminate()
+        try:
+            out, _ = process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            out, _ = process.communicate(timeout=10)
+        self.lines = out.splitlines(keepends=True)
+        self.output = out
