@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint bench generate redis-server chromium clean
+.PHONY: setup demo test lint bench generate redis-server rabbitmq-server chromium clean
 
 setup: $(VENV)/.installed
 
@@ -21,6 +21,13 @@ redis-server:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 
+# The fault suite runs against RabbitMQ as well (tests start their own node: loopback, free ports, own epmd).
+rabbitmq-server:
+	@{ command -v rabbitmq-server || test -x /usr/lib/rabbitmq/bin/rabbitmq-server; } >/dev/null 2>&1 || { \
+	  echo "installing rabbitmq-server"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq rabbitmq-server >/dev/null; }
+
 # The console's browser tests drive Debian's Chromium through Playwright (its own browser download is not used).
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { \
@@ -31,8 +38,8 @@ chromium:
 demo: setup
 	$(PY) -m workers.demo
 
-# The test suite starts its own redis-server on 127.0.0.1 (free port) and stops it afterwards.
-test: setup redis-server chromium
+# The test suite starts its own redis-server and RabbitMQ on 127.0.0.1 (free ports) and stops them afterwards.
+test: setup redis-server rabbitmq-server chromium
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -n 2
 
