@@ -200,3 +200,23 @@ class WorkerProcessNeverReady:
             out, _ = process.communicate(timeout=10)
         self.lines = out.splitlines(keepends=True)
         self.output = out
+
+
+def test_queue_depth_metric_reads_rabbitmq_and_survives_a_refused_login(rabbitmq_server: RabbitMQNode) -> None:
+    """``/metrics`` reports the ready messages of the AMQP queue; a broker that refuses the login
+    leaves the gauge out instead of failing the scrape."""
+    import amqp
+
+    from workers.observe.metrics import exposition
+
+    rabbitmq_server.delete_queues("isolated", "openai_pack")
+    with rabbitmq_server.connection("isolated") as connection:
+        channel = connection.channel()
+        channel.queue_declare("openai_pack", durable=True, auto_delete=False)
+        for number in range(3):
+            channel.basic_publish(amqp.Message(f"m{number}"), routing_key="openai_pack")
+    text = exposition(rabbitmq_server.url("isolated")).decode()
+    assert 'openai_pack_queue_depth{queue="openai_pack"} 3.0' in text
+    refused = exposition(rabbitmq_server.url("isolated", password="wrong-PW-canary-5e8a1c")).decode()
+    assert "openai_pack_queue_depth{" not in refused and "wrong-PW" not in refused
+    rabbitmq_server.delete_queues("isolated", "openai_pack")
