@@ -146,17 +146,94 @@ def _redis_dump(url: str) -> str:
     return "\n".join(dump)
 
 
-def test_the_broker_password_appears_in_no_output(own_rabbitmq: dict[str, str], rabbitmq_server: RabbitMQNode,
-                                                  simulator: Simulator, tmp_path: Path) -> None:
-    """A DEBUG worker, a workflow run through the CLI, a worker and a CLI with a wrong password: no
-    log line, stdout, stderr, error, run record or Redis key holds either password."""
+def _serve_one_hook(env: dict[str, str], tmp_path: Path) -> tuple[str, str]:
+    """``openai-pack serve`` on the broker of ``env``: one signed POST; (run id, everything it printed)."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests.conftest import REPO_ROOT
+    from tests.fixtures.hooks import ECHO, SECRET, SECRET_ENV, free_port
+
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "echo.yaml").write_text(ECHO)
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "workers.cli", "serve", "--workflows", str(hooks),
+                                "--port", str(port), "--log-level", "debug"], env=env | {SECRET_ENV: SECRET},
+                               cwd=REPO_ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline and process.poll() is None, "serve did not start"
+            time.sleep(0.1)
+        answer = httpx.post(f"http://127.0.0.1:{port}/hooks/echo", json={"text": "from a webhook"},
+                            headers={"X-Pack-Secret": SECRET}, timeout=30)
+        assert answer.status_code == 202, answer.text
+        run_id = answer.json()["run_id"]
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=20)[0]
+    return run_id, output + answer.text
+
+
+def _beat_until_it_fires(env: dict[str, str], tmp_path: Path, engine: Any) -> tuple[list[dict[str, Any]], str]:
+    """``openai-pack beat`` on the broker of ``env`` with an every-second schedule until runs start
+    (at most 20 s): (those runs, what beat printed)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    (tmp_path / "flows").mkdir()
+    (tmp_path / "flows" / "moderate.yaml").write_text(MODERATE)
+    schedules = tmp_path / "schedules.yaml"
+    schedules.write_text('schedules:\n  - name: every-second\n    cron: "* * * * * *"\n'
+                         "    workflow: flows/moderate.yaml\n")
+    process = subprocess.Popen([sys.executable, "-m", "workers.cli", "beat", "--schedules", str(schedules),
+                                "--schedule", str(tmp_path / "beat-state"), "--loglevel", "DEBUG"], env=env,
+                               cwd=REPO_ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    runs: list[dict[str, Any]] = []
+    try:
+        deadline = time.monotonic() + 20
+        while len(runs) < 2 and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.2)
+            runs = [r for r in engine.store.list(50) if (r.get("trigger") or {}).get("schedule") == "every-second"]
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=20)[0]
+    return runs, output
+
+
+MODERATE = "name: moderate\nsteps:\n  - id: m\n    action: create_moderation\n    input: {input: hi}\n"
+
+
+def test_worker_cli_serve_and_beat_work_on_rabbitmq_and_never_print_its_password(
+        own_rabbitmq: dict[str, str], rabbitmq_server: RabbitMQNode, simulator: Simulator, tmp_path: Path) -> None:
+    """A DEBUG worker runs what the CLI, a webhook (``serve``) and ``beat`` send through RabbitMQ; then a
+    worker and a CLI with a wrong password. No log line, stdout, stderr, error, run record or Redis key
+    holds either password."""
+    import workers.app
+
     wrong = "wrong-PW-canary-5e8a1c"
     env = own_rabbitmq | {"TEST_WORKER_LOGLEVEL": "DEBUG"}
     workflow = tmp_path / "moderate.yaml"
-    workflow.write_text("name: moderate\nsteps:\n  - id: m\n    action: create_moderation\n    input: {input: hi}\n")
-    worker = WorkerProcess(env, concurrency=2, name="secretive")
+    workflow.write_text(MODERATE)
+    worker = WorkerProcess(env, concurrency=4, name="secretive")
     try:
         ran = run_cli(env, "workflow", "run", str(workflow), "--wait", "--json", "--timeout", "60")
+        hooked, served = _serve_one_hook(env, tmp_path)
+        engine = workers.app.engine()
+        scheduled, beaten = _beat_until_it_fires(env, tmp_path, engine)
+        assert finished_record(engine, hooked)["status"] == "succeeded"
+        assert scheduled, beaten[-3000:]
+        assert all(finished_record(engine, r["id"])["status"] == "succeeded" for r in scheduled)
     finally:
         worker.stop()
     assert ran.returncode == 0, ran.stderr
@@ -166,17 +243,21 @@ def test_the_broker_password_appears_in_no_output(own_rabbitmq: dict[str, str], 
 
     bad = env | {"OPENAI_PACK_BROKER_URL": rabbitmq_server.url("isolated", password=wrong)}
     refused = run_cli(bad, "workflow", "run", str(workflow), "--timeout", "5", timeout=120)
-    assert refused.returncode != 0
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    error = json.loads(refused.stderr)["error"]
+    assert error["code"] == "broker_unavailable" and "ACCESS_REFUSED" in error["message"], error
     lost = WorkerProcessNeverReady(bad)
     outputs = [worker.output, ran.stdout, ran.stderr, shown.stdout, shown.stderr, refused.stdout, refused.stderr,
-               lost.output, _redis_dump(env["OPENAI_PACK_STORE_URL"])]
+               lost.output, served, beaten, _redis_dump(env["OPENAI_PACK_STORE_URL"])]
     haystack = "\n".join(outputs)
     assert "DEBUG" in worker.output and "amqp://pack:**@127.0.0.1" in worker.output  # Celery's banner, masked
+    assert "amqp://pack:**@127.0.0.1" in beaten  # beat's banner, masked the same way
     assert "ACCESS_REFUSED" in lost.output or "AccessRefused" in lost.output, lost.output[-2000:]
     for secret in (RABBITMQ_PASSWORD, wrong):
         assert secret not in haystack, f"password found: ...{haystack[haystack.index(secret) - 200:][:400]}"
-    print(f"\n[rabbitmq] scanned {len(worker.lines) + len(lost.lines)} worker log lines, CLI output of 4 commands "
-          f"(one refused: exit {refused.returncode}) and the Redis store: 0 occurrences of either password")
+    print(f"\n[rabbitmq] {len(scheduled)} beat runs, 1 webhook run, 1 CLI run; scanned {len(worker.lines) + len(lost.lines)} "
+          f"worker log lines, serve's and beat's output, 4 CLI commands (one refused: exit {refused.returncode}) "
+          f"and the Redis store: 0 occurrences of either password")
 
 
 class WorkerProcessNeverReady:

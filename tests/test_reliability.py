@@ -464,7 +464,7 @@ def test_11_paid_step_slower_than_the_visibility_timeout_succeeds_once(fault_bro
         assert "PRECONDITION_FAILED" not in worker.output
     else:
         assert redelivered >= 1, "the message was never redelivered: the scenario did not happen"
-    print(f"\n[scenario 11, {broker}] visibility 8 s, answer after 15 s: {redelivered} redelivered look(s) waited "
+    print(f"\n[scenario 11, {broker}] {'consumer timeout 20 s' if broker == 'rabbitmq' else 'visibility 8 s'}, answer after 15 s: {redelivered} redelivered look(s) waited "
           f"on the live lease; 1 call at the server; run {record['status']} in {record['totals']['duration']:.1f}s, "
           f"never failed on the way (states seen: {sorted(seen, key=str)})")
 

@@ -15,13 +15,15 @@ import uuid
 from functools import cache
 from typing import Any
 
+from amqp.exceptions import AMQPError
 from celery import Celery, Task
 from celery.exceptions import Reject
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init
 from kombu import Exchange, Queue
+from kombu.exceptions import KombuError
 
 import actions
-from integration.errors import PackError, StoreError
+from integration.errors import PackError, StoreError, StoreUnavailableError
 from integration.redact import install_log_redaction, scrub, scrub_data
 from workers.engine import Engine
 from workers.observe.reconify import register_drain_task
@@ -129,9 +131,24 @@ def kv() -> KV:
     return open_kv(settings.store_url)
 
 
+class BrokerUnavailableError(StoreUnavailableError):
+    """The broker refused the connection (a wrong password) or could not be reached while a step was queued.
+
+    A kind of store failure for the code that rides outages out (``_ride_out``), with its own code so
+    the CLI and the run record say which URL to check; the message names the error, never the URL.
+    """
+
+    code, category = "broker_unavailable", "broker"
+
+
 def _dispatch(run_id: str, step_id: str, item: int | None, countdown: float | None) -> None:
-    step_task.apply_async(args=[run_id, step_id, item], countdown=countdown,
-                          task_id=f"{run_id}:{step_id}:{'' if item is None else item}:{uuid.uuid4().hex[:8]}")
+    try:
+        step_task.apply_async(args=[run_id, step_id, item], countdown=countdown,
+                              task_id=f"{run_id}:{step_id}:{'' if item is None else item}:{uuid.uuid4().hex[:8]}")
+    except (KombuError, AMQPError, OSError) as exc:
+        reason = scrub(str(exc)) or type(exc).__name__
+        raise BrokerUnavailableError(f"the broker (OPENAI_PACK_BROKER_URL) did not take the step: "
+                                     f"{type(exc).__name__}: {reason}") from None
 
 
 @cache
