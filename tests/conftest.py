@@ -137,6 +137,8 @@ def _rabbitmq_password_hash(password: str) -> str:
 class RabbitMQNode:
     """``rabbitmq-server`` on 127.0.0.1 with free ports, its own epmd, files and cookie under ``workdir``.
 
+    It listens for AMQP on ``port`` and for AMQP over TLS on ``tls_port`` (a certificate for
+    127.0.0.1 signed by a CA of its own, ``ca_file``).
     A user ``pack`` with a password (the default ``guest`` is not created) owns two virtual hosts:
     ``/`` for the session's worker, ``isolated`` for tests that start and kill workers of their own.
     The consumer timeout is ``RABBITMQ_CONSUMER_TIMEOUT`` and checked every second (the server
@@ -147,7 +149,9 @@ class RabbitMQNode:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.port, self.dist_port, self.epmd_port = _free_port(), _free_port(), _free_port()
+        self.port, self.dist_port, self.epmd_port, self.tls_port = _free_port(), _free_port(), _free_port(), _free_port()
+        #: The test CA that signed the TLS listener's certificate (for 127.0.0.1): ``SSL_CERT_FILE`` for clients.
+        self.ca_file = workdir / "ca.pem"
         self.node = f"rabbit-opk{os.getpid()}-{self.port}@localhost"
         bindir = Path("/usr/lib/rabbitmq/bin")  # the Debian wrapper in /usr/sbin switches to the rabbitmq user
         self.server = str(bindir / "rabbitmq-server") if bindir.is_dir() else shutil.which("rabbitmq-server")
@@ -166,9 +170,41 @@ class RabbitMQNode:
         self.epmd: subprocess.Popen[bytes] | None = None
         self.process: subprocess.Popen[bytes] | None = None
 
-    def url(self, vhost: str = "/", password: str = RABBITMQ_PASSWORD) -> str:
+    def url(self, vhost: str = "/", password: str = RABBITMQ_PASSWORD, *, tls: bool = False) -> str:
         path = "/" if vhost == "/" else vhost
-        return f"amqp://{RABBITMQ_USER}:{password}@127.0.0.1:{self.port}/{path}"
+        scheme, port = ("amqps", self.tls_port) if tls else ("amqp", self.port)
+        return f"{scheme}://{RABBITMQ_USER}:{password}@127.0.0.1:{port}/{path}"
+
+    def _write_certificates(self) -> None:
+        """A throw-away CA and a server certificate for 127.0.0.1 signed by it (PEM files in ``workdir``)."""
+        import datetime
+        import ipaddress
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        def name(text: str) -> x509.Name:
+            return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+        now = datetime.datetime.now(datetime.UTC)
+        ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+        ca = (x509.CertificateBuilder().subject_name(name("openai-pack test CA")).issuer_name(name("openai-pack test CA"))
+              .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+              .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+              .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+              .sign(ca_key, hashes.SHA256()))
+        server = (x509.CertificateBuilder().subject_name(name("127.0.0.1")).issuer_name(ca.subject)
+                  .public_key(server_key.public_key()).serial_number(x509.random_serial_number())
+                  .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+                  .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                                 critical=False)
+                  .sign(ca_key, hashes.SHA256()))
+        self.ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+        (self.workdir / "server.pem").write_bytes(server.public_bytes(serialization.Encoding.PEM))
+        (self.workdir / "server.key").write_bytes(server_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
 
     def _write_config(self) -> None:
         definitions = {
@@ -179,10 +215,16 @@ class RabbitMQNode:
                             for vhost in self.VHOSTS],
         }
         (self.workdir / "definitions.json").write_text(json.dumps(definitions))
+        self._write_certificates()
         (self.workdir / "rabbitmq.conf").write_text(
             f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
             f"load_definitions = {self.workdir / 'definitions.json'}\n"
             f"consumer_timeout = {RABBITMQ_CONSUMER_TIMEOUT * 1000}\n"
+            f"listeners.ssl.default = 127.0.0.1:{self.tls_port}\n"
+            f"ssl_options.cacertfile = {self.ca_file}\n"
+            f"ssl_options.certfile = {self.workdir / 'server.pem'}\n"
+            f"ssl_options.keyfile = {self.workdir / 'server.key'}\n"
+            "ssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n"
             "log.console = false\nlog.file.level = info\n")
         (self.workdir / "advanced.config").write_text("[{rabbit, [{channel_tick_interval, 1000}]}].\n")
         (self.workdir / "enabled_plugins").write_text("[].\n")

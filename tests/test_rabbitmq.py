@@ -76,6 +76,9 @@ def test_an_amqp_broker_needs_a_redis_store_and_bounds_countdowns_by_the_consume
     assert options["confirm_publish"] is True and "visibility_timeout" not in options
     (queue,) = workers.app._queues(settings) or ()
     assert queue.durable and not queue.auto_delete and queue.exchange.durable
+    # amqps: kombu fills server_hostname from the URL, so py-amqp checks the certificate's name too
+    assert workers.app._broker_ssl(settings) == {"server_hostname": None}
+    assert workers.app._broker_ssl(redis_broker) is None
 
 
 def test_cli_refuses_an_amqp_broker_without_a_redis_store(worker_env: dict[str, str], tmp_path: Path) -> None:
@@ -301,3 +304,32 @@ def test_queue_depth_metric_reads_rabbitmq_and_survives_a_refused_login(rabbitmq
     refused = exposition(rabbitmq_server.url("isolated", password="wrong-PW-canary-5e8a1c")).decode()
     assert "openai_pack_queue_depth{" not in refused and "wrong-PW" not in refused
     rabbitmq_server.delete_queues("isolated", "openai_pack")
+
+
+# ---------------------------------------------------------------- amqps://
+
+
+def test_amqps_verifies_the_broker_certificate_and_runs_a_workflow(own_rabbitmq: dict[str, str],
+                                                                  rabbitmq_server: RabbitMQNode,
+                                                                  simulator: Simulator, tmp_path: Path) -> None:
+    """``amqps://`` to the node's TLS listener: with the test CA (``SSL_CERT_FILE``) a worker and the CLI
+    run a workflow; without it the certificate is refused, and the CLI says so without the password."""
+    tls = own_rabbitmq | {"OPENAI_PACK_BROKER_URL": rabbitmq_server.url("isolated", tls=True),
+                          "SSL_CERT_FILE": str(rabbitmq_server.ca_file)}
+    workflow = tmp_path / "moderate.yaml"
+    workflow.write_text(MODERATE)
+    worker = WorkerProcess(tls, concurrency=2, name="tls")
+    try:
+        ran = run_cli(tls, "workflow", "run", str(workflow), "--wait", "--json", "--timeout", "60")
+    finally:
+        worker.stop()
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)["status"] == "succeeded"
+    assert f"amqps://pack:**@127.0.0.1:{rabbitmq_server.tls_port}" in worker.output
+    untrusted = {k: v for k, v in tls.items() if k != "SSL_CERT_FILE"}
+    refused = run_cli(untrusted, "workflow", "run", str(workflow), "--timeout", "5", timeout=120)
+    assert refused.returncode == 1, refused.stderr
+    error = json.loads(refused.stderr)["error"]
+    assert error["code"] == "broker_unavailable" and "CERTIFICATE_VERIFY_FAILED" in error["message"], error
+    for output in (worker.output, ran.stdout, ran.stderr, refused.stdout, refused.stderr):
+        assert RABBITMQ_PASSWORD not in output

@@ -77,9 +77,22 @@ def _queues(settings: Settings) -> tuple[Queue, ...] | None:
                   auto_delete=False),)
 
 
+def _broker_ssl(settings: Settings) -> dict[str, Any] | None:
+    """``amqps://``: verify the broker's certificate and its name against the URL's host.
+
+    Given only the URL, py-amqp checks the certificate chain but not the name; a ``server_hostname``
+    of None makes kombu fill in the URL's host. CAs come from the system store, or from
+    ``SSL_CERT_FILE`` for a private CA.
+    """
+    if settings.broker_url.startswith("amqps://"):
+        return {"server_hostname": None}
+    return None
+
+
 def _configure(app: Celery, settings: Settings) -> None:
     app.conf.update(
         broker_url=settings.broker_url,
+        broker_use_ssl=_broker_ssl(settings),
         broker_transport_options=_transport_options(settings),
         task_queues=_queues(settings),
         task_default_delivery_mode="persistent",
@@ -180,7 +193,8 @@ def _ride_out(task: Task, run_id: str, step_id: str, item: int | None, owner: st
     Raising would let Celery acknowledge the message and lose the step, and re-queueing needs the
     broker that is down. Every retry is safe: the ledger keeps the paid call from repeating. After
     a minute the message is rejected back to the queue (or, with the broker still away, stays
-    unacknowledged and is redelivered after the visibility timeout).
+    unacknowledged and is redelivered after Redis's visibility timeout, or by RabbitMQ as soon as
+    the worker's connection drops).
     """
     log.warning("step %s of run %s hit %s; retrying until the store answers", step_id, run_id,
                 type(first).__name__)
