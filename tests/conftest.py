@@ -30,8 +30,8 @@ CANARY_KEY = "sk-canary-LEAK-4f9c2e7d1b3a5c8e0f6d"
 RABBITMQ_PASSWORD = "amqp-canary-PW-6b1d9e03f7"
 RABBITMQ_USER = "pack"
 #: RabbitMQ's consumer timeout on the test node (seconds): a delivery held unacknowledged longer
-#: closes its channel. Above scenario 11's 15 s call, far below the server's default 30 min.
-RABBITMQ_CONSUMER_TIMEOUT = 20
+#: closes its channel. Above scenario 11's 10 s call on RabbitMQ, far below the server's default 30 min.
+RABBITMQ_CONSUMER_TIMEOUT = 12
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_OPENAPI = REPO_ROOT.parent / "shared" / "openapi"
 

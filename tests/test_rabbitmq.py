@@ -94,45 +94,64 @@ def test_cli_refuses_an_amqp_broker_without_a_redis_store(worker_env: dict[str, 
         assert RABBITMQ_PASSWORD not in result.stdout + result.stderr
 
 
+def test_steps_are_published_with_confirms_as_persistent_messages_on_a_durable_queue(
+        own_rabbitmq: dict[str, str], rabbitmq_server: RabbitMQNode) -> None:
+    """What RabbitMQ itself reports after this process queued a step (no worker takes it)."""
+    import subprocess
+
+    import workers.app
+
+    workers.app.app.send_task("openai_pack.ping")
+
+    def ctl(*args: str) -> list[list[str]]:
+        done = subprocess.run([str(rabbitmq_server.ctl), "-n", rabbitmq_server.node, "-q", *args],
+                              env=rabbitmq_server.env, capture_output=True, text=True, timeout=60, check=True)
+        return [line.split("\t") for line in done.stdout.splitlines()[1:] if line.strip()]
+
+    assert ["openai_pack", "true", "1", "1"] in ctl("list_queues", "-p", "isolated", "name", "durable",
+                                                     "messages", "messages_persistent")
+    assert ["isolated", "true"] in [[vhost, confirm] for vhost, confirm in ctl("list_channels", "vhost", "confirm")]
+    rabbitmq_server.delete_queues("isolated", "openai_pack")
+
+
 # ---------------------------------------------------------------- the consumer timeout
 
 
-WAIT_25S = """
+WAIT_15S = """
 name: long-wait
 steps:
   - id: answer
     action: create_response
     input: {model: gpt-4o-mini, input: "summarise the backlog", background: true}
-    wait: {interval: 25, max_interval: 25}
+    wait: {interval: 15, max_interval: 15}
 """
 
 
-def test_a_wait_longer_than_the_consumer_timeout_hops_and_completes(own_rabbitmq: dict[str, str],
+def test_a_wait_longer_than_the_consumer_timeout_hops_and_completes(rabbitmq_pack: Any,
+                                                                    rabbitmq_session_worker: WorkerProcess,
                                                                     rabbitmq_server: RabbitMQNode,
                                                                     simulator: Simulator) -> None:
-    """A 25 s poll interval with a 20 s consumer timeout: held as one countdown, RabbitMQ would close
-    the worker's channel (and Celery stop the worker); covered in hops of 10 s, nothing is held that long."""
-    import workers.app
-
-    assert workers.app.settings.consumer_timeout == RABBITMQ_CONSUMER_TIMEOUT
-    assert workers.app.settings.max_countdown == RABBITMQ_CONSUMER_TIMEOUT / 2
+    """A 15 s poll interval with a 12 s consumer timeout: held as one countdown, RabbitMQ would close
+    the worker's channel (and Celery stop the worker); covered in hops of 6 s, nothing is held that long."""
+    settings = rabbitmq_pack.settings
+    assert settings.consumer_timeout == RABBITMQ_CONSUMER_TIMEOUT
+    assert settings.max_countdown == RABBITMQ_CONSUMER_TIMEOUT / 2
     simulator.configure_jobs(after_polls=None, after_seconds=1)
-    worker = WorkerProcess(own_rabbitmq, concurrency=2, name="patient")
-    try:
-        engine = workers.app.engine()
-        run_id, _ = engine.start_run(parse_workflow(WAIT_25S, "wait.yaml"), {}, trigger={"type": "manual"})
-        done = finished_record(engine, run_id, timeout=90)
-    finally:
-        worker.stop()
+    hop = f"re-queued for {settings.max_countdown:.1f}s: waiting for response"
+    before = rabbitmq_session_worker.output.count(hop)
+    engine = rabbitmq_pack.engine()
+    run_id, _ = engine.start_run(parse_workflow(WAIT_15S, "wait.yaml"), {}, trigger={"type": "manual"})
+    done = finished_record(engine, run_id, timeout=90)
     step = steps_by_id(done)["answer"]
     assert done["status"] == "succeeded", done
     assert step["wait"]["polls"] == 1 and step["output"]["status"] == "completed"
-    hops = worker.output.count("re-queued for 10.0s: waiting for response")
-    assert hops >= 2, worker.output[-3000:]
-    assert "PRECONDITION_FAILED" not in worker.output and "Unrecoverable error" not in worker.output
+    hops = rabbitmq_session_worker.output.count(hop) - before
+    assert hops >= 2, rabbitmq_session_worker.output[-3000:]
+    assert "PRECONDITION_FAILED" not in rabbitmq_session_worker.output
+    assert "Unrecoverable error" not in rabbitmq_session_worker.output
     assert "acknowledgement" not in rabbitmq_server.log_text()  # RabbitMQ closed no channel for a timeout
-    print(f"\n[rabbitmq] a 25 s wait with a {RABBITMQ_CONSUMER_TIMEOUT} s consumer timeout: {hops} hops of 10 s "
-          f"and 1 poll; run succeeded in {done['totals']['duration']:.1f}s, no channel closed")
+    print(f"\n[rabbitmq] a 15 s wait with a {RABBITMQ_CONSUMER_TIMEOUT} s consumer timeout: {hops} hops of "
+          f"{settings.max_countdown:g} s and 1 poll; run succeeded in {done['totals']['duration']:.1f}s, no channel closed")
 
 
 # ---------------------------------------------------------------- the URL password never shows
@@ -266,7 +285,7 @@ def test_worker_cli_serve_and_beat_work_on_rabbitmq_and_never_print_its_password
 class WorkerProcessNeverReady:
     """A worker whose broker refuses its password: run it for a few seconds, keep what it printed."""
 
-    def __init__(self, env: dict[str, str], seconds: float = 6) -> None:
+    def __init__(self, env: dict[str, str], seconds: float = 4) -> None:
         import subprocess
         import sys
 

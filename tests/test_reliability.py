@@ -429,13 +429,14 @@ def test_11_paid_step_slower_than_the_visibility_timeout_succeeds_once(fault_bro
 
     The redelivery must find the running step's lease alive (its heartbeat keeps it), wait, and
     neither call again nor fail the step; the run ends succeeded and never looked failed. RabbitMQ
-    has no visibility timeout: the same step is never redelivered (its consumer timeout, 20 s on
-    the test node, is longer than the call), so no copy ever has to look at the lease.
+    has no visibility timeout: the same step (answered after 10 s there, to fit the test node's
+    12 s consumer timeout) is never redelivered, so no copy ever has to look at the lease.
     """
     import workers.app
 
     broker = _broker(workers.app)
-    simulator.add_fault({"path": "/chat/completions", "kind": "latency", "latency": 15, "times": 1})
+    latency = 10 if broker == "rabbitmq" else 15  # still slower than Redis's 8 s; under the test node's consumer timeout
+    simulator.add_fault({"path": "/chat/completions", "kind": "latency", "latency": latency, "times": 1})
     worker = WorkerProcess(fault_broker, concurrency=4, name="slow")
     try:
         engine = workers.app.engine()
@@ -464,7 +465,7 @@ def test_11_paid_step_slower_than_the_visibility_timeout_succeeds_once(fault_bro
         assert "PRECONDITION_FAILED" not in worker.output
     else:
         assert redelivered >= 1, "the message was never redelivered: the scenario did not happen"
-    print(f"\n[scenario 11, {broker}] {'consumer timeout 20 s' if broker == 'rabbitmq' else 'visibility 8 s'}, answer after 15 s: {redelivered} redelivered look(s) waited "
+    print(f"\n[scenario 11, {broker}] {'consumer timeout 12 s' if broker == 'rabbitmq' else 'visibility 8 s'}, answer after {latency} s: {redelivered} redelivered look(s) waited "
           f"on the live lease; 1 call at the server; run {record['status']} in {record['totals']['duration']:.1f}s, "
           f"never failed on the way (states seen: {sorted(seen, key=str)})")
 

@@ -51,7 +51,7 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
         # Publisher confirms: apply_async returns only once RabbitMQ has taken the message (else a
         # broker at its memory or disk alarm could drop a step silently). No visibility timeout
         # exists: an unacknowledged message comes back as soon as its consumer's connection drops.
-        return {"confirm_publish": True, "confirm_timeout": 30}
+        return {"confirm_publish": True}
     return {
         # A crashed worker's unacknowledged step is handed to another worker after this long.
         "visibility_timeout": settings.visibility_timeout,

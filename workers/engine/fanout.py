@@ -88,13 +88,14 @@ class FanOut:
                       cancelled: bool) -> None:
         """Keep a fan-out slot busy: run the next claimed item in this task instead of a new message.
 
-        The loop is bounded to a quarter of the visibility timeout, so the message it started from
-        is acknowledged long before it could be redelivered; then the next item goes back to the
-        queue. After a crash the redelivered message replays the slot's chain (finished items are
-        skipped through the ledger and their records) up to where it stopped.
+        The loop is bounded to a quarter of the visibility timeout (RabbitMQ: of its consumer
+        timeout), so the message it started from is acknowledged long before it could be
+        redelivered (or its channel closed); then the next item goes back to the queue. After a
+        crash the redelivered message replays the slot's chain (finished items are skipped through
+        the ledger and their records) up to where it stopped.
         """
         engine = self.engine
-        deadline = time.monotonic() + min(30.0, engine.settings.visibility_timeout / 4)
+        deadline = time.monotonic() + min(30.0, engine.settings.redelivery_after / 4)
         done_here = 0
         while index is not None:
             if time.monotonic() > deadline:
