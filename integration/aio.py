@@ -100,7 +100,7 @@ class BridgeTransport(httpx.BaseTransport):
 
     SHARDS = 32
 
-    def __init__(self, *, retries: int = 0, max_connections: int = 256) -> None:
+    def __init__(self, *, retries: int = 0, max_connections: int = 1024) -> None:
         self.retries = retries
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._sync = httpx.HTTPTransport(retries=retries, limits=limits)

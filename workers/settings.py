@@ -54,6 +54,9 @@ class Settings:
     #: chains at once on the process's event loop (``workers.engine.inflight``); 1 = one chain per
     #: task on a pool thread, as before issue 15.
     slot_width: int = 250
+    #: Event loops (each in its own thread) that a worker process spreads its slots' chains over
+    #: (``OPENAI_PACK_INFLIGHT_LOOPS``): while one waits on a Redis round trip, the others run.
+    inflight_loops: int = 8
 
     @property
     def lease_ttl(self) -> float:
@@ -93,4 +96,5 @@ class Settings:
             max_requeues=int(_number("OPENAI_PACK_MAX_REQUEUES", 50, 0, 10000)),
             result_backend=os.environ.get("OPENAI_PACK_RESULT_BACKEND", "").strip() or None,
             slot_width=int(_number("OPENAI_PACK_SLOT_WIDTH", 250, 1, 10000)),
+            inflight_loops=int(_number("OPENAI_PACK_INFLIGHT_LOOPS", 8, 1, 64)),
         )

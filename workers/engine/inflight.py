@@ -1,14 +1,17 @@
-"""The in-flight executor: one event loop per worker process runs many fan-out chains at once.
+"""The in-flight executor: a few event loops per worker process run many fan-out chains at once.
 
 A fan-out *slot* task (one Celery message, one pool thread) hands its chains to this executor and
 waits for them. Each chain is the same synchronous code a thread-pool slot runs (lease, ledger,
 budget, call, record, claim of the next item), run in a bridged greenlet (``integration.aio``):
-its HTTP exchanges and retry sleeps wait on the loop, so a thousand chains cost a thousand
-suspended greenlets and sockets, not a thousand threads. Store commands stay synchronous: each is
-a sub-millisecond loopback round trip that briefly holds the loop, which is what keeps the ledger,
-lease and budget code one path for threads and the loop alike.
+its HTTP exchanges and retry sleeps wait on an event loop, so a thousand chains cost a thousand
+suspended greenlets and sockets, not a thousand threads.
 
-Why this design, and what the alternatives measured: ``docs/performance.md``.
+Store commands stay synchronous, so the ledger, lease and budget code is one path for threads and
+loops alike; but each one holds its loop for a Redis round trip. Profiled at 1,000 in flight with
+one loop, the loop thread spent most of its time blocked in those round trips, so the chains are
+spread over several loops (``Settings.inflight_loops``), each in its own thread: while one waits
+for Redis (the GIL released), the others run. Why this design, and what the alternatives
+measured: ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -25,44 +28,65 @@ from integration.aio import run_bridged
 __all__ = ["InFlight", "executor"]
 
 
+def _start_loop(name: str) -> asyncio.AbstractEventLoop:
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.call_soon(ready.set)
+        loop.run_forever()
+
+    threading.Thread(target=serve, name=name, daemon=True).start()
+    ready.wait()
+    return loop
+
+
 class InFlight:
-    """An event loop in a daemon thread; ``run_all`` runs synchronous callables on it as greenlets."""
+    """Event loops in daemon threads; ``run_all`` runs synchronous callables on them as greenlets."""
 
     def __init__(self) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loops: list[asyncio.AbstractEventLoop] = []
         self._pid = 0
         self._lock = threading.Lock()
+        self._next = 0
 
-    def _running_loop(self) -> asyncio.AbstractEventLoop:
+    def _running_loops(self, count: int) -> list[asyncio.AbstractEventLoop]:
         with self._lock:
-            if self._loop is None or self._pid != os.getpid():  # a forked child starts its own loop
-                loop = asyncio.new_event_loop()
-                ready = threading.Event()
+            if self._pid != os.getpid():  # a forked child starts its own loops
+                self._loops, self._pid = [], os.getpid()
+            while len(self._loops) < count:
+                self._loops.append(_start_loop(f"openai-pack-inflight-{len(self._loops)}"))
+            return self._loops[:count]
 
-                def serve() -> None:
-                    asyncio.set_event_loop(loop)
-                    loop.call_soon(ready.set)
-                    loop.run_forever()
-
-                threading.Thread(target=serve, name="openai-pack-inflight", daemon=True).start()
-                ready.wait()
-                self._loop, self._pid = loop, os.getpid()
-            return self._loop
-
-    def run_all(self, functions: list[Callable[[], Any]]) -> list[Any]:
-        """Run every function concurrently on the loop; block until all end; results or exceptions, in order."""
+    def run_all(self, functions: list[Callable[[], Any]], *, loops: int = 1) -> list[Any]:
+        """Run every function concurrently on ``loops`` loops; block until all end; results or exceptions."""
         if not functions:
             return []
-        future: Future[list[Any]] = asyncio.run_coroutine_threadsafe(self._gather(functions), self._running_loop())
-        return future.result()
+        loops = self._running_loops(loops)
+        with self._lock:  # deal the functions round-robin over the loops, continuing where the last call stopped
+            first = self._next % len(loops)
+            self._next = first + len(functions)
+        groups: list[list[int]] = [[] for _ in loops]
+        for position in range(len(functions)):
+            groups[(first + position) % len(loops)].append(position)
+        futures: list[tuple[list[int], Future[list[Any]]]] = [
+            (group, asyncio.run_coroutine_threadsafe(_gather([functions[p] for p in group]), loop))
+            for group, loop in zip(groups, loops, strict=True) if group]
+        results: list[Any] = [None] * len(functions)
+        for group, future in futures:
+            for position, outcome in zip(group, future.result(), strict=True):
+                results[position] = outcome
+        return results
 
-    async def _gather(self, functions: list[Callable[[], Any]]) -> list[Any]:
-        return list(await asyncio.gather(*(run_bridged(function) for function in functions), return_exceptions=True))
+
+async def _gather(functions: list[Callable[[], Any]]) -> list[Any]:
+    return list(await asyncio.gather(*(run_bridged(function) for function in functions), return_exceptions=True))
 
 
 _executor = InFlight()
 
 
 def executor() -> InFlight:
-    """The process's executor (its loop thread starts on first use)."""
+    """The process's executor (its loop threads start on first use)."""
     return _executor
