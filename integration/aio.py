@@ -17,6 +17,7 @@ accepts a request and then trickles or goes silent cannot keep it past that.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -80,10 +81,10 @@ def _total_timeout(request: httpx.Request) -> float | None:
 class _Shard:
     """One asynchronous connection pool and the number of exchanges it carries now."""
 
-    def __init__(self, retries: int) -> None:
+    def __init__(self, retries: int, verify: ssl.SSLContext) -> None:
         # Unbounded by count: the executor bounds the calls in flight, a pool must not queue them.
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=None, keepalive_expiry=30)
-        self.pool = httpx.AsyncHTTPTransport(retries=retries, limits=limits)
+        self.pool = httpx.AsyncHTTPTransport(retries=retries, limits=limits, verify=verify)
         self.busy = 0
 
 
@@ -95,16 +96,19 @@ class BridgeTransport(httpx.BaseTransport):
     loop each, and there are ``SHARDS`` of them per loop, each exchange going to the least busy:
     httpcore's pool scans every connection it holds whenever a request starts or ends, so one pool
     of a thousand connections spends the loop's time in that scan (profiled: 57 % of the loop
-    thread at 600 in flight); 32 pools of ~30 connections each do not.
+    thread at 600 in flight); pools of at most ~``PER_SHARD`` busy connections each do not. A new pool
+    is opened only when every pool carries that many, and all share one TLS context (building one
+    loads the CA bundle: 256 of them cost the first answers ~10 s on this machine).
     """
 
-    SHARDS = 32
+    PER_SHARD = 32
 
     def __init__(self, *, retries: int = 0, max_connections: int = 1024) -> None:
         self.retries = retries
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._sync = httpx.HTTPTransport(retries=retries, limits=limits)
         self._async: dict[asyncio.AbstractEventLoop, list[_Shard]] = {}
+        self._tls: ssl.SSLContext | None = None
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if not in_bridge():
@@ -112,11 +116,14 @@ class BridgeTransport(httpx.BaseTransport):
         return await_only(self._send(request))
 
     def _shard(self) -> _Shard:
-        loop = asyncio.get_running_loop()
-        shards = self._async.get(loop)
-        if shards is None:
-            shards = self._async[loop] = [_Shard(self.retries) for _ in range(self.SHARDS)]
-        return min(shards, key=lambda shard: shard.busy)  # the first idle one while few calls run
+        shards = self._async.setdefault(asyncio.get_running_loop(), [])
+        least = min(shards, key=lambda shard: shard.busy, default=None)  # the first idle one while few run
+        if least is None or least.busy >= self.PER_SHARD:
+            if self._tls is None:
+                self._tls = httpx.create_ssl_context()
+            least = _Shard(self.retries, self._tls)
+            shards.append(least)
+        return least
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
         """Send and read the whole answer, within the exchange's total timeout."""

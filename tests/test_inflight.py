@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,14 +23,17 @@ import redis
 
 from actions.simulator import Simulator
 from integration.aio import BridgeTransport, pause, run_bridged
+from integration.model import Integration
+from integration.store import IntegrationStore
 from tests.conftest import WorkerProcess
 from workers.workflow import parse_workflow
 
 pytestmark = pytest.mark.timeout(300)
 
 
-def fanout(concurrency: int, *, timeout: float | None = None) -> str:
+def fanout(concurrency: int, *, timeout: float | None = None, integration: str | None = None) -> str:
     extra = f"\n    timeout: {timeout}" if timeout is not None else ""
+    extra += f"\n    integration: {integration}" if integration else ""
     return f"""
 name: wide
 inputs:
@@ -78,11 +82,15 @@ def _calls_per_item(simulator: Simulator) -> Counter[str]:
 
 def test_four_pool_threads_hold_hundreds_of_calls_in_flight(wide_broker: dict[str, str],
                                                             simulator: Simulator) -> None:
-    # answers after 4 s: every call has gone out before the first comes back, even on a loaded machine
-    simulator.add_fault({"kind": "latency", "latency": 4.0, "times": -1})
+    # answers after 12 s (read timeout 60 s): every call has reached the simulator (which validates each
+    # body, in this test process) before the first answer, even on a loaded machine
+    simulator.add_fault({"kind": "latency", "latency": 12.0, "times": -1})
+    store = IntegrationStore(path=Path(wide_broker["OPENAI_PACK_HOME"]) / "integrations.json")
+    store.add(Integration(name="patient", base_url=simulator.url, auth={"placement": "none"},
+                          timeout={"connect": 5, "read": 60}, max_retries=0), replace=True)
     worker = WorkerProcess(wide_broker, concurrency=4, name="wide")
     try:
-        engine, run_id = _start(600, fanout(600))
+        engine, run_id = _start(600, fanout(600, integration="patient"))
         header = engine.wait(run_id, 120)
     finally:
         worker.stop()
@@ -239,3 +247,19 @@ def test_many_bridged_calls_share_one_loop(simulator: Simulator) -> None:
     finally:
         client.close()
     assert simulator.max_in_flight == 50
+
+
+def test_the_heartbeat_extends_every_held_lease_in_one_round_trip(redis_server: str) -> None:
+    """A process holding a thousand leases extended them one round trip each: slower than their TTL
+    on a loaded machine, so live items were taken over by a redelivered slot. Now one pipeline."""
+    from workers.state.kv import RedisKV
+
+    kv = RedisKV(redis_server.rsplit("/", 1)[0] + "/7")
+    kv.redis.flushdb()
+    for i in range(1000):
+        kv.set(f"lease:{i}", "me", ttl=5)
+    kv.set("lease:other", "someone else", ttl=5)
+    entries = [(f"lease:{i}", "me", 60.0) for i in range(1000)] + [("lease:other", "me", 60.0), ("lease:gone", "me", 60)]
+    extended = kv.extend_all(entries)
+    assert extended == [True] * 1000 + [False, False]
+    assert kv.redis.pttl("lease:999") > 55_000 and kv.redis.pttl("lease:other") <= 5_000

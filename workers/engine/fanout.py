@@ -159,7 +159,7 @@ class FanOut:
         engine = self.engine
         done_here = 0
         while index is not None:
-            if time.monotonic() > deadline:
+            if done_here and time.monotonic() > deadline:  # every chain runs at least its first item
                 return Left(index, busy=False)
             lease_key = f"{run_id}:{step_id}:{index}"
             if not self.store.leases.acquire(lease_key, owner, engine.settings.lease_ttl):

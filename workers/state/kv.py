@@ -71,6 +71,7 @@ class KV(Protocol):
     def delete_if(self, key: str, value: str) -> None: ...
     def hset_if_first(self, flags: str, flag: str, writes: list[tuple[str, str, str]]) -> bool: ...
     def extend_if(self, key: str, value: str, ttl: float) -> bool: ...
+    def extend_all(self, leases: list[tuple[str, str, float]]) -> list[bool]: ...
     def incr(self, key: str, amount: int = 1) -> int: ...
     def hget(self, key: str, field: str) -> str | None: ...
     def hset(self, key: str, mapping: dict[str, str]) -> None: ...
@@ -119,12 +120,17 @@ class RedisKV:
     def __init__(self, url: str) -> None:
         import redis
 
+        from workers.state.bridged import BridgedConnection
+
         self.url = url
         # A blocking pool: with hundreds of worker threads, a thread waits for a connection instead of
         # failing with "Too many connections".
+        # Plain TCP connections wait on the event loop inside the in-flight executor's greenlets
+        # (workers.state.bridged); a chain holds its connection only for one command.
+        bridged = {"connection_class": BridgedConnection} if url.startswith("redis://") else {}
         pool = redis.BlockingConnectionPool.from_url(url, decode_responses=True, socket_timeout=10,
                                                      socket_connect_timeout=5, health_check_interval=30,
-                                                     max_connections=512, timeout=30)
+                                                     max_connections=2048, timeout=30, **bridged)
         self.redis = redis.Redis(connection_pool=pool)
         self._finish_item = self.redis.register_script(_FINISH_ITEM)
         self._delete_if = self.redis.register_script(
@@ -160,6 +166,13 @@ class RedisKV:
     def extend_if(self, key: str, value: str, ttl: float) -> bool:
         """Compare-and-expire in one round trip (a lease is kept alive only by its owner)."""
         return bool(self._extend_if(keys=[key], args=[value, int(ttl * 1000)]))
+
+    def extend_all(self, leases: list[tuple[str, str, float]]) -> list[bool]:
+        """``extend_if`` for each (key, value, ttl), in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for key, value, ttl in leases:
+            self._extend_if(keys=[key], args=[value, int(ttl * 1000)], client=pipe)
+        return [bool(alive) for alive in pipe.execute()]
 
     def finish_item(self, flags: str, counters: str, step: str, index: int, failed: bool) -> tuple[int, int, bool]:
         """See ``RunStore.finish_item``: one atomic script instead of six round trips."""
@@ -290,6 +303,9 @@ class SqliteKV:
                 return False
             db.executemany("INSERT OR REPLACE INTO h (k, f, v) VALUES (?, ?, ?)", writes)
             return True
+
+    def extend_all(self, leases: list[tuple[str, str, float]]) -> list[bool]:
+        return [self.extend_if(key, value, ttl) for key, value, ttl in leases]
 
     def extend_if(self, key: str, value: str, ttl: float) -> bool:
         now = time.time()
