@@ -270,6 +270,10 @@ def bench_inflight(broker: str, url: str, *, items: int, concurrency: int, execu
             peak = [max(p, worker.rss_mb()) for p, worker in zip(peak, stack.workers, strict=True)]
         elapsed = time.monotonic() - started
         steps = [engine.store.step(run_id, "classify") for run_id in run_ids]
+        for step in steps:
+            if step.get("error"):
+                print(f"failed items: {step['error']['message'][:300]}")
+        hwm = [w.peak_rss_mb() for w in stack.workers]
         record = {"items": {k: sum(step["items"].get(k, 0) for step in steps)
                             for k in ("total", "succeeded", "failed")}}
         served = httpx.get(url + "/_stats").json()
@@ -279,7 +283,7 @@ def bench_inflight(broker: str, url: str, *, items: int, concurrency: int, execu
     return {"executor": executor, "threads": threads, "rate": items / elapsed, "noop": noop_rate,
             "items": record["items"], "max_in_flight": served["max_in_flight"],
             "kb_per_call": growth * 1024 / max(1, served["max_in_flight"]), "rss_before": before,
-            "rss_peak": peak, "peak_hwm": [w.peak_rss_mb() for w in stack.workers], "seconds": elapsed}
+            "rss_peak": peak, "peak_hwm": hwm, "seconds": elapsed}
 
 
 def _inflight_rows(results: list[dict[str, Any]], cap: float) -> list[list[str]]:

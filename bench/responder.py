@@ -94,7 +94,7 @@ class Responder(asyncio.Protocol):
 
 async def serve(port: int, delay: float, rpm: int) -> None:
     Responder.delay, Responder.budget = delay, RateLimitItemPerMinute(rpm) if rpm else None
-    server = await asyncio.get_running_loop().create_server(Responder, "127.0.0.1", port, backlog=1024)
+    server = await asyncio.get_running_loop().create_server(Responder, "127.0.0.1", port, backlog=4096)
     print("ready", flush=True)
     async with server:
         await server.serve_forever()
