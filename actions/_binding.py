@@ -6,6 +6,10 @@ its handler (``actions/<name>.py``), which receives a ``Call`` and uses the same
 Bodies are JSON (``encoding: json``), none, or multipart form data (``encoding: multipart``):
 file fields (``format: binary``) become file parts read at call time, lists become repeated
 ``name[]`` parts and objects ``name[key]`` parts (the form OpenAI's SDKs send), scalars text.
+
+Answers are a JSON object (``answer: json``), a streamed one rebuilt into that shape (``http.stream``,
+``actions/_streaming.py``), nothing (``answer: empty``) or bytes (``answer: binary``); the last two become
+a small JSON result in ``actions/_outputs.py``.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ from actions._coerce import coerce_inputs
 from actions._files import read_file_field
 from actions._inputs import check_value, parse_json_text
 from actions._manifest import ActionManifest
+from actions._outputs import BinarySink, binary_output, discard, empty_result, prepare_save_to
 from actions._streaming import assemble
 from actions._validate import problems_for
-from integration.client import DEFAULT_MAX_INLINE_WAIT, ApiResponse, client_for
+from integration.client import DEFAULT_MAX_INLINE_WAIT, ApiResponse, BodyReader, client_for
 from integration.errors import InputError, ResponseShapeError
 from integration.model import Integration
 
@@ -73,10 +78,27 @@ def prepare_inputs(manifest: ActionManifest, raw: Any) -> dict[str, Any]:
                                  action=manifest.name)
             raw = {(name if k == old else k): v for k, v in raw.items()}
     inputs = coerce_inputs(raw, manifest.input)
-    problems = problems_for(inputs, manifest.input)
+    problems = _choice_problems(inputs, manifest.input) or problems_for(inputs, manifest.input)
     if problems:
         raise InputError(problems, action=manifest.name)
     return inputs
+
+
+def _choice_problems(inputs: dict[str, Any], schema: dict[str, Any]) -> list[dict[str, str]]:
+    """A body whose fields come in exclusive groups (``oneOf`` of ``required`` lists: ``file_ids`` or ``files``),
+    explained in those words; a generic validator would only say "matches none of the allowed forms"."""
+    groups = [branch.get("required") for branch in schema.get("oneOf") or []]
+    if not groups or not all(isinstance(group, list) and set(branch) == {"required"}
+                             for group, branch in zip(groups, schema["oneOf"], strict=True)):
+        return []
+    given = [group for group in groups if all(name in inputs for name in group)]
+    choices = " or ".join(", ".join(group) for group in groups)
+    if not given:
+        return [{"field": groups[0][0], "reason": f"is required: give {choices}"}]
+    if len(given) > 1:
+        return [{"field": given[1][0], "reason": f"cannot be given with {', '.join(given[0])}: give only one of "
+                                                 f"{choices}"}]
+    return []
 
 
 def _form_parts(name: str, value: Any) -> list[tuple[str, str]]:
@@ -141,14 +163,16 @@ class Call:
         data: Any = None,
         idempotent: bool | None = None,
         assemble_stream: str | None = None,
+        body_reader: BodyReader | None = None,
     ) -> ApiResponse:
-        """Send through the integration's client; with ``assemble_stream`` the SSE answer is rebuilt."""
+        """Send through the integration's client; with ``assemble_stream`` the SSE answer is rebuilt, with
+        ``body_reader`` a success answer's bytes go to it as they arrive."""
         if self.options.before_request:
             self.options.before_request(self)
         response = client_for(self.integration).request(
             method, path, json_body=json_body, params=params, files=files, data=data,
             idempotent=self.manifest.is_idempotent if idempotent is None else idempotent,
-            sse=assemble_stream is not None, max_retries=self.options.max_retries,
+            sse=assemble_stream is not None, body_reader=body_reader, max_retries=self.options.max_retries,
             max_inline_wait=self.options.max_inline_wait,
         )
         if assemble_stream is not None and response.events:
@@ -159,7 +183,11 @@ class Call:
         if isinstance(response.body, dict):
             _add_usage(self.usage, response.body.get("usage"))
         if self.options.after_response:
-            self.options.after_response(self, response)
+            try:
+                self.options.after_response(self, response)
+            except BaseException:
+                discard(response.body)  # a saved answer's temporary file must not outlive the call
+                raise
         return response
 
     def default(self) -> dict[str, Any]:
@@ -171,12 +199,33 @@ class Call:
             path = path.replace("{" + name + "}", quote(str(sendable.pop(name)), safe=":@"))
         params = {name: sendable.pop(name) for name in http.query if name in sendable} or None
         stream = http.stream
-        streaming = stream is not None and sendable.get(stream.flag) is True
+        streaming = stream is not None and self.inputs.get(stream.flag) is True  # the flag may be a query field
         body = sendable if http.encoding == "json" else None
         parts = multipart_body(self.manifest, sendable) if http.encoding == "multipart" else None
+        if http.answer == "binary":
+            return self.save_binary(http.method, path, json_body=body, params=params, files=parts or None)
         response = self.send(http.method, path, json_body=body, params=params, files=parts or None,
                              assemble_stream=stream.assemble if streaming and stream else None)
+        return self.answer_of(response)
+
+    def answer_of(self, response: ApiResponse) -> dict[str, Any]:
+        """The step's output: the JSON object, or for ``answer: empty`` the small result of ``_outputs``."""
+        if self.manifest.http.answer == "empty":
+            path_values = {name: self.inputs[name] for name in self.manifest.http.path_params if name in self.inputs}
+            return empty_result(self.manifest.http.method, path_values, response.status, response.body)
         return self.expect_object(response)
+
+    def save_binary(self, method: str, path: str, **request: Any) -> dict[str, Any]:
+        """A binary answer streamed to disk, then saved to ``save_to`` or returned as base64 (``_outputs``).
+
+        ``save_to`` is checked before the call, so a file that would be overwritten costs nothing."""
+        save_to, parse = self.inputs.get("save_to"), self.inputs.get("parse")
+        target = prepare_save_to(save_to, self.manifest.name) if isinstance(save_to, str) else None
+        response = self.send(method, path, body_reader=BinarySink(target.directory if target else None), **request)
+        path_values = [str(self.inputs[name]) for name in self.manifest.http.path_params if name in self.inputs]
+        stem = path_values[-1] if path_values else f"{self.manifest.name}-{int(time.time())}"
+        return binary_output(response.body, target, parse if isinstance(parse, str) else None, self.manifest.name,
+                             stem)
 
     def expect_object(self, response: ApiResponse) -> dict[str, Any]:
         """The body as a JSON object, or a typed error saying the API answered something else."""

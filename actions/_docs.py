@@ -80,6 +80,12 @@ def render_action(manifest: ActionManifest) -> str:
     lines.append(f"- Celery task: `openai.{manifest.name}`; safe to repeat: {repeatable}")
     if http.stream:
         lines.append(f"- `{http.stream.flag}: true` is consumed as server-sent events and returned assembled.")
+    if http.answer == "empty":
+        lines.append("- The API answers with no body: the output is `{\"id\", \"deleted\": true, \"status\"}` for a "
+                     "DELETE, `{\"id\", \"ok\": true, \"status\"}` otherwise.")
+    elif http.answer == "binary":
+        lines.append("- The API answers with bytes: the output gives `content_type`, `bytes` and `sha256`, plus `path` "
+                     "with `save_to` (a new file, never overwritten) or `base64` without it.")
     if manifest.deprecated:
         lines.append(f"- Deprecated upstream: {manifest.deprecated}")
     lines.append("")
@@ -114,6 +120,12 @@ def render_reference(manifests: dict[str, ActionManifest]) -> str:
              "(or ship them in a package with an `openai_pack.manifests` entry point); `openai-pack docs` "
              "then documents them too. A field with `format: binary` is a file, sent as multipart: give a "
              "local path, `@path` or a `data:…;base64,…` URL.", "",
+             "Answers: an action whose API call answers with no body returns a small result (`id`, `status`, and "
+             "`deleted: true` for a DELETE or `ok: true` otherwise); one that answers with bytes (speech, file "
+             "content) returns `content_type`, `bytes` and `sha256`, with `save_to` the `path` of a new file "
+             "(written whole, never overwriting one) and without it the bytes as `base64`; `parse: jsonl` reads a "
+             "JSONL file (a batch's output) into `records`. A `stream: true` answer is read as it arrives and "
+             "returned assembled, in the shape of the answer without streaming.", "",
              f"{len(manifests)} actions in {len(by_category)} categories. Find one from the command line with "
              "`openai-pack actions list --search WORD` or `--category NAME`; deprecated actions are marked "
              "here and listed there only with `--all`.", "",

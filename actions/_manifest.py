@@ -69,8 +69,8 @@ class Stream(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    flag: str = Field("stream", description="Input field that turns streaming on.")
-    assemble: Literal["chat_completion", "completion"]
+    flag: str = Field("stream", description="Input field (body or query) that turns streaming on.")
+    assemble: Literal["chat_completion", "completion", "response", "transcription", "image", "run"]
 
 
 class HttpBinding(BaseModel):
@@ -81,6 +81,9 @@ class HttpBinding(BaseModel):
     query: tuple[str, ...] = Field((), description="Input fields sent as query parameters.")
     encoding: Literal["json", "multipart", "none"] = "json"
     stream: Stream | None = None
+    answer: Literal["json", "empty", "binary"] = Field(
+        "json", description="What a success answers: a JSON object, nothing (the binder returns a small result), or "
+                            "bytes (saved to ``save_to`` or returned as base64; see actions/_outputs.py).")
 
     @property
     def path_params(self) -> list[str]:

@@ -1,12 +1,21 @@
 """Reassemble a streamed answer into the exact shape of the non-streamed one.
 
 A workflow step needs one value to hand to the next step, so ``stream: true`` is consumed here
-and the step still returns a ``chat.completion`` (or ``text_completion``) with its usage.
+and the step still returns what the same call without streaming returns, with its usage:
+
+- ``chat_completion`` / ``completion``: the chunks' deltas merged into a ``chat.completion`` / ``text_completion``;
+- ``response`` (Responses API): the ``response`` of the terminal event (``response.completed``, ``.incomplete``
+  or ``.failed``); an ``error`` event is raised as the API's error;
+- ``transcription``: the ``transcript.text.done`` event's text, usage and logprobs (the deltas if it is missing);
+- ``image`` (generations and edits): one ``data`` item per ``*.completed`` event (partial images are previews);
+- ``run`` (Assistants runs): the last ``thread.run`` object of the stream.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from integration.errors import ResponseShapeError, UpstreamError
 
 __all__ = ["assemble"]
 
@@ -83,7 +92,77 @@ def _assemble_completion(events: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-_ASSEMBLERS = {"chat_completion": _assemble_chat, "completion": _assemble_completion}
+def _raise_error_event(event: dict[str, Any]) -> None:
+    """An ``error`` event mid-stream is the API's error answer, delivered late."""
+    error = event.get("error") if isinstance(event.get("error"), dict) else event
+    raise UpstreamError(str(error.get("message") or "the stream reported an error")[:2000],
+                        error_code=error.get("code") if isinstance(error.get("code"), str) else None)
+
+
+def _assemble_response(events: list[dict[str, Any]]) -> dict[str, Any]:
+    latest: dict[str, Any] | None = None
+    for event in events:
+        if event.get("type") == "error":
+            _raise_error_event(event)
+        if isinstance(event.get("response"), dict):
+            latest = event["response"]  # created, in_progress, then the terminal state with output and usage
+    if latest is None:
+        raise ResponseShapeError("the response stream carried no response object")
+    return latest
+
+
+def _assemble_transcription(events: list[dict[str, Any]]) -> dict[str, Any]:
+    deltas: list[str] = []
+    logprobs: list[Any] = []
+    for event in events:
+        kind = event.get("type")
+        if kind == "error":
+            _raise_error_event(event)
+        if kind == "transcript.text.done":
+            out: dict[str, Any] = {"text": event.get("text", "".join(deltas))}
+            for key in ("usage", "logprobs"):
+                if event.get(key) is not None:
+                    out[key] = event[key]
+            return out
+        if kind == "transcript.text.delta":
+            deltas.append(str(event.get("delta") or ""))
+            logprobs += event.get("logprobs") or []
+    return {"text": "".join(deltas), **({"logprobs": logprobs} if logprobs else {})}
+
+
+_IMAGE_FACTS = ("size", "quality", "background", "output_format")
+
+
+def _assemble_image(events: list[dict[str, Any]]) -> dict[str, Any]:
+    finished = [e for e in events if str(e.get("type", "")).endswith(".completed")]
+    for event in events:
+        if event.get("type") == "error":
+            _raise_error_event(event)
+    if not finished:  # only previews arrived: the last one is the best there is
+        finished = [e for e in events if str(e.get("type", "")).endswith(".partial_image")][-1:]
+    if not finished:
+        raise ResponseShapeError("the image stream carried no image")
+    out: dict[str, Any] = {"created": finished[0].get("created_at"),
+                           "data": [{"b64_json": e.get("b64_json")} for e in finished]}
+    for key in _IMAGE_FACTS:
+        if finished[-1].get(key) is not None:
+            out[key] = finished[-1][key]
+    usage = next((e["usage"] for e in reversed(finished) if e.get("usage")), None)
+    if usage is not None:
+        out["usage"] = usage
+    return out
+
+
+def _assemble_run(events: list[dict[str, Any]]) -> dict[str, Any]:
+    runs = [e for e in events if e.get("object") == "thread.run"]
+    if not runs:
+        raise ResponseShapeError("the run stream carried no run object")
+    return runs[-1]
+
+
+_ASSEMBLERS = {"chat_completion": _assemble_chat, "completion": _assemble_completion,
+               "response": _assemble_response, "transcription": _assemble_transcription, "image": _assemble_image,
+               "run": _assemble_run}
 
 
 def assemble(kind: str, events: list[dict[str, Any]]) -> dict[str, Any]:

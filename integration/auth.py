@@ -2,8 +2,8 @@
 
 It does so for five reasons only, each a function here: to check a key's characters when it enters
 the pack, to fingerprint it (so other code can tell keys apart without reading them), to place it
-on a request, to seal it at rest, and to open it again. Everything else holds a ``SecretStr`` and
-compares fingerprints.
+on a request (an API call's auth, or a sink's payload: ``payload_key``), to seal it at rest, and to
+open it again. Everything else holds a ``SecretStr`` and compares fingerprints.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from integration.model import Integration
 
 __all__ = ["ApiKeyAuth", "api_key_from_text", "api_key_problem", "checked_api_key", "key_fingerprint", "open_secret",
+           "payload_key",
            "register_key_fingerprint", "register_sealed_key", "seal_secret"]
 
 _NAMED_CHARACTERS = {"\r": "a carriage return (CR)", "\n": "a line break (LF)", "\t": "a tab",
@@ -104,6 +105,15 @@ class ApiKeyAuth(httpx.Auth):
             elif placement == "query":
                 request.url = request.url.copy_merge_params({self._auth.name or "": key})
         yield request
+
+
+def payload_key(secret: SecretStr | None) -> str | None:
+    """A key a sink must put in its request body (Reconify's ``appKey``/``apiKey``), registered for redaction."""
+    if secret is None:
+        return None
+    value = secret.get_secret_value()
+    register_secret(value)
+    return value
 
 
 def seal_secret(secret: SecretStr, fernet: MultiFernet) -> str:

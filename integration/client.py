@@ -30,7 +30,7 @@ from integration.auth import ApiKeyAuth
 from integration.model import Integration
 from integration.redact import install_log_redaction, scrub
 
-__all__ = ["ApiResponse", "Client", "client_for", "close_all_clients"]
+__all__ = ["ApiResponse", "BodyReader", "Client", "client_for", "close_all_clients"]
 
 log = logging.getLogger("integration.client")
 
@@ -51,6 +51,11 @@ class ApiResponse:
     attempts: int
     elapsed: float
     events: list[Any] = field(default_factory=list)
+
+
+#: Reads a success answer that is not JSON (a file's bytes) as it arrives: (headers, chunks) -> the body to keep.
+#: Called afresh on every attempt; it must clean up after itself if the chunks stop (the attempt may be retried).
+BodyReader = Callable[[dict[str, str], Iterator[bytes]], Any]
 
 
 def _parse_retry_after(headers: httpx.Headers) -> float | None:
@@ -170,6 +175,7 @@ class Client:
         data: dict[str, Any] | None = None,
         idempotent: bool,
         sse: bool = False,
+        body_reader: BodyReader | None = None,
         max_retries: int | None = None,
         max_inline_wait: float = DEFAULT_MAX_INLINE_WAIT,
         sleep: Callable[[float], None] = pause,
@@ -182,7 +188,7 @@ class Client:
         while True:
             attempt += 1
             try:
-                result = self._send_once(method, url, json_body, params, files, data, sse)
+                result = self._send_once(method, url, json_body, params, files, data, sse, body_reader)
             except errors.NoAnswerError as exc:
                 exc.retryable = idempotent
                 exc.details.update(idempotent=idempotent, attempts=attempt)
@@ -209,7 +215,7 @@ class Client:
 
     def _send_once(
         self, method: str, url: str, json_body: Any, params: dict[str, Any] | None, files: Any,
-        data: dict[str, Any] | None, sse: bool,
+        data: dict[str, Any] | None, sse: bool, body_reader: BodyReader | None = None,
     ) -> ApiResponse | errors.ApiError:
         """One HTTP exchange; transport failures become typed errors without the URL or headers."""
         request = self._http.build_request(method, url, json=json_body if files is None else None,
@@ -224,7 +230,7 @@ class Client:
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
             raise self._no_answer(f"the connection dropped before an answer ({type(exc).__name__})") from None
         try:
-            return self._read(response, sse)
+            return self._read(response, sse, body_reader)
         except (httpx.ReadTimeout, httpx.WriteTimeout) as exc:
             raise self._no_answer(f"the answer stopped arriving ({type(exc).__name__})") from None
         except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
@@ -232,7 +238,8 @@ class Client:
         finally:
             response.close()
 
-    def _read(self, response: httpx.Response, sse: bool) -> ApiResponse | errors.ApiError:
+    def _read(self, response: httpx.Response, sse: bool,
+              body_reader: BodyReader | None = None) -> ApiResponse | errors.ApiError:
         request_id = response.headers.get("x-request-id")
         if response.status_code >= 400 or response.status_code < 200:
             response.read()
@@ -243,6 +250,10 @@ class Client:
             if is_sse:
                 events = list(iter_sse(response.iter_lines()))
                 return ApiResponse(response.status_code, None, headers, request_id, 1, 0.0, events)
+            if body_reader is not None:  # bytes (a file's content): streamed to the reader, never held here
+                answer_headers = {k.lower(): v for k, v in response.headers.items()}
+                body = body_reader(answer_headers, response.iter_bytes())
+                return ApiResponse(response.status_code, body, headers, request_id, 1, 0.0)
             content = response.read()
             body = json.loads(content) if content else None
         except (json.JSONDecodeError, UnicodeDecodeError):

@@ -28,7 +28,8 @@ configuration; 1: the call failed and may work later), so no caller compares cod
     ├── TransportError                                                                  transport, 1
     │   ├── ConnectError                the request was never sent: always safe to retry
     │   └── NoAnswerError               sent, no answer: the outcome of a paid call is unknown
-    └── OutcomeUnknownError         a paid call was started and never finished          outcome, 1
+    ├── OutcomeUnknownError         a paid call was started and never finished          outcome, 1
+    └── BudgetExceededError         a spend cap refused the call before it was sent     budget, 1
 
 ``NoAnswerError`` was called ``TimeoutError``, which shadowed the builtin; the old name still
 imports (with a DeprecationWarning) but is not exported by ``*``. Records written under the old
@@ -49,6 +50,7 @@ __all__ = [
     "ApiError",
     "AuthenticationError",
     "BadRequestError",
+    "BudgetExceededError",
     "ConfigError",
     "ConflictError",
     "ConnectError",
@@ -279,6 +281,12 @@ class NoAnswerError(TransportError):
 
 class OutcomeUnknownError(PackError):
     code, category, exit_code = "outcome_unknown", "outcome", EXIT_FAILURE
+
+
+class BudgetExceededError(PackError):
+    """An integration's spend cap would be crossed by this call's estimated cost: it was not sent."""
+
+    code, category, exit_code = "budget_exceeded", "budget", EXIT_FAILURE
 
 
 _BY_STATUS: dict[int, type[ApiError]] = {

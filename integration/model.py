@@ -30,7 +30,8 @@ from pydantic import (
 from integration.auth import api_key_from_text, checked_api_key, key_fingerprint
 from integration.errors import ConfigError
 
-__all__ = ["Auth", "AuthPlacement", "Integration", "RateLimits", "Timeouts", "config_error_from"]
+__all__ = ["Auth", "AuthPlacement", "Integration", "RateLimits", "ReconifySink", "SpendCaps", "Timeouts",
+           "config_error_from"]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
@@ -92,6 +93,42 @@ class RateLimits(BaseModel):
     tokens_per_minute: Annotated[int, Field(gt=0)] | None = None
 
 
+class SpendCaps(BaseModel):
+    """Most this account may spend, in estimated USD, per UTC day and month (enforced by the workers layer)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    daily_usd: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    monthly_usd: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+
+
+class ReconifySink(BaseModel):
+    """This integration's own Reconify application (overrides ``OPENAI_PACK_RECONIFY_URL`` and the keys)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str | None = None
+    app_key: SecretStr | None = Field(None, json_schema_extra={"writeOnly": True})
+    api_key: SecretStr | None = Field(None, json_schema_extra={"writeOnly": True})
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not re.match(r"^https?://[^/\s?#]+(/[^\s#]*)?$", value.strip()):
+            raise ValueError("must be an http(s) URL, e.g. https://track.reconify.com/...")
+        return value.strip()
+
+    @field_validator("app_key", "api_key")
+    @classmethod
+    def _check_key(cls, value: SecretStr | None) -> SecretStr | None:
+        return checked_api_key(value)
+
+    def public_dict(self) -> dict[str, Any]:
+        return {"url": self.url, "has_app_key": self.app_key is not None, "has_api_key": self.api_key is not None}
+
+
 class Integration(BaseModel):
     """One OpenAI account (or compatible server) and how to talk to it."""
 
@@ -110,6 +147,8 @@ class Integration(BaseModel):
         "What this server does beyond the current OpenAI API, by name; each action documents the "
         "flag it reads (e.g. legacy_edits: the server still serves POST /edits)."))
     rate_limits: RateLimits = RateLimits()
+    spend_caps: SpendCaps = SpendCaps()
+    reconify: ReconifySink | None = None
 
     _fingerprint: tuple[SecretStr, str] | None = PrivateAttr(None)
 
@@ -220,8 +259,10 @@ class Integration(BaseModel):
 
     def public_dict(self) -> dict[str, Any]:
         """What may be shown or stored in clear: everything but the key, plus whether one is set."""
-        data = self.model_dump(mode="json", exclude={"api_key"})
+        data = self.model_dump(mode="json", exclude={"api_key", "reconify"})
         data["has_api_key"] = self.api_key is not None
+        if self.reconify is not None:
+            data["reconify"] = self.reconify.public_dict()
         return data
 
 

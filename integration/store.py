@@ -62,6 +62,8 @@ STORE_FILENAME = "integrations.json"
 KEY_FILENAME = "fernet.key"
 LOCK_TIMEOUT = 30.0
 _CACHE_LIMIT = 256
+#: The sealed fields of an integration's ``reconify`` override.
+_RECONIFY_SEALED = ("app_key_sealed", "api_key_sealed")
 _ADD_HINT = "add one with `openai-pack integrations add NAME`"
 _KEYGEN_HINT = ('generate one with `python -c "from cryptography.fernet import Fernet; '
                 'print(Fernet.generate_key().decode())"`')
@@ -448,6 +450,8 @@ class IntegrationStore:
             else:
                 keys = self._keys_that_open(sealed, writing=True) if sealed else self.keyring.keys(create=True)
                 entry["api_key_sealed"] = seal_secret(integration.api_key, keys.fernet)
+            if integration.reconify is not None:  # the Reconify keys are sealed like the API key
+                entry["reconify"] = self._sealed_reconify(integration, sealed)
             was_empty = not data["integrations"]
             data["integrations"][name] = entry
             if make_default or was_empty:
@@ -488,6 +492,11 @@ class IntegrationStore:
             keys = self._keys_that_open(sealed, writing=True)
             for name, token in sealed.items():
                 data["integrations"][name]["api_key_sealed"] = keys.fernet.rotate(token.encode()).decode()
+            for entry in data["integrations"].values():
+                reconify = entry.get("reconify")
+                for field in _RECONIFY_SEALED:
+                    if isinstance(reconify, dict) and reconify.get(field):
+                        reconify[field] = keys.fernet.rotate(reconify[field].encode()).decode()
             self.backend.write(_serialise(data))
             return len(sealed)
 
@@ -501,10 +510,39 @@ class IntegrationStore:
         keys = self._keys_that_open(sealed, writing=False)
         for token in sealed.values():
             register_sealed_key(token, keys.fernet)
+        for entry in data["integrations"].values():
+            reconify = entry.get("reconify")
+            for field in _RECONIFY_SEALED:
+                if isinstance(reconify, dict) and isinstance(reconify.get(field), str):
+                    with contextlib.suppress(InvalidToken):
+                        register_sealed_key(reconify[field], keys.fernet)
         _remember(_fingerprinted, self.backend.identity, (version, ring))
         return len(sealed)
 
     # ---- internals -----------------------------------------------------------------------------
+
+    def _sealed_reconify(self, integration: Integration, sealed: Mapping[str, str]) -> dict[str, Any]:
+        """The integration's Reconify override as stored: its URL in clear, its two keys sealed."""
+        sink = integration.reconify
+        assert sink is not None
+        stored: dict[str, Any] = {"url": sink.url, "app_key_sealed": None, "api_key_sealed": None}
+        for field, secret in (("app_key_sealed", sink.app_key), ("api_key_sealed", sink.api_key)):
+            if secret is not None:
+                keys = self._keys_that_open(sealed, writing=True) if sealed else self.keyring.keys(create=True)
+                stored[field] = seal_secret(secret, keys.fernet)
+        return stored
+
+    def _opened_reconify(self, name: str, stored: dict[str, Any]) -> dict[str, Any]:
+        opened: dict[str, Any] = {"url": stored.get("url")}
+        for field in _RECONIFY_SEALED:
+            token = stored.get(field)
+            if token:
+                keys = self.keyring.keys(create=False)
+                try:
+                    opened[field.removesuffix("_sealed")] = open_secret(token, keys.fernet)
+                except InvalidToken:
+                    raise self._undecryptable(name, keys) from None
+        return opened
 
     def _keys_that_open(self, sealed: Mapping[str, str], *, writing: bool) -> _Keys:
         """The key ring, checked against each sealed key by its signature (nothing is decrypted)."""
@@ -593,6 +631,8 @@ class IntegrationStore:
                 fields["api_key"] = open_secret(token, keys.fernet)
             except InvalidToken:
                 raise self._undecryptable(name, keys) from None
+        if isinstance(fields.get("reconify"), dict):
+            fields["reconify"] = self._opened_reconify(name, fields["reconify"])
         try:
             return Integration.build(**fields)
         except ConfigError as exc:

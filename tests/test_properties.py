@@ -105,9 +105,16 @@ def _inputs(name: str) -> st.SearchStrategy[dict[str, Any]]:
     if "messages" in manifest.properties and manifest.openapi.operationId in CURATED:  # the chat seeds' roles
         fixed["messages"] = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "system"]),
                                                             "content": SAFE_TEXT}), min_size=1, max_size=3)
+    groups = [set(branch.get("required", [])) for branch in manifest.input.get("oneOf") or []]
+    chosen = next((group for group in groups if group <= set(manifest.examples[0].input)), set())
+    for field in chosen:  # fields in exclusive groups (file_ids or files): the example's group, and only it
+        strategy = _from_examples(manifest, field)
+        if strategy is not None:
+            fixed[field] = strategy
+    excluded = set().union(*groups) - chosen if groups else set()
     free = {k: v for k, v in manifest.properties.items()
             if k not in fixed and k not in SKIP and k not in manifest.pack_only_fields and k not in manifest.file_fields
-            and _plain(v)}
+            and k not in excluded and _plain(v)}
     for field in set(required) - set(fixed) - set(free) - SKIP:  # a structured required field: its example
         strategy = _from_examples(manifest, field)
         if strategy is not None:

@@ -808,6 +808,13 @@ def test_every_manifest_route_answers_its_examples_in_the_output_shape(simulator
             assert validate_request(manifest.openapi.operationId, body) is None, example.title
         response = client.request(method, f"{simulator.url}{path}", params=query, json=body)
         assert response.status_code == 200, (example.title, response.text)
+        if manifest.http.answer == "empty":  # the spec declares no body, and none comes
+            assert response.content == b"", example.title
+            continue
+        if manifest.http.answer == "binary":  # the bytes the example output shows
+            assert response.content == base64.b64decode(example.output["base64"]), example.title
+            assert response.headers["content-type"].startswith(example.output["content_type"])
+            continue
         answer = response.json()
         problems = [e.message for e in output.iter_errors(answer)]
         assert not problems, (example.title, problems)
@@ -818,7 +825,12 @@ def test_every_manifest_route_answers_its_examples_in_the_output_shape(simulator
 def test_every_manifest_default_answer_has_the_output_shape(manifest: actions.ActionManifest) -> None:
     """What an operation answers when no behaviour is registered: its example output (else synthesized)."""
     answer = behaviours.default_answer(manifest)
-    assert not list(Draft202012Validator(manifest.output).iter_errors(answer))
+    if manifest.http.answer == "empty":
+        assert answer is None
+    elif manifest.http.answer == "binary":
+        assert isinstance(answer, behaviours.Download) and answer.content
+    else:
+        assert not list(Draft202012Validator(manifest.output).iter_errors(answer))
 
 
 def test_a_new_manifest_is_served_with_no_other_file(client: httpx.Client) -> None:
@@ -955,22 +967,23 @@ def test_bodies_the_api_cannot_read_get_a_400_not_a_500(simulator: Simulator, cl
 
 
 def test_a_stream_without_a_registered_chunker_is_the_answer_as_one_event(client: httpx.Client) -> None:
-    responses = actions.ActionManifest.model_validate({
-        "name": "create_response", "title": "Create Response", "category": "Responses",
-        "description": "Ask a model.", "openapi": {"operationId": "createResponse"},
-        "http": {"method": "POST", "path": "/responses", "stream": {"flag": "stream", "assemble": "completion"}},
+    images = actions.ActionManifest.model_validate({  # createImage streams upstream; no chunker is registered
+        "name": "create_image", "title": "Create Image", "category": "Images",
+        "description": "Draw.", "openapi": {"operationId": "createImage"},
+        "http": {"method": "POST", "path": "/images/generations", "stream": {"flag": "stream", "assemble": "image"}},
         "input": {"type": "object", "additionalProperties": False,
-                  "properties": {"model": {"type": "string"}, "input": {"type": "string"},
+                  "properties": {"prompt": {"type": "string"}, "model": {"type": "string"},
                                  "stream": {"type": "boolean"}}},
         "output": {"type": "object"},
-        "examples": [{"title": "Hi", "input": {"model": "gpt-4.1", "input": "hi"}, "output": {"id": "resp_1"}}],
+        "examples": [{"title": "Hi", "input": {"prompt": "a cat"}, "output": {"created": 1}}],
     })
-    with Simulator(manifests={"create_response": responses}) as sim:
-        plain = client.post(f"{sim.url}/responses", json={"model": "gpt-4.1", "input": "hi"}).json()
-        streamed = client.post(f"{sim.url}/responses", json={"model": "gpt-4.1", "input": "hi", "stream": True})
+    assert "createImage" not in behaviours.STREAMS
+    with Simulator(manifests={"create_image": images}) as sim:
+        plain = client.post(f"{sim.url}/images/generations", json={"prompt": "a cat", "model": "gpt-image-1"}).json()
+        streamed = client.post(f"{sim.url}/images/generations",
+                               json={"prompt": "a cat", "model": "gpt-image-1", "stream": True})
         events = sse_events(streamed)
-        assert len(events) == 1 and events[0]["object"] == "response" and events[0]["id"] != plain["id"]
-        assert events[0]["output"][0]["content"][0]["text"] == plain["output"][0]["content"][0]["text"]
+        assert len(events) == 1 and events[0]["data"] == plain["data"]
 
 
 def test_kept_requests_are_bounded(simulator: Simulator, client: httpx.Client,
@@ -994,3 +1007,42 @@ def test_an_operation_outside_the_spec_is_served_unvalidated(client: httpx.Clien
     with Simulator(manifests={"create_widget": extra}) as sim:
         answer = client.post(f"{sim.url}/widgets", json={"anything": ["goes"]})
         assert answer.status_code == 200 and answer.json() == {"id": "widget_1"}
+
+
+def test_speech_answers_bytes_of_the_requested_format(simulator: Simulator, client: httpx.Client) -> None:
+    kinds = {"mp3": ("audio/mpeg", b"\xff\xfb"), "wav": ("audio/wav", b"RIFF"), "opus": ("audio/opus", b"OggS"),
+             "flac": ("audio/flac", b"fLaC"), "aac": ("audio/aac", b"\xff\xf1"), "pcm": ("audio/pcm", b"\x00\x00")}
+    for response_format, (media_type, magic) in kinds.items():
+        answer = client.post(f"{simulator.url}/audio/speech", json={"model": "tts-1", "input": "hi", "voice": "alloy",
+                                                                    "response_format": response_format})
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith(media_type)
+        assert answer.content.startswith(magic), response_format
+    refused = client.post(f"{simulator.url}/audio/speech", json={"model": "tts-1", "voice": "alloy"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "input"
+
+
+def test_streamed_responses_and_transcriptions_are_the_apis_events(simulator: Simulator,
+                                                                    client: httpx.Client) -> None:
+    streamed = client.post(f"{simulator.url}/responses", json={"model": "gpt-4o-mini", "input": "hello", "stream": True})
+    events = sse_events(streamed)
+    kinds = [event["type"] for event in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.completed"
+    assert [event["sequence_number"] for event in events] == list(range(len(events)))
+    final = events[-1]["response"]
+    text = "".join(event["delta"] for event in events if event["type"] == "response.output_text.delta")
+    assert text == final["output"][0]["content"][0]["text"] and final["usage"]
+    fetched = client.get(f"{simulator.url}/responses/{final['id']}", params={"stream": "true"})
+    assert sse_events(fetched)[-1]["response"]["id"] == final["id"]
+    files = {"file": ("a.wav", b"RIFF0000WAVE", "audio/wav")}
+    spoken = client.post(f"{simulator.url}/audio/transcriptions", files=files,
+                         data={"model": "gpt-4o-transcribe", "stream": "true"})
+    events = sse_events(spoken)
+    assert events[-1]["type"] == "transcript.text.done"
+    assert "".join(e["delta"] for e in events[:-1]) == events[-1]["text"]
+
+
+def test_an_operation_without_a_body_answers_an_empty_200(simulator: Simulator, client: httpx.Client) -> None:
+    answer = client.post(f"{simulator.url}/realtime/calls/rtc_1/hangup")
+    assert answer.status_code == 200 and answer.content == b""
+    answer = client.delete(f"{simulator.url}/containers/cntr_1")
+    assert answer.status_code == 200 and answer.content == b""

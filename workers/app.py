@@ -24,6 +24,7 @@ import actions
 from integration.errors import PackError, StoreError
 from integration.redact import install_log_redaction, scrub, scrub_data
 from workers.engine import Engine
+from workers.observe.reconify import register_drain_task
 from workers.requeue import Requeue
 from workers.settings import Settings
 from workers.state.budget import Budget
@@ -234,6 +235,7 @@ def _plain(error: PackError) -> PackError:
 
 action_tasks = {name: _action_task(name) for name in actions.registry()}
 fire_schedule = register_fire_task(app, engine)  # workers.triggers.beat never imports this module
+reconify_drain = register_drain_task(app, kv)  # sends the outbox of Reconify copies (workers.observe.reconify)
 
 
 @after_setup_logger.connect

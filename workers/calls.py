@@ -37,6 +37,7 @@ from integration.errors import (
 )
 from integration.model import Integration
 from integration.store import resolve
+from workers.observe import Meter
 from workers.requeue import Requeue
 from workers.settings import Settings
 from workers.state.kv import Op
@@ -81,6 +82,10 @@ class CallResult:
     request_ids: list[str] = field(default_factory=list)
     replayed: bool = False
     done_op: Op | None = None
+    #: Estimated USD from the price table: ``{"usd": float | None, "model": ..., "reason"?: ...}``.
+    cost: dict[str, Any] | None = None
+    #: For a workflow step, the write adding ``cost`` to the run's total (made with the record, like ``done_op``).
+    cost_op: Op | None = None
 
 
 class LedgeredCalls:
@@ -111,11 +116,13 @@ class LedgeredCalls:
         integration = resolve(integration)  # so does a missing integration; the default gets its name
         stored = self.ledger.begin(key, idempotent=manifest.is_idempotent, what=what)
         if stored is not None:
-            return CallResult(output=stored.get("output"), usage=stored.get("usage") or {},
-                              attempts=0, request_ids=stored.get("request_ids") or [], replayed=True)
+            return CallResult(output=stored.get("output"), usage=stored.get("usage") or {}, attempts=0,
+                              request_ids=stored.get("request_ids") or [], replayed=True, cost=stored.get("cost"))
         try:
-            result = actions.execute(action, prepared, integration, options=self.options(max_retries=max_retries),
-                                     already_prepared=True)
+            with Meter(manifest, prepared, integration, self.store.kv, key=key) as meter:  # caps, cost, traces
+                result = actions.execute(action, prepared, integration, already_prepared=True,
+                                         options=meter.options(self.options(max_retries=max_retries)))
+                cost = meter.done(result.output, result.usage, result.attempts, result.request_ids)
         except OutcomeUnknownError:
             raise
         except NoAnswerError as exc:
@@ -146,6 +153,7 @@ class LedgeredCalls:
             raise
         # The ledger keeps what a replay needs, redacted as the workflow asked (never the full output).
         kept = {"output": redact(result.output, redact_paths), "usage": result.usage,
-                "request_ids": result.request_ids}
+                "request_ids": result.request_ids, "cost": cost}
         return CallResult(output=result.output, usage=result.usage or {}, attempts=result.attempts,
-                          request_ids=result.request_ids or [], done_op=self.ledger.done_op(key, kept))
+                          request_ids=result.request_ids or [], done_op=self.ledger.done_op(key, kept), cost=cost,
+                          cost_op=meter.cost_op)

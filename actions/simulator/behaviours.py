@@ -26,6 +26,7 @@ from typing import Any
 
 from actions import ActionManifest
 from actions.simulator.bodies import Upload
+from actions.simulator.media import example_content, skill_zip, speech_audio, video_asset
 from actions.simulator.spec import operation, sample_for
 from actions.simulator.store import Store
 
@@ -127,7 +128,12 @@ def stream(operation_id: str) -> Callable[[Chunker], Chunker]:
 
 
 def default_answer(manifest: ActionManifest) -> Any:
-    """The manifest's first example output, or an answer synthesized from the spec's response schema."""
+    """The manifest's first example output, or an answer synthesized from the spec's response schema; for an
+    operation that answers nothing, None (an empty 200), and for one that answers bytes, its example bytes."""
+    if manifest.http.answer == "empty":
+        return None
+    if manifest.http.answer == "binary":
+        return Download(*example_content(manifest.openapi.operationId))
     for example in manifest.examples:
         if example.output:
             return copy.deepcopy(example.output)
@@ -403,6 +409,97 @@ def completion_chunks(answer: Any, body: Body) -> list[Any]:
             events.append({"index": choice["index"], "text": piece, "logprobs": None, "finish_reason": None})
         events.append({"index": choice["index"], "text": "", "logprobs": None, "finish_reason": "stop"})
     return _with_usage(base, events, answer, body)
+
+
+# ---------------------------------------------------------------- answers that are bytes
+
+
+@behaviour("createSpeech")
+def speech(_context: Context, call: Call) -> Any:
+    return Download(*speech_audio(call.body.get("response_format")))
+
+
+@behaviour("RetrieveVideoContent")
+def video_content(_context: Context, call: Call) -> Any:
+    return Download(*video_asset(call.query.get("variant")))
+
+
+@behaviour("GetSkillContent")
+def skill_content(_context: Context, call: Call) -> Any:
+    return Download(skill_zip(call.params["skill_id"]), "application/zip")
+
+
+@behaviour("GetSkillVersionContent")
+def skill_version_content(_context: Context, call: Call) -> Any:
+    return Download(skill_zip(call.params["skill_id"]), "application/zip")
+
+
+# ---------------------------------------------------------------- streams of the Responses API, audio, images, runs
+
+
+def _response_events(answer: Any, _body: Body) -> list[Any]:
+    """The Responses API's events for a finished response: created, in progress, the output text in pieces, then
+    the terminal state (completed, incomplete or failed) carrying the whole response."""
+    opening = {**answer, "status": "in_progress", "output": [], "usage": None}
+    events: list[Any] = [{"type": "response.created", "sequence_number": 0, "response": {**opening,
+                                                                                         "status": "queued"}},
+                         {"type": "response.in_progress", "sequence_number": 1, "response": opening}]
+    for index, item in enumerate(answer.get("output") or []):
+        events.append({"type": "response.output_item.added", "output_index": index, "item": item})
+        for part_index, part in enumerate(item.get("content") or [] if isinstance(item, dict) else []):
+            text = part.get("text") if isinstance(part, dict) else None
+            for piece in _thirds(text or ""):
+                events.append({"type": "response.output_text.delta", "item_id": item.get("id"), "output_index": index,
+                               "content_index": part_index, "delta": piece})
+        events.append({"type": "response.output_item.done", "output_index": index, "item": item})
+    status = answer.get("status")
+    terminal = status if status in ("completed", "incomplete", "failed") else "completed"
+    events.append({"type": f"response.{terminal}", "response": answer})
+    for number, event in enumerate(events):
+        event["sequence_number"] = number
+    return events
+
+
+STREAMS["createResponse"] = _response_events
+STREAMS["getResponse"] = _response_events
+
+
+@stream("createTranscription")
+def transcription_events(answer: Any, _body: Body) -> list[Any]:
+    text = str(answer.get("text") or "")
+    events: list[Any] = [{"type": "transcript.text.delta", "delta": piece} for piece in _thirds(text)]
+    usage = answer.get("usage") or {"type": "tokens", "input_tokens": tokens(text), "output_tokens": tokens(text),
+                                    "total_tokens": 2 * tokens(text)}
+    return [*events, {"type": "transcript.text.done", "text": text, "usage": usage}]
+
+
+@stream("createImageEdit")
+def image_edit_events(answer: Any, body: Body) -> list[Any]:
+    """One partial image (when asked for) then one completed event per image, as gpt-image models stream."""
+    events: list[Any] = []
+    facts = {key: answer.get(key) or default for key, default in (("size", "1024x1024"), ("quality", "high"),
+                                                                  ("background", "opaque"),
+                                                                  ("output_format", "png"))}
+    for index, item in enumerate(answer.get("data") or []):
+        b64 = item.get("b64_json") or base64.b64encode(png_bytes(f"edit:{index}")).decode()
+        if int(body.get("partial_images") or 0) > 0:
+            events.append({"type": "image_edit.partial_image", "b64_json": b64, "partial_image_index": 0,
+                           "created_at": answer.get("created"), **facts})
+        events.append({"type": "image_edit.completed", "b64_json": b64, "created_at": answer.get("created"), **facts,
+                       "usage": answer.get("usage") or {"input_tokens": 10, "output_tokens": 272, "total_tokens": 282,
+                                                        "input_tokens_details": {"text_tokens": 10,
+                                                                                 "image_tokens": 0}}})
+    return events
+
+
+def _run_events(answer: Any, _body: Body) -> list[Any]:
+    """An Assistants run's events: the run created, in progress, then completed (each carries the run)."""
+    return [{**answer, "status": status} for status in ("queued", "in_progress")] + [{**answer,
+                                                                                       "status": "completed"}]
+
+
+for _operation_id in ("createThreadAndRun", "createRun", "submitToolOuputsToRun"):
+    STREAMS[_operation_id] = _run_events
 
 
 # The stateful behaviours (files, batches, vector stores, responses, conversations) register themselves into the

@@ -433,8 +433,10 @@ class _Api:
             return _json(sim, answer.status, answer.body, headers())
         if isinstance(answer, Download):
             return Response(answer.content, 200, {"server": SERVER_HEADER, **headers()}, media_type=answer.media_type)
+        if answer is None and manifest.http.answer == "empty":  # the spec declares no body: none is sent
+            return Response(b"", 200, {"server": SERVER_HEADER, **headers()})
         stream = manifest.http.stream
-        if stream is not None and request_body.get(stream.flag) is True:
+        if stream is not None and (request_body.get(stream.flag) is True or call.query.get(stream.flag) == "true"):
             chunker = STREAMS.get(match.route.operation_id)
             return _sse(sim, chunker(answer, request_body) if chunker else [answer], headers())
         return _json(sim, 200, answer, headers())

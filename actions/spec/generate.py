@@ -21,6 +21,8 @@ nothing (a test checks it with ``--check``).
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -29,6 +31,8 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
+from actions._outputs import empty_result
+from actions.simulator.media import example_content
 from actions.simulator.spec import sample_for
 from actions.spec.source import REPO, SpecOperation, converted, load_spec, operations, resolve, spec_label
 
@@ -42,8 +46,58 @@ COMMAND = "make generate  (python -m actions.spec generate)"
 
 _FIELD_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 _BETA_SUFFIX = "?beta=true"
-#: Operations whose streamed answer the binder reassembles (the only ones that may keep a ``stream`` field).
-_ASSEMBLED_STREAMS = {"createChatCompletion": "chat_completion", "createCompletion": "completion"}
+#: Operations whose streamed answer the binder reassembles (the only ones that may keep a ``stream`` field), and how
+#: (``actions/_streaming.py``). createImage is the curated seed manifest, which does not offer ``stream``.
+_ASSEMBLED_STREAMS = {"createChatCompletion": "chat_completion", "createCompletion": "completion",
+                      "createResponse": "response", "getResponse": "response",
+                      "createTranscription": "transcription", "createImageEdit": "image",
+                      "createThreadAndRun": "run", "createRun": "run", "submitToolOuputsToRun": "run"}
+#: Content types of an answer that is a file's bytes (with ``application/json`` declared as a plain string, as
+#: ``downloadFile`` is, and a GET of ``…/content`` that declares nothing).
+_BINARY_TYPES = ("application/octet-stream", "application/zip", "audio/", "video/", "image/")
+#: Request fields a binary answer cannot honour (the bytes are returned whole, not as events).
+_BINARY_DROPPED = {"stream_format": "`stream_format` not offered (the audio is returned whole, saved or as base64)"}
+#: Pack options of every binary action (``actions/_outputs.py``).
+_SAVE_TO_FIELD = {
+    "type": "string", "minLength": 1, "x-pack-only": True,
+    "description": "Pack option, never sent to the API: the file to write the answer's bytes to (its directory is "
+                   "created if missing; an existing file is never overwritten, the step fails naming save_to), or an "
+                   "existing directory (or a path ending in /) to write a new file in. The output's path says where. "
+                   "Without it the bytes come back as base64.",
+    "examples": ["/var/lib/rewst/downloads/"],
+}
+_PARSE_FIELD = {
+    "enum": ["jsonl", "text"], "x-pack-only": True,
+    "description": "Pack option, never sent to the API: also read the file into the output: jsonl as a list of "
+                   "records (batch output and error files), text as text. Without save_to the bytes are then not "
+                   "returned as base64.",
+}
+#: Operations whose file content a workflow may want parsed (text files they store), by operationId.
+_PARSEABLE = {"downloadFile", "RetrieveContainerFileContent"}
+#: The output of an action whose answer has no body (``actions/_outputs.empty_result``).
+_EMPTY_OUTPUT: dict[str, Any] = {
+    "type": "object", "required": ["status"],
+    "properties": {
+        "id": {"type": "string", "description": "The id the call named (the last path parameter)."},
+        "deleted": {"type": "boolean", "description": "A DELETE was accepted (the API answered with no body)."},
+        "ok": {"type": "boolean", "description": "The call was accepted (the API answered with no body)."},
+        "status": {"type": "integer", "description": "The HTTP status of the answer."},
+    },
+}
+#: The output of an action whose answer is bytes (``actions/_outputs.binary_output``).
+_BINARY_OUTPUT: dict[str, Any] = {
+    "type": "object", "required": ["content_type", "bytes", "sha256"], "additionalProperties": False,
+    "properties": {
+        "content_type": {"type": "string", "description": "The answer's media type (audio/mpeg, application/zip…)."},
+        "bytes": {"type": "integer", "minimum": 0, "description": "The answer's size in bytes."},
+        "sha256": {"type": "string", "description": "SHA-256 of the bytes, hex."},
+        "filename": {"type": "string", "description": "The file name the API suggested, when it did."},
+        "path": {"type": "string", "description": "With save_to: the absolute path of the file written."},
+        "base64": {"type": "string", "description": "Without save_to (and parse): the bytes, base64."},
+        "records": {"type": "array", "description": "With parse: jsonl: one item per line of the file."},
+        "text": {"type": "string", "description": "With parse: text: the file as text."},
+    },
+}
 #: Categories for untagged operations, by path prefix (longest first).
 _UNTAGGED = (("/organization", "Administration"), ("/chatkit", "ChatKit"), ("/containers", "Containers"),
              ("/responses", "Responses"), ("/content_provenance", "Content provenance"))
@@ -65,7 +119,7 @@ _ASSISTANTS_REPLACED_BY = {
     "submitToolOuputsToRun": "create_response",
 }
 _STREAM_FIELDS = ("stream", "stream_options")
-_PLAIN_EXAMPLE_VALUES = {"model": "gpt-4o-mini"}
+_PLAIN_EXAMPLE_VALUES = {"model": "gpt-4o-mini", "voice": "alloy"}
 
 
 def action_name(operation_id: str) -> str:
@@ -350,7 +404,8 @@ def _inputs(operation: SpecOperation, spec: dict[str, Any], notes: list[str]) ->
     query: list[str] = []
     for param in operation.parameters:
         name, where = str(param.get("name")), param.get("in")
-        if name in _STREAM_FIELDS and where == "query" and not param.get("required"):
+        if name in _STREAM_FIELDS and where == "query" and not param.get("required") \
+                and operation.operation_id not in _ASSEMBLED_STREAMS:
             notes.append(f"`{name}` not offered yet (needs stream assembly for this operation)")
             continue
         is_required = bool(param.get("required")) or where == "path"
@@ -382,7 +437,7 @@ def _inputs(operation: SpecOperation, spec: dict[str, Any], notes: list[str]) ->
     content_type = "application/json" if "application/json" in request_types else "multipart/form-data"
     if content_type not in request_types:
         raise _Excluded(f"needs a {' or '.join(request_types)} request body")
-    flat = flatten_object(operation.request_schema(content_type), spec)
+    flat = flatten_object(_without_choices(operation.request_schema(content_type), spec), spec)
     if flat is None:
         raise _Excluded("needs a request body that is a union of object shapes")
     body, body_required = flat
@@ -419,16 +474,46 @@ def _file_schema(raw: Any, spec: dict[str, Any], name: str) -> dict[str, Any] | 
     return None
 
 
-def _output(operation: SpecOperation, spec: dict[str, Any]) -> Any:
-    status, content = operation.success
-    if not content:
-        raise _Excluded("needs empty answers turned into a small result (the spec declares no response body)")
-    if "application/json" not in content:
-        raise _Excluded(f"needs binary outputs ({', '.join(sorted(content))})")
+def _answer_kind(operation: SpecOperation, spec: dict[str, Any]) -> str:
+    """``json`` (an object), ``empty`` (no body declared) or ``binary`` (a file's bytes), as the binder reads it."""
+    _, content = operation.success
     schema = operation.response_schema()
-    if not _is_object_schema(schema, spec):
-        raise _Excluded("needs binary outputs (declared as a JSON string, answered as bytes)")
-    return without_foreign_keywords(converted(schema))
+    if "application/json" in content and _is_object_schema(schema, spec):
+        return "json"
+    if not content:  # nothing declared: a GET of …/content still answers the file's bytes
+        return "binary" if operation.method == "GET" and operation.path.endswith("/content") else "empty"
+    declared_string = "application/json" in content and (resolve(schema, spec) or {}).get("type") == "string"
+    if declared_string or any(kind.startswith(_BINARY_TYPES) for kind in content):
+        return "binary"
+    raise _Excluded(f"needs {', '.join(sorted(content))} answers")
+
+
+def _output(operation: SpecOperation) -> Any:
+    return without_foreign_keywords(converted(operation.response_schema()))
+
+
+def _body_choices(operation: SpecOperation, spec: dict[str, Any]) -> list[list[str]]:
+    """A body that is one object whose ``anyOf``/``oneOf`` only says which fields are required (``file_ids`` or
+    ``files``): the required groups, one per branch (empty for any other body)."""
+    for content_type in ("application/json", "multipart/form-data"):
+        schema = resolve(operation.request_schema(content_type), spec)
+        if not isinstance(schema, dict):
+            continue
+        branches = schema.get("anyOf") or schema.get("oneOf") or []
+        if branches and all(isinstance(b, dict) and set(b) == {"required"} for b in branches):
+            return [list(branch["required"]) for branch in branches]
+    return []
+
+
+def _without_choices(schema: Any, spec: dict[str, Any]) -> Any:
+    """The body schema without its required-groups union (``_body_choices`` carries that to the input schema)."""
+    resolved = resolve(schema, spec)
+    if not isinstance(resolved, dict):
+        return schema
+    branches = resolved.get("anyOf") or resolved.get("oneOf") or []
+    if branches and all(isinstance(b, dict) and set(b) == {"required"} for b in branches):
+        return {key: value for key, value in resolved.items() if key not in ("anyOf", "oneOf")}
+    return schema
 
 
 def _nullable_fields(node: Any) -> Any:
@@ -512,6 +597,8 @@ def _example_input(properties: dict[str, Any], required: list[str], schema: dict
             example[name] = _example_file(path)
         elif prop.get("type") == "array" and (prop.get("items") or {}).get("format") == "binary":
             example[name] = [_example_file(path)]
+        elif name.endswith("_ids") and (prop.get("items") or {}).get("type") == "string":
+            example[name] = [f"{name.removesuffix('_ids')}_abc123"]
         elif prop.get("type") == "string" and "enum" not in prop and "pattern" not in prop:
             example[name] = f"{name.removesuffix('_id')}_abc123" if name.endswith("_id") else f"example {name}"
         else:
@@ -524,22 +611,39 @@ def _example_input(properties: dict[str, Any], required: list[str], schema: dict
 def _manifest(operation: SpecOperation, name: str, spec: dict[str, Any], label: str, notes: list[str],
               defs_cache: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     properties, required, encoding, query = _inputs(operation, spec, notes)
-    output = _output(operation, spec)
+    answer = _answer_kind(operation, spec)
+    if answer == "binary":
+        for dropped, note in _BINARY_DROPPED.items():
+            if properties.pop(dropped, None) is not None:
+                notes.append(note)
+                required = [r for r in required if r != dropped]
+        properties["save_to"] = dict(_SAVE_TO_FIELD)
+        if operation.operation_id in _PARSEABLE:
+            properties["parse"] = dict(_PARSE_FIELD)
+    choices = _body_choices(operation, spec)
     input_schema: dict[str, Any] = {"type": "object", "additionalProperties": False}
     if required:
         input_schema["required"] = required
     input_schema["properties"] = properties
+    if choices:  # exactly one of the groups (the spec calls them mutually exclusive)
+        input_schema["oneOf"] = [{"required": group} for group in choices]
     input_defs = defs_for(properties, spec, defs_cache)
     if input_defs:
         input_schema["$defs"] = input_defs
-    output_schema = _shallow(output, defs_for(output, spec, defs_cache))
-    output_schema = _nullable_fields(output_schema) if isinstance(output_schema, dict) else {}
+    if answer == "json":
+        output = _output(operation)
+        output_schema = _shallow(output, defs_for(output, spec, defs_cache))
+        output_schema = _nullable_fields(output_schema) if isinstance(output_schema, dict) else {}
+    else:
+        output_schema = json.loads(json.dumps(_EMPTY_OUTPUT if answer == "empty" else _BINARY_OUTPUT))
     http: dict[str, Any] = {"method": operation.method, "path": operation.path}
     if query:
         http["query"] = query
     http["encoding"] = encoding
     if operation.operation_id in _ASSEMBLED_STREAMS and "stream" in properties:
         http["stream"] = {"flag": "stream", "assemble": _ASSEMBLED_STREAMS[operation.operation_id]}
+    if answer != "json":
+        http["answer"] = answer
     manifest: dict[str, Any] = {
         "name": name,
         "title": _title(name),
@@ -558,9 +662,19 @@ def _manifest(operation: SpecOperation, name: str, spec: dict[str, Any], label: 
     manifest["input"] = input_schema
     manifest["output"] = output_schema
     if "examples" not in (override.get("set") or {}):
-        example_input = _example_input(properties, required, input_schema, operation.path)
-        manifest["examples"] = [{"title": "Minimal call", "input": example_input,
-                                 "output": _example_output(operation, output_schema)}]
+        example_required = required + [name for name in (choices[0] if choices else []) if name not in required]
+        example_input = _example_input(properties, example_required, input_schema, operation.path)
+        if answer == "json":
+            example_output = _example_output(operation, output_schema)
+        elif answer == "empty":
+            path_values = {name: example_input[name] for name in re.findall(r"\{([a-z_0-9]+)\}", operation.path)}
+            example_output = empty_result(operation.method, path_values, operation.success[0] or 200)
+        else:
+            content, media_type = example_content(operation.operation_id)  # what the simulator answers
+            example_output = {"content_type": media_type, "bytes": len(content),
+                              "sha256": hashlib.sha256(content).hexdigest(),
+                              "base64": base64.b64encode(content).decode("ascii")}
+        manifest["examples"] = [{"title": "Minimal call", "input": example_input, "output": example_output}]
     return manifest
 
 

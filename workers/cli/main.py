@@ -36,6 +36,7 @@ from workers.cli.inputs import read_json_object
 from workers.cli.output import console, emit
 from workers.cli.serve import register as register_serve_commands
 from workers.cli.spec import register as register_spec_commands
+from workers.cli.usage import register as register_usage_commands
 from workers.cli.workflows import register as register_workflow_commands
 
 app = typer.Typer(help="OpenAI actions for workflow automation.", no_args_is_help=True,
@@ -201,6 +202,11 @@ def integrations_add(
     legacy_edits: Annotated[bool, typer.Option(help="The server still serves POST /edits.")] = False,
     rpm: Annotated[int | None, typer.Option(help="Requests per minute the account allows.")] = None,
     tpm: Annotated[int | None, typer.Option(help="Tokens per minute the account allows.")] = None,
+    daily_cap_usd: Annotated[float | None, typer.Option(help="Spend cap per UTC day, estimated USD.")] = None,
+    monthly_cap_usd: Annotated[float | None, typer.Option(help="Spend cap per UTC month, estimated USD.")] = None,
+    reconify_url: Annotated[str | None, typer.Option(help="This customer's Reconify endpoint.")] = None,
+    reconify_keys_env: Annotated[str | None, typer.Option(help="Prefix of two variables holding this customer's "
+                                                          "Reconify keys: PREFIX_APP_KEY and PREFIX_API_KEY.")] = None,
     default: Annotated[bool, typer.Option("--default", help="Make it the default integration.")] = False,
     replace: Annotated[bool, typer.Option(help="Replace an existing integration of that name.")] = False,
 ) -> None:
@@ -216,6 +222,12 @@ def integrations_add(
         fields["timeout"] = {"read": timeout}
     if max_retries is not None:
         fields["max_retries"] = max_retries
+    fields["spend_caps"] = {"daily_usd": daily_cap_usd, "monthly_usd": monthly_cap_usd}
+    if reconify_url or reconify_keys_env:
+        prefix = reconify_keys_env or ""
+        fields["reconify"] = {"url": reconify_url,
+                              "app_key": os.environ.get(f"{prefix}_APP_KEY") if prefix else None,
+                              "api_key": os.environ.get(f"{prefix}_API_KEY") if prefix else None}
     store = _store()
     store.add(Integration.build(**fields), make_default=default, replace=replace)
     emit({"added": name, "default": store.default_name() == name})
@@ -298,6 +310,7 @@ def docs(
 register_workflow_commands(app)
 register_serve_commands(app)
 register_spec_commands(app)
+register_usage_commands(app)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -164,7 +164,7 @@ def _print_run(run_id: str, as_json: bool) -> None:
     console.print(f"run [bold]{record['id']}[/bold]  workflow {record['workflow']}  "
                   f"trigger {record['trigger'].get('type')}  status [bold]{record['status']}[/bold]  "
                   f"duration {totals['duration']}s")
-    table = Table("step", "action", "status", "attempts", "tokens", "started", "finished", "detail")
+    table = Table("step", "action", "status", "attempts", "tokens", "cost", "started", "finished", "detail")
     for step in record["steps"]:
         detail = ""
         if step.get("error"):
@@ -173,17 +173,28 @@ def _print_run(run_id: str, as_json: bool) -> None:
             items = step["items"]
             detail = f"{items.get('succeeded', 0)}/{items['total']} items"
         table.add_row(step["id"], step.get("action", ""), step.get("status", ""), str(step.get("attempts", 0)),
-                      str((step.get("usage") or {}).get("total_tokens", "")), str(step.get("started", ""))[11:23],
+                      str((step.get("usage") or {}).get("total_tokens", "")), _usd(step.get("cost")),
+                      str(step.get("started", ""))[11:23],
                       str(step.get("finished", ""))[11:23], scrub(detail))
     console.print(table)
     console.print(f"totals: {totals['steps']} steps, {totals['attempts']} API attempts, "
                   f"{usage.get('prompt_tokens', 0)} prompt + {usage.get('completion_tokens', 0)} completion = "
-                  f"{usage.get('total_tokens', 0)} tokens")
+                  f"{usage.get('total_tokens', 0)} tokens, estimated cost {_usd(totals.get('cost'))}")
     if record.get("output") is not None:
         console.print("output:")
         sys.stdout.write(json_text(record["output"]) + "\n")
     if record.get("error"):
         console.print(f"[red]error[/red]: {json_text(record['error'], indent=None)}")
+
+
+def _usd(cost: Any) -> str:
+    """``$0.000123``; ``?`` when unknown; ``+ N unpriced`` when part of a total could not be priced."""
+    if not isinstance(cost, dict):
+        return ""
+    if cost.get("usd") is None:
+        return "?"
+    text = f"${cost['usd']:.6f}"
+    return text + (f" + {cost['unpriced']} unpriced" if cost.get("unpriced") else "")
 
 
 @runs_app.command("list")
@@ -198,10 +209,10 @@ def runs_list(
     if as_json:
         emit(rows)
         return
-    table = Table("run", "workflow", "trigger", "status", "created", "finished")
+    table = Table("run", "workflow", "trigger", "status", "cost", "created", "finished")
     for row in rows:
         table.add_row(row["id"], row["workflow"], (row.get("trigger") or {}).get("type", ""), row["status"],
-                      row.get("created") or "", row.get("finished") or "")
+                      _usd(row.get("cost")), row.get("created") or "", row.get("finished") or "")
     console.print(table)
 
 

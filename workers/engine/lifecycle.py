@@ -20,6 +20,7 @@ from integration.store import resolve
 from workers.calls import CallResult, LedgeredCalls, redact
 from workers.engine.context import TemplateContext
 from workers.engine.fanout import FanOut, SlotDispatch
+from workers.observe import run_started, step_scope
 from workers.requeue import Requeue
 from workers.settings import Settings
 from workers.state.kv import Op
@@ -63,7 +64,8 @@ class Engine:
                                             idempotency_key=idempotency_key)
         if created:
             try:
-                self.activate(run_id, [workflow.start])
+                with run_started(run_id, workflow.name):  # the trace every step joins
+                    self.activate(run_id, [workflow.start])
             except Exception as exc:
                 if idempotency_key:  # let the sender's retry start the run afresh
                     self.store.forget_idempotency_key(idempotency_key)
@@ -158,12 +160,13 @@ class Engine:
                   "started": record.get("started") or now_iso(), "requeues": int(record.get("requeues") or 0)}
         ledger_key = f"{run_id}:{step_id}:{'' if index is None else index}"
         try:
-            context = self.context.build(run_id, workflow, item=item, index=index, has_item=index is not None)
-            inputs = render(step.input, context, step=step_id)
-            result: CallResult = self.calls.call(
-                step.action, inputs, self._integration(step.integration, step.timeout), key=ledger_key,
-                what=f"step {step_id!r}", max_retries=step.retries, redact_paths=tuple(step.redact),
-                requeues=lambda: self.store.count(run_id, f"requeues:{ledger_key}"))
+            with step_scope(run_id, step_id, index):  # the step's span; the run id as the Reconify session
+                context = self.context.build(run_id, workflow, item=item, index=index, has_item=index is not None)
+                inputs = render(step.input, context, step=step_id)
+                result: CallResult = self.calls.call(
+                    step.action, inputs, self._integration(step.integration, step.timeout), key=ledger_key,
+                    what=f"step {step_id!r}", max_retries=step.retries, redact_paths=tuple(step.redact),
+                    requeues=lambda: self.store.count(run_id, f"requeues:{ledger_key}"))
         except (Requeue, StoreError, OSError, ConnectionError):
             raise  # waits go back to the queue; an unreachable store makes the task retry (the ledger guards the call)
         except PackError as exc:
@@ -173,8 +176,8 @@ class Engine:
             return self.failed(record, PackError(f"internal error: {type(exc).__name__}: {exc}")), None, []
         record.update(status="succeeded", finished=now_iso(), output=redact(result.output, step.redact),
                       usage=result.usage, attempts=record["attempts"] + result.attempts,
-                      request_ids=result.request_ids, replayed=result.replayed)
-        return record, result.output, [result.done_op] if result.done_op else []
+                      request_ids=result.request_ids, replayed=result.replayed, cost=result.cost)
+        return record, result.output, [op for op in (result.done_op, result.cost_op) if op]
 
     def call_options(self, *, max_retries: int | None = None) -> Any:
         """Kept for callers outside the engine (the CLI): see ``LedgeredCalls.options``."""

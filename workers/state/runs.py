@@ -20,7 +20,7 @@ from workers.state.kv import KV, Op
 from workers.state.leases import Leases
 from workers.state.signatures import SeenSignatures
 
-__all__ = ["FINISHED", "RunStore", "now_iso"]
+__all__ = ["FINISHED", "RunStore", "now_iso", "sum_costs"]
 
 PREFIX = "opk:"
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -265,13 +265,27 @@ class RunStore:
     def set_flag(self, run_id: str, name: str, value: str) -> None:
         self.kv.hset(self._run(run_id, "flags"), {name: value})
 
+    # cost -------------------------------------------------------------------------------------
+    def add_cost_op(self, run_id: str, usd: float | None) -> Op:
+        """The write adding one call's estimated cost to the run's total (None: a call whose cost is
+        unknown), made in the same round trip as the step's record."""
+        if usd is None:
+            return ("hincrby", (self._run(run_id, "ctr"), "cost_unpriced", 1), {})
+        return ("hincrby", (self._run(run_id, "ctr"), "cost_nano", round(usd * 1_000_000_000)), {})
+
+    def cost(self, run_id: str) -> dict[str, Any]:
+        """Every call of the run so far, repeats after a crash included (they were billed too)."""
+        nano, unpriced = self.kv.hmget(self._run(run_id, "ctr"), ["cost_nano", "cost_unpriced"])
+        return {"usd": round(int(nano or 0) / 1_000_000_000, 10), "unpriced": int(unpriced or 0)}
+
     # listing ----------------------------------------------------------------------------------
-    def list(self, limit: int = 20) -> list[dict[str, Any]]:
+    def list(self, limit: int = 20, offset: int = 0) -> list[dict[str, Any]]:
         rows = []
-        for run_id in self.kv.zrevrange(f"{PREFIX}runs", 0, max(limit, 1) - 1):
+        for run_id in self.kv.zrevrange(f"{PREFIX}runs", offset, offset + max(limit, 1) - 1):
             header = self.header(run_id)
             if header:
                 header.pop("definition", None)
+                header["cost"] = self.cost(run_id)
                 rows.append(header)
         return rows
 
@@ -294,11 +308,31 @@ class RunStore:
             if step.get("items") is not None:
                 items = self.items(run_id, step["id"])
                 step["item_results"] = [items[i] for i in sorted(items)]
+                step.setdefault("cost", sum_costs(step["item_results"]))
         header["steps"] = ordered
         header["variables"] = self.variables(run_id)
         header["totals"] = {"usage": usage, "attempts": attempts, "steps": len(ordered),
-                            "duration": _duration(header.get("started"), header.get("finished"))}
+                            "duration": _duration(header.get("started"), header.get("finished")),
+                            "cost": sum_costs(ordered)}
         return header
+
+
+def sum_costs(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The USD of records that carry a cost; ``unpriced`` counts those whose cost is unknown.
+
+    ``usd`` stays a sum of what is known, never a guess for the rest: a reader sees both.
+    """
+    usd, unpriced = 0.0, 0
+    for record in records:
+        cost = (record or {}).get("cost")
+        if not isinstance(cost, dict):
+            continue
+        if cost.get("usd") is None:
+            unpriced += int(cost.get("unpriced") or 1)
+        else:
+            usd += float(cost["usd"])
+            unpriced += int(cost.get("unpriced") or 0)
+    return {"usd": round(usd, 10), "unpriced": unpriced}
 
 
 def _duration(start: str | None, end: str | None) -> float | None:

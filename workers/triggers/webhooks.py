@@ -51,6 +51,7 @@ from integration.errors import InputError, PackError
 from integration.redact import install_log_redaction, register_secret, scrub_data
 from integration.store import register_store_secrets
 from workers.engine import Engine
+from workers.observe.metrics import metrics_route
 from workers.state.runs import FINISHED
 from workers.state.signatures import PENDING_SIGNATURE
 from workers.workflow import Workflow, load_workflow_dir
@@ -489,6 +490,7 @@ def create_app(workflows_dir: str | Path, *, engine: Engine | None = None, max_w
         Route("/hooks/{workflow}", hooks.hook, methods=["POST"]),
         Route("/runs/{run_id}", hooks.run, methods=["GET"]),
         Route("/healthz", hooks.health, methods=["GET"]),
+        metrics_route(engine.settings.broker_url),  # Prometheus (workers.observe.metrics)
     ])
     app.state.hooks = hooks
     return app
