@@ -3,9 +3,8 @@
 Nothing here knows a particular action; anything an action needs beyond its binding lives in
 its handler (``actions/<name>.py``), which receives a ``Call`` and uses the same ``send``.
 
-Bodies are JSON (``encoding: json``), none, or multipart form data (``encoding: multipart``):
-file fields (``format: binary``) become file parts read at call time, lists become repeated
-``name[]`` parts and objects ``name[key]`` parts (the form OpenAI's SDKs send), scalars text.
+How inputs become a request (path, query, headers, JSON or multipart body) is ``actions/_request.py``;
+walking every page of a list (``fetch_all``) is ``actions/_pages.py``.
 
 Answers are a JSON object (``answer: json``), a streamed one rebuilt into that shape (``http.stream``,
 ``actions/_streaming.py``), nothing (``answer: empty``) or bytes (``answer: binary``); the last two become
@@ -18,13 +17,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
 
 from actions._coerce import coerce_inputs
-from actions._files import read_file_field
 from actions._inputs import check_value, parse_json_text
 from actions._manifest import ActionManifest
 from actions._outputs import BinarySink, binary_output, discard, empty_result, prepare_save_to
+from actions._pages import MAX_PAGES, fetch_pages
+from actions._request import Request, build_request, check_credentials
 from actions._streaming import assemble
 from actions._validate import problems_for
 from integration.client import DEFAULT_MAX_INLINE_WAIT, ApiResponse, BodyReader, client_for
@@ -40,6 +39,8 @@ class CallOptions:
 
     max_inline_wait: float = DEFAULT_MAX_INLINE_WAIT
     max_retries: int | None = None
+    #: Most pages one ``fetch_all`` asks for (a bound on the loop whatever the server says).
+    max_pages: int = MAX_PAGES
     before_request: Callable[[Call], None] | None = None
     after_response: Callable[[Call, ApiResponse], None] | None = None
 
@@ -101,36 +102,6 @@ def _choice_problems(inputs: dict[str, Any], schema: dict[str, Any]) -> list[dic
     return []
 
 
-def _form_parts(name: str, value: Any) -> list[tuple[str, str]]:
-    """One multipart field as (name, text) parts: lists as ``name[]``, objects as ``name[key]``."""
-    if isinstance(value, list):
-        return [part for item in value for part in _form_parts(f"{name}[]", item)]
-    if isinstance(value, dict):
-        return [part for key, item in value.items() for part in _form_parts(f"{name}[{key}]", item)]
-    if isinstance(value, bool):
-        return [(name, "true" if value else "false")]
-    return [(name, "" if value is None else str(value))]
-
-
-def multipart_body(manifest: ActionManifest, sendable: dict[str, Any]) -> list[tuple[str, Any]]:
-    """Every part for httpx's ``files=``: file fields read now (a missing file is a field-named InputError).
-
-    Plain fields are parts without a file name, so the body is multipart even when no file is
-    given (httpx would send ``data=`` alone as a URL-encoded form).
-    """
-    parts: list[tuple[str, Any]] = []
-    for name, value in sendable.items():
-        if name in manifest.file_fields:
-            many = isinstance(value, list)
-            for index, item in enumerate(value if many else [value]):
-                where = f"{name}[{index}]" if many else name
-                upload = read_file_field(item, where, manifest.properties[name], action=manifest.name)
-                parts.append((f"{name}[]" if many else name, upload))
-        else:
-            parts.extend((part, (None, text)) for part, text in _form_parts(name, value))
-    return parts
-
-
 def _add_usage(total: dict[str, int], usage: Any) -> None:
     if not isinstance(usage, dict):
         return
@@ -158,20 +129,29 @@ class Call:
         path: str,
         *,
         json_body: Any = None,
-        params: dict[str, Any] | None = None,
+        params: dict[str, Any] | list[tuple[str, str]] | None = None,
         files: Any = None,
         data: Any = None,
+        headers: dict[str, str] | None = None,
+        admin: bool | None = None,
         idempotent: bool | None = None,
         assemble_stream: str | None = None,
         body_reader: BodyReader | None = None,
     ) -> ApiResponse:
         """Send through the integration's client; with ``assemble_stream`` the SSE answer is rebuilt, with
-        ``body_reader`` a success answer's bytes go to it as they arrive."""
+        ``body_reader`` a success answer's bytes go to it as they arrive.
+
+        ``admin`` (default: the manifest's ``http.key``) sends the Admin API key instead of the API key;
+        without one the call is refused before anything is sent.
+        """
+        admin = self.manifest.http.key == "admin" if admin is None else admin
+        if admin:
+            check_credentials(self.manifest, self.integration)
         if self.options.before_request:
             self.options.before_request(self)
         response = client_for(self.integration).request(
-            method, path, json_body=json_body, params=params, files=files, data=data,
-            idempotent=self.manifest.is_idempotent if idempotent is None else idempotent,
+            method, path, json_body=json_body, params=params, files=files, data=data, headers=headers,
+            admin=admin, idempotent=self.manifest.is_idempotent if idempotent is None else idempotent,
             sse=assemble_stream is not None, body_reader=body_reader, max_retries=self.options.max_retries,
             max_inline_wait=self.options.max_inline_wait,
         )
@@ -190,22 +170,25 @@ class Call:
                 raise
         return response
 
+    def send_request(self, request: Request) -> ApiResponse:
+        """Send one request built by ``actions._request.build_request``."""
+        stream = self.manifest.http.stream
+        return self.send(request.method, request.path, json_body=request.json_body, params=request.params,
+                         files=request.files, headers=request.headers or None, admin=request.admin,
+                         assemble_stream=stream.assemble if request.streaming and stream else None)
+
     def default(self) -> dict[str, Any]:
-        """Carry out the manifest's binding as written: path and query fields, the rest as the body."""
-        http = self.manifest.http
-        sendable = {k: v for k, v in self.inputs.items() if k not in self.manifest.pack_only_fields}
-        path = http.path
-        for name in http.path_params:
-            path = path.replace("{" + name + "}", quote(str(sendable.pop(name)), safe=":@"))
-        params = {name: sendable.pop(name) for name in http.query if name in sendable} or None
-        stream = http.stream
-        streaming = stream is not None and self.inputs.get(stream.flag) is True  # the flag may be a query field
-        body = sendable if http.encoding == "json" else None
-        parts = multipart_body(self.manifest, sendable) if http.encoding == "multipart" else None
-        if http.answer == "binary":
-            return self.save_binary(http.method, path, json_body=body, params=params, files=parts or None)
-        response = self.send(http.method, path, json_body=body, params=params, files=parts or None,
-                             assemble_stream=stream.assemble if streaming and stream else None)
+        """Carry out the manifest's binding as written: path, query and header fields, the rest as the body;
+        with ``fetch_all`` on a paginated action, every page merged."""
+        request = build_request(self.manifest, self.inputs)
+        if self.manifest.http.answer == "binary":
+            return self.save_binary(request.method, request.path, json_body=request.json_body, params=request.params,
+                                    files=request.files, headers=request.headers or None, admin=request.admin)
+        pagination = self.manifest.http.pagination
+        if pagination is not None and self.inputs.get("fetch_all") is True:
+            return fetch_pages(pagination, request, self.send_request, self.answer_of,
+                               max_items=self.inputs.get("max_items"), max_pages=self.options.max_pages)
+        response = self.send_request(request)
         return self.answer_of(response)
 
     def answer_of(self, response: ApiResponse) -> dict[str, Any]:

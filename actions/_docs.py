@@ -80,6 +80,13 @@ def render_action(manifest: ActionManifest) -> str:
     lines.append(f"- Celery task: `openai.{manifest.name}`; safe to repeat: {repeatable}")
     if http.stream:
         lines.append(f"- `{http.stream.flag}: true` is consumed as server-sent events and returned assembled.")
+    if http.key == "admin":
+        lines.append("- Sends the integration's Admin API key (`admin_key`), not its API key.")
+    if http.headers:
+        lines.append("- Sends " + ", ".join(f"`{name}: {value}`" for name, value in http.headers.items()) + ".")
+    if http.pagination:
+        how = "the `after` cursor" if http.pagination.style == "cursor" else "the `page` token"
+        lines.append(f"- A list: `fetch_all: true` walks every page by {how} and returns all items in order.")
     if http.answer == "empty":
         lines.append("- The API answers with no body: the output is `{\"id\", \"deleted\": true, \"status\"}` for a "
                      "DELETE, `{\"id\", \"ok\": true, \"status\"}` otherwise.")

@@ -29,8 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from actions._validate import check_schema, unsupported_keywords
 from integration.errors import ManifestError
 
-__all__ = ["ENTRY_POINT_GROUP", "MANIFEST_PATH_ENV", "ActionManifest", "Example", "HttpBinding", "Stream",
-           "load_all", "load_manifest", "manifest_sources"]
+__all__ = ["ENTRY_POINT_GROUP", "MANIFEST_PATH_ENV", "PAGINATION_FIELDS", "ActionManifest", "Example", "HttpBinding",
+           "Pagination", "Stream", "load_all", "load_manifest", "manifest_sources"]
 
 #: Extra manifest directories, ``os.pathsep``-separated (read when the registry is first loaded).
 MANIFEST_PATH_ENV = "OPENAI_PACK_MANIFEST_PATH"
@@ -42,6 +42,12 @@ RESERVED_NAMES = frozenset({"simulator", "spec"})
 DEFAULT_OUTPUT_TOKENS = 256
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+#: Headers the integration and the client own; a manifest may not set them.
+_RESERVED_HEADERS = frozenset({"authorization", "openai-organization", "openai-project", "content-length",
+                               "content-type", "host", "user-agent"})
+#: The pack-only inputs every paginated action declares: walk every page, and stop after this many items.
+PAGINATION_FIELDS = ("fetch_all", "max_items")
 _PATH_PARAM = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 
 #: Keywords the pack adds to JSON Schema (ignored by validators, read by the pack).
@@ -73,17 +79,54 @@ class Stream(BaseModel):
     assemble: Literal["chat_completion", "completion", "response", "transcription", "image", "run"]
 
 
+class Pagination(BaseModel):
+    """How a list action pages, so ``fetch_all`` can walk it (``actions/_pages.py``).
+
+    ``cursor``: the request's ``after`` is the previous page's ``last_id`` (else its last item's ``id``) while
+    ``has_more`` is true. ``page``: the request's ``page`` is the previous answer's ``next_page`` while it is set
+    (the usage reports).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    style: Literal["cursor", "page"]
+    param: str = Field(description="The query field that carries the cursor (after, page).")
+    items: str = Field("data", description="The output field holding the page's items.")
+
+
 class HttpBinding(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     method: Literal["GET", "POST", "DELETE"]
     path: str = Field(description="Relative to the integration's base_url; {field} is taken from input.")
-    query: tuple[str, ...] = Field((), description="Input fields sent as query parameters.")
+    query: tuple[str, ...] = Field((), description=(
+        "Input fields sent as query parameters. Lists go as repeated name[]=value and objects as "
+        "name[key]=value (the brackets form OpenAI's SDKs send)."))
+    headers: dict[str, str] = Field(default_factory=dict, description=(
+        "Constant headers every request of the action carries (e.g. OpenAI-Beta: assistants=v2)."))
+    header_params: dict[str, str] = Field(default_factory=dict, description=(
+        "Input field -> the header it is sent as (a list is joined with commas)."))
+    key: Literal["api", "admin"] = Field("api", description=(
+        "Which of the integration's keys the action sends: the API key, or the Admin API key "
+        "(OpenAI's /organization endpoints)."))
     encoding: Literal["json", "multipart", "none"] = "json"
     stream: Stream | None = None
     answer: Literal["json", "empty", "binary"] = Field(
         "json", description="What a success answers: a JSON object, nothing (the binder returns a small result), or "
                             "bytes (saved to ``save_to`` or returned as base64; see actions/_outputs.py).")
+    pagination: Pagination | None = None
+
+    @model_validator(mode="after")
+    def _check_headers(self) -> HttpBinding:
+        for header in [*self.headers, *self.header_params.values()]:
+            if not _HEADER_NAME.match(header):
+                raise ValueError(f"{header!r} is not a valid HTTP header name")
+            if header.lower() in _RESERVED_HEADERS:
+                raise ValueError(f"header {header!r} is set by the integration or the client, not a manifest")
+        for header, value in self.headers.items():
+            if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+                raise ValueError(f"the value of header {header!r} holds a control character")
+        return self
 
     @property
     def path_params(self) -> list[str]:
@@ -199,9 +242,16 @@ class ActionManifest(BaseModel):
         if self.input.get("type") != "object" or self.input.get("additionalProperties") is not False:
             raise ValueError("input must be an object schema with additionalProperties: false")
         props = self.properties
-        for field in [*self.http.path_params, *self.http.query]:
+        for field in [*self.http.path_params, *self.http.query, *self.http.header_params]:
             if field not in props:
                 raise ValueError(f"http binding uses {field!r}, which input does not declare")
+        pages = self.http.pagination
+        if pages is not None:
+            if pages.param not in self.http.query:
+                raise ValueError(f"http.pagination.param {pages.param!r} is not one of http.query")
+            for field in PAGINATION_FIELDS:
+                if not props.get(field, {}).get("x-pack-only"):
+                    raise ValueError(f"a paginated action declares the pack-only input {field!r} (x-pack-only)")
         if self.http.stream and self.http.stream.flag not in props:
             raise ValueError(f"http.stream.flag {self.http.stream.flag!r} is not an input field")
         return self

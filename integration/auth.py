@@ -85,15 +85,20 @@ def key_fingerprint(secret: SecretStr | None) -> str | None:
 
 
 class ApiKeyAuth(httpx.Auth):
-    """Puts the key where the integration says: bearer header, custom header, query parameter, or nowhere."""
+    """Puts the key where the integration says: bearer header, custom header, query parameter, or nowhere.
 
-    def __init__(self, integration: Integration) -> None:
+    ``admin`` places the integration's Admin API key instead (OpenAI's /organization endpoints), the same way.
+    """
+
+    def __init__(self, integration: Integration, *, admin: bool = False) -> None:
         self._auth = integration.auth
-        self._key = integration.api_key.get_secret_value() if integration.api_key else None
+        secret = integration.admin_key if admin else integration.api_key
+        self._key = secret.get_secret_value() if secret else None
+        self._admin = admin
         register_secret(self._key)
 
     def __repr__(self) -> str:
-        return f"ApiKeyAuth(placement={self._auth.placement.value!r})"
+        return f"ApiKeyAuth(placement={self._auth.placement.value!r}, admin={self._admin})"
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         key, placement = self._key, self._auth.placement

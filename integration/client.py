@@ -149,6 +149,8 @@ class Client:
             headers["OpenAI-Organization"] = integration.organization_id
         if integration.project_id:
             headers["OpenAI-Project"] = integration.project_id
+        #: The Admin API key in the same placement, for /organization actions (``request(admin=True)``).
+        self._admin_auth = ApiKeyAuth(integration, admin=True)
         self._http = httpx.Client(
             base_url=integration.base_url + "/",
             auth=ApiKeyAuth(integration),
@@ -173,6 +175,8 @@ class Client:
         params: dict[str, Any] | None = None,
         files: Any = None,
         data: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        admin: bool = False,
         idempotent: bool,
         sse: bool = False,
         body_reader: BodyReader | None = None,
@@ -180,7 +184,10 @@ class Client:
         max_inline_wait: float = DEFAULT_MAX_INLINE_WAIT,
         sleep: Callable[[float], None] = pause,
     ) -> ApiResponse:
-        """Send one logical request, retrying only what is safe; raise a typed error otherwise."""
+        """Send one logical request, retrying only what is safe; raise a typed error otherwise.
+
+        ``admin`` sends the integration's Admin API key in place of its API key (the caller checks there is one).
+        """
         retries = self.integration.max_retries if max_retries is None else max_retries
         url = path.lstrip("/")
         started = time.monotonic()
@@ -188,7 +195,8 @@ class Client:
         while True:
             attempt += 1
             try:
-                result = self._send_once(method, url, json_body, params, files, data, sse, body_reader)
+                result = self._send_once(method, url, json_body, params, files, data, sse, headers, admin,
+                                         body_reader)
             except errors.NoAnswerError as exc:
                 exc.retryable = idempotent
                 exc.details.update(idempotent=idempotent, attempts=attempt)
@@ -215,13 +223,15 @@ class Client:
 
     def _send_once(
         self, method: str, url: str, json_body: Any, params: dict[str, Any] | None, files: Any,
-        data: dict[str, Any] | None, sse: bool, body_reader: BodyReader | None = None,
+        data: dict[str, Any] | None, sse: bool, headers: dict[str, str] | None = None, admin: bool = False,
+        body_reader: BodyReader | None = None,
     ) -> ApiResponse | errors.ApiError:
         """One HTTP exchange; transport failures become typed errors without the URL or headers."""
         request = self._http.build_request(method, url, json=json_body if files is None else None,
-                                           params=params, files=files, data=data)
+                                           params=params, files=files, data=data, headers=headers)
         try:
-            response = self._http.send(request, stream=True)
+            auth = self._admin_auth if admin else httpx.USE_CLIENT_DEFAULT
+            response = self._http.send(request, stream=True, auth=auth)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise errors.ConnectError(f"could not connect to the API at {self._where()}: "
                                       f"{type(exc).__name__}") from None
@@ -299,9 +309,9 @@ def client_for(integration: Integration) -> Client:
 
 
 def _client_key(integration: Integration) -> str:
-    """Everything that shapes the client: the public fields and the key's fingerprint (never the key)."""
+    """Everything that shapes the client: the public fields and the keys' fingerprints (never the keys)."""
     public = json.dumps(integration.public_dict(), sort_keys=True)
-    return public + "\x00" + (integration.key_fingerprint or "")
+    return public + "\x00" + (integration.key_fingerprint or "") + "\x00" + (integration.admin_key_fingerprint or "")
 
 
 def close_all_clients() -> None:

@@ -136,6 +136,9 @@ class Integration(BaseModel):
 
     name: str = "default"
     api_key: SecretStr | None = Field(None, json_schema_extra={"writeOnly": True})
+    admin_key: SecretStr | None = Field(None, json_schema_extra={"writeOnly": True}, description=(
+        "An Admin API key, sent instead of api_key by the /organization actions only (usage, costs, projects, "
+        "users, audit logs). Sealed and redacted like api_key."))
     organization_id: str | None = Field(None, description="Sent as OpenAI-Organization.")
     project_id: str | None = Field(None, description="Sent as OpenAI-Project.")
     base_url: str = DEFAULT_BASE_URL
@@ -151,6 +154,7 @@ class Integration(BaseModel):
     reconify: ReconifySink | None = None
 
     _fingerprint: tuple[SecretStr, str] | None = PrivateAttr(None)
+    _admin_fingerprint: tuple[SecretStr, str] | None = PrivateAttr(None)
 
     @model_validator(mode="before")
     @classmethod
@@ -183,7 +187,7 @@ class Integration(BaseModel):
             raise ValueError("must be an http(s) URL without query or fragment, e.g. https://api.openai.com/v1")
         return value
 
-    @field_validator("api_key")
+    @field_validator("api_key", "admin_key")
     @classmethod
     def _check_api_key(cls, value: SecretStr | None) -> SecretStr | None:
         """Blank means no key; a control character, space or non-ASCII character is refused."""
@@ -229,12 +233,16 @@ class Integration(BaseModel):
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, name: str = "default") -> Integration | None:
-        """The default integration from the variables the official SDK reads, or None if no key is set."""
+        """The default integration from the variables the official SDK reads, or None if no key is set.
+
+        ``OPENAI_ADMIN_KEY`` (the name OpenAI's own examples use) is its Admin API key.
+        """
         env = os.environ if environ is None else environ
         key = api_key_from_text(env.get("OPENAI_API_KEY", ""), field="OPENAI_API_KEY")
         if key is None:
             return None
-        fields: dict[str, Any] = {"name": name, "api_key": key,
+        admin_key = api_key_from_text(env.get("OPENAI_ADMIN_KEY", ""), field="OPENAI_ADMIN_KEY")
+        fields: dict[str, Any] = {"name": name, "api_key": key, "admin_key": admin_key,
                                   "organization_id": env.get("OPENAI_ORG_ID") or None,
                                   "project_id": env.get("OPENAI_PROJECT_ID") or None}
         if env.get("OPENAI_BASE_URL"):
@@ -257,10 +265,23 @@ class Integration(BaseModel):
             self._fingerprint = cached
         return cached[1]
 
+    @property
+    def admin_key_fingerprint(self) -> str | None:
+        """The Admin API key's keyed digest (see ``key_fingerprint``)."""
+        secret = self.admin_key
+        if secret is None:
+            return None
+        cached = self._admin_fingerprint
+        if cached is None or cached[0] is not secret:
+            cached = (secret, key_fingerprint(secret) or "")
+            self._admin_fingerprint = cached
+        return cached[1]
+
     def public_dict(self) -> dict[str, Any]:
-        """What may be shown or stored in clear: everything but the key, plus whether one is set."""
-        data = self.model_dump(mode="json", exclude={"api_key", "reconify"})
+        """What may be shown or stored in clear: everything but the keys, plus whether each is set."""
+        data = self.model_dump(mode="json", exclude={"api_key", "admin_key", "reconify"})
         data["has_api_key"] = self.api_key is not None
+        data["has_admin_key"] = self.admin_key is not None
         if self.reconify is not None:
             data["reconify"] = self.reconify.public_dict()
         return data

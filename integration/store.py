@@ -20,8 +20,9 @@ The store is composed of three parts, each with one job:
 The document::
 
     {"version": 1, "default": "acme" | null,
-     "integrations": {"acme": {...Integration.public_dict() minus has_api_key...,
-                               "api_key_sealed": "gAAAA..." | null}}}
+     "integrations": {"acme": {...Integration.public_dict() minus has_api_key and has_admin_key...,
+                               "api_key_sealed": "gAAAA..." | null,
+                               "admin_key_sealed": "gAAAA..."}}}     (only when it has an Admin API key)
 
 Writes hold a lock (``fcntl`` on ``integrations.json.lock``, or a Redis lock) for the whole
 read-modify-write and replace the document atomically, so two processes adding at once both land and a
@@ -65,6 +66,8 @@ _CACHE_LIMIT = 256
 #: The sealed fields of an integration's ``reconify`` override.
 _RECONIFY_SEALED = ("app_key_sealed", "api_key_sealed")
 _ADD_HINT = "add one with `openai-pack integrations add NAME`"
+#: Each sealed key an entry may hold: the API key, and the Admin API key of the /organization actions.
+_SEALED_FIELDS = {"api_key_sealed": "api_key", "admin_key_sealed": "admin_key"}
 _KEYGEN_HINT = ('generate one with `python -c "from cryptography.fernet import Fernet; '
                 'print(Fernet.generate_key().decode())"`')
 
@@ -357,6 +360,12 @@ _resolved: dict[tuple[Hashable, ...], Integration] = {}
 _fingerprinted: dict[str, tuple[Hashable, Hashable]] = {}
 
 
+def _sealed(data: Mapping[str, Any], *, skip: str | None = None) -> dict[tuple[str, str], str]:
+    """Every sealed key of the document by (integration, field), but those of ``skip``."""
+    return {(name, field): entry[field] for name, entry in data["integrations"].items() if name != skip
+            for field in _SEALED_FIELDS if entry.get(field)}
+
+
 def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
     if len(cache) >= _CACHE_LIMIT:
         cache.clear()
@@ -443,13 +452,13 @@ class IntegrationStore:
                                   field="name", integration=name)
             entry = integration.public_dict()
             entry.pop("has_api_key", None)
-            sealed = {n: e["api_key_sealed"] for n, e in data["integrations"].items()
-                      if e["api_key_sealed"] and n != name}
-            if integration.api_key is None:
-                entry["api_key_sealed"] = None
-            else:
-                keys = self._keys_that_open(sealed, writing=True) if sealed else self.keyring.keys(create=True)
-                entry["api_key_sealed"] = seal_secret(integration.api_key, keys.fernet)
+            entry.pop("has_admin_key", None)
+            sealed = _sealed(data, skip=name)
+            entry["api_key_sealed"] = None
+            for field, secret in (("api_key_sealed", integration.api_key), ("admin_key_sealed", integration.admin_key)):
+                if secret is not None:
+                    keys = self._keys_that_open(sealed, writing=True) if sealed else self.keyring.keys(create=True)
+                    entry[field] = seal_secret(secret, keys.fernet)
             if integration.reconify is not None:  # the Reconify keys are sealed like the API key
                 entry["reconify"] = self._sealed_reconify(integration, sealed)
             was_empty = not data["integrations"]
@@ -486,12 +495,12 @@ class IntegrationStore:
         """
         with self.backend.locked():
             data = self._load_fresh()
-            sealed = {n: e["api_key_sealed"] for n, e in data["integrations"].items() if e["api_key_sealed"]}
+            sealed = _sealed(data)
             if not sealed:
                 return 0
             keys = self._keys_that_open(sealed, writing=True)
-            for name, token in sealed.items():
-                data["integrations"][name]["api_key_sealed"] = keys.fernet.rotate(token.encode()).decode()
+            for (name, field), token in sealed.items():
+                data["integrations"][name][field] = keys.fernet.rotate(token.encode()).decode()
             for entry in data["integrations"].values():
                 reconify = entry.get("reconify")
                 for field in _RECONIFY_SEALED:
@@ -504,7 +513,7 @@ class IntegrationStore:
         """Teach the redactor every stored key by fingerprint (see ``register_store_secrets``)."""
         version, data = self._document()
         ring = self.keyring.version()
-        sealed = {n: e["api_key_sealed"] for n, e in data["integrations"].items() if e["api_key_sealed"]}
+        sealed = _sealed(data)
         if _fingerprinted.get(self.backend.identity) == (version, ring) or not sealed:
             return len(sealed)
         keys = self._keys_that_open(sealed, writing=False)
@@ -521,7 +530,7 @@ class IntegrationStore:
 
     # ---- internals -----------------------------------------------------------------------------
 
-    def _sealed_reconify(self, integration: Integration, sealed: Mapping[str, str]) -> dict[str, Any]:
+    def _sealed_reconify(self, integration: Integration, sealed: Mapping[tuple[str, str], str]) -> dict[str, Any]:
         """The integration's Reconify override as stored: its URL in clear, its two keys sealed."""
         sink = integration.reconify
         assert sink is not None
@@ -544,10 +553,10 @@ class IntegrationStore:
                     raise self._undecryptable(name, keys) from None
         return opened
 
-    def _keys_that_open(self, sealed: Mapping[str, str], *, writing: bool) -> _Keys:
+    def _keys_that_open(self, sealed: Mapping[tuple[str, str], str], *, writing: bool) -> _Keys:
         """The key ring, checked against each sealed key by its signature (nothing is decrypted)."""
         keys = self.keyring.keys(create=False)
-        for name, token in sorted(sealed.items()):
+        for (name, _field), token in sorted(sealed.items()):
             try:
                 keys.fernet.extract_timestamp(token.encode())
             except InvalidToken:
@@ -601,10 +610,12 @@ class IntegrationStore:
         for name, entry in integrations.items():
             if not isinstance(entry, dict):
                 raise ConfigError(f"{where}: integration {name!r} must be an object", integration=name)
-            sealed = entry.setdefault("api_key_sealed", None)
-            if sealed is not None and not isinstance(sealed, str):
-                raise ConfigError(f"{where}: integration {name!r}: api_key_sealed must be a string or null",
-                                  integration=name)
+            entry.setdefault("api_key_sealed", None)
+            for field in _SEALED_FIELDS:
+                sealed = entry.get(field)
+                if sealed is not None and not isinstance(sealed, str):
+                    raise ConfigError(f"{where}: integration {name!r}: {field} must be a string or null",
+                                      integration=name)
         default = data.get("default")
         if default is not None and default not in integrations:
             raise ConfigError(f"{where}: the default {default!r} is not a stored integration")
@@ -620,17 +631,18 @@ class IntegrationStore:
         return cached
 
     def _decode(self, name: str, entry: dict[str, Any]) -> Integration:
-        fields = {k: v for k, v in entry.items() if k not in {"api_key_sealed", "has_api_key"}}
+        fields = {k: v for k, v in entry.items() if k not in {*_SEALED_FIELDS, "has_api_key", "has_admin_key"}}
         if fields.setdefault("name", name) != name:
             raise ConfigError(f"the integration store {self.where}: entry {name!r} holds the name "
                               f"{fields['name']!r}", integration=name)
-        token = entry.get("api_key_sealed")
-        if token:
-            keys = self.keyring.keys(create=False)
-            try:
-                fields["api_key"] = open_secret(token, keys.fernet)
-            except InvalidToken:
-                raise self._undecryptable(name, keys) from None
+        for sealed_field, field in _SEALED_FIELDS.items():
+            token = entry.get(sealed_field)
+            if token:
+                keys = self.keyring.keys(create=False)
+                try:
+                    fields[field] = open_secret(token, keys.fernet)
+                except InvalidToken:
+                    raise self._undecryptable(name, keys) from None
         if isinstance(fields.get("reconify"), dict):
             fields["reconify"] = self._opened_reconify(name, fields["reconify"])
         try:
@@ -735,7 +747,8 @@ def register_store_secrets(store: IntegrationStore | None = None, *,
     store = open_store() if store is None else store
     env = os.environ if environ is None else environ
     with contextlib.suppress(ConfigError):  # a malformed variable is refused where it is used, not here
-        env_key = api_key_from_text(env.get("OPENAI_API_KEY", ""), field="OPENAI_API_KEY")
-        if env_key is not None:
-            register_key_fingerprint(env_key)
+        for variable in ("OPENAI_API_KEY", "OPENAI_ADMIN_KEY"):
+            env_key = api_key_from_text(env.get(variable, ""), field=variable)
+            if env_key is not None:
+                register_key_fingerprint(env_key)
     return store.register_secrets()

@@ -30,7 +30,7 @@ def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     """No test reads or writes the user's ~/.openai-pack or picks up their real key."""
     home = tmp_path_factory.mktemp("pack-home")
     monkeypatch.setenv("OPENAI_PACK_HOME", str(home))
-    for name in ("OPENAI_API_KEY", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID", "OPENAI_BASE_URL",
+    for name in ("OPENAI_API_KEY", "OPENAI_ADMIN_KEY", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID", "OPENAI_BASE_URL",
                  "OPENAI_PACK_FERNET_KEYS"):
         monkeypatch.delenv(name, raising=False)
     return home

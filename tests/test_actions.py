@@ -85,8 +85,10 @@ def test_every_action_runs_from_the_cli_through_each_auth_placement(auth: dict[s
                                                                     tmp_path: Path) -> None:
     env = _cli_env(tmp_path / "home")
     env["CUSTOMER_KEY"] = CANARY_KEY
-    with Simulator(port=0, api_key=CANARY_KEY, auth=auth) as sim:
-        added = run_cli(env, "integrations", "add", "customer", "--key-env", "CUSTOMER_KEY", "--base-url", sim.url,
+    env["CUSTOMER_ADMIN_KEY"] = CANARY_KEY + "-admin"  # the /organization actions send it, placed like the API key
+    with Simulator(port=0, api_key=CANARY_KEY, admin_key=CANARY_KEY + "-admin", auth=auth) as sim:
+        added = run_cli(env, "integrations", "add", "customer", "--key-env", "CUSTOMER_KEY", "--admin-key-env",
+                        "CUSTOMER_ADMIN_KEY", "--base-url", sim.url,
                         "--org", "org-acme", "--project", "proj_1", "--default", *cli_args)
         assert added.returncode == 0, added.stderr
         check = run_cli(env, "integrations", "check", "customer")

@@ -121,7 +121,8 @@ def _spec_fields(manifest: ActionManifest) -> tuple[dict[str, Any], dict[str, An
     """(body properties, parameters by name, required names) of the manifest's operation."""
     spec = _spec(manifest.openapi.spec)
     _, _, operation = _operation(spec, manifest.openapi.operationId)
-    parameters = {p["name"]: p for p in (_resolve(p, spec) for p in operation.get("parameters", []))}
+    # a ``x[]`` query parameter is the input field ``x`` (the binder sends every list as ``x[]=…``)
+    parameters = {p["name"].removesuffix("[]"): p for p in (_resolve(p, spec) for p in operation.get("parameters", []))}
     content_type = "multipart/form-data" if manifest.http.encoding == "multipart" else "application/json"
     body = (operation.get("requestBody") or {}).get("content", {}).get(content_type, {}).get("schema")
     properties = _body_properties(body, spec) if body else {}

@@ -251,3 +251,37 @@ def test_an_override_of_an_unknown_operation_is_refused(tmp_path: Path) -> None:
                                         encoding="utf-8")
     with pytest.raises(ValueError, match="listBatchez"):
         build(SPEC_2026, tmp_path)
+
+
+# ---------------------------------------------------------------- a hostile spec file for spec diff
+
+_LAUGHS = "a: &a [" + ", ".join(['"lol"'] * 9) + "]\n" + "".join(
+    f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 9) + "]\n" for prev, name in zip("abcdefgh", "bcdefghi", strict=True)
+) + "paths: {}\n"
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    (_LAUGHS.encode(), "aliases expand to more than"),
+    (b"openapi: 3.0.0\npaths: {}\ninfo: {title: \xff\xfe}\n", "not UTF-8"),
+    (("paths: " + "[" * 300 + "]" * 300 + "\n").encode(), "nested more than"),
+])
+def test_cli_spec_diff_refuses_a_hostile_spec_naming_new_spec(content: bytes, reason: str, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    hostile = tmp_path / "hostile.yaml"
+    hostile.write_bytes(content)
+    code, out, err = _cli(capsys, "spec", "diff", str(hostile))
+    error = json.loads(err)["error"]
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert error["field"] == "NEW_SPEC" and reason in error["message"] and "hostile.yaml" in error["message"]
+
+
+def test_spec_diff_refuses_a_spec_file_over_the_size_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import actions.spec.diff as drift
+
+    monkeypatch.setattr(drift, "MAX_SPEC_BYTES", 1024)
+    big = tmp_path / "big.yaml"
+    big.write_text("paths: {}\n" + "# padding\n" * 200, encoding="utf-8")
+    code, _, err = _cli(capsys, "spec", "diff", str(big))
+    assert code == 2 and "at most 1,024 bytes" in json.loads(err)["error"]["message"]
+    assert main(["diff", str(big)]) == 2

@@ -505,3 +505,4 @@ for _operation_id in ("createThreadAndRun", "createRun", "submitToolOuputsToRun"
 # The stateful behaviours (files, batches, vector stores, responses, conversations) register themselves into the
 # same registry; importing them here makes the registry complete whenever this module is imported.
 from actions.simulator import stateful as _stateful  # noqa: E402,F401
+from actions.simulator import usage as _usage_reports  # noqa: E402,F401 - the usage reports, paged by page token

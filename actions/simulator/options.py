@@ -37,8 +37,9 @@ CONTROL_ROUTE_HELP = (
     ("POST /v1/_sim/jobs/complete", "finish running jobs now: {} all, {\"id\": ...} one; optional \"outcome\": "
                                     "completed, failed, cancelled, expired."),
     ("GET /v1/_sim/stats", "calls, by_route, in_flight, max_in_flight."),
-    ("GET /v1/_sim/requests", "the requests received (?limit=N: the last N): method, path, query, headers, body, "
-                              "as sent (not redacted) except the --api-key-env key, shown as <api-key>."),
+    ("GET /v1/_sim/requests", "the requests received (?limit=N: the last N): method, path, query (and "
+                              "query_pairs, repeats kept), headers, body, as sent (not redacted) except the "
+                              "--api-key-env key, shown as <api-key>."),
 )
 CONTROL_ROUTES = "\n".join(["Control routes (no key needed, not counted as calls):",
                             *(textwrap.fill(f"{route}: {text}", 100, initial_indent="  ", subsequent_indent="      ")

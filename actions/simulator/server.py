@@ -63,12 +63,16 @@ class Simulator:
     base URL (…/v1) to configure. See docs/simulator.md for the options, faults and control routes."""
 
     def __init__(self, port: int = 0, *, latency: float = 0.0, api_key: str | None = None,
-                 auth: dict[str, Any] | None = None, legacy_edits: bool = True, rate_limit_rpm: int | None = None,
+                 admin_key: str | None = None, auth: dict[str, Any] | None = None, legacy_edits: bool = True,
+                 rate_limit_rpm: int | None = None,
                  manifests: dict[str, ActionManifest] | None = None, job_after_polls: int | None = DEFAULT_AFTER_POLLS,
                  job_after_seconds: float | None = None) -> None:
         self.port = port
         self.latency = latency
         self.api_key = api_key or None
+        #: When set, the admin actions' routes (``http.key: admin``, OpenAI's /organization endpoints) demand this key
+        #: and no other, as the API refuses project keys there.
+        self.admin_key = admin_key or None
         self.auth = dict(auth or {"placement": "bearer"})
         if self.auth.get("placement", "bearer") not in ("bearer", "header", "query", "none"):
             raise ValueError("auth.placement must be one of bearer, header, query, none")
@@ -231,8 +235,12 @@ class Simulator:
 
     # helpers the app uses ------------------------------------------------------------------------
     def mask(self, text: str) -> str:
-        """Never echo or keep the simulator's own key: it becomes ``<api-key>``."""
-        return text.replace(self.api_key, "<api-key>") if self.api_key else text
+        """Never echo or keep the simulator's own keys: they become ``<api-key>`` and ``<admin-key>``."""
+        keys = sorted(((self.api_key, "<api-key>"), (self.admin_key, "<admin-key>")), key=lambda k: -len(k[0] or ""))
+        for key, label in keys:  # the longer first, in case one key contains the other
+            if key:
+                text = text.replace(key, label)
+        return text
 
     def presented_key(self, request: Request) -> str | None:
         placement = self.auth.get("placement", "bearer")
@@ -247,13 +255,19 @@ class Simulator:
             return request.query_params.get(self.auth["name"])
         return None
 
-    def auth_error(self, request: Request) -> dict[str, Any] | None:
-        """None when the key is right (or none is required); OpenAI's 401 body otherwise, never echoing the key."""
-        if not self.api_key or self.auth.get("placement") == "none":
+    def auth_error(self, request: Request, admin: bool = False) -> dict[str, Any] | None:
+        """None when the key is right (or none is required); OpenAI's 401 body otherwise, never echoing the key.
+
+        ``admin``: the route is an admin action's, which takes ``admin_key`` (when one is configured)."""
+        expected = self.admin_key if admin and self.admin_key else self.api_key
+        if not expected or self.auth.get("placement") == "none":
             return None
         presented = self.presented_key(request)
-        if presented is not None and hmac.compare_digest(presented.encode(), self.api_key.encode()):
+        if presented is not None and hmac.compare_digest(presented.encode(), expected.encode()):
             return None
+        if presented and admin and self.admin_key:
+            return error_body("This endpoint takes an Admin API key; the key provided is not one (simulator).",
+                              "invalid_request_error", None, "invalid_api_key")
         if not presented:
             where = {"bearer": "an Authorization header using Bearer auth",
                      "header": f"the {self.auth.get('name')} header",
@@ -335,6 +349,8 @@ class _Api:
         request_id, period = sim._traffic.begin(match.label if match else f"{method} {path}", {
             "method": method, "path": "/v1" + path,
             "query": {k: sim.mask(v) for k, v in request.query_params.items()},
+            # every pair in order, repeats kept: how lists (include[]=a&include[]=b) and objects were sent
+            "query_pairs": [[k, sim.mask(v)] for k, v in request.query_params.multi_items()],
             "headers": {k: sim.mask(v) for k, v in request.headers.items()},
             "body": kept_body, "at": time.time(),
         })
@@ -392,7 +408,8 @@ class _Api:
                 return Response(scripted.encode(), status, headers() | extra, media_type="application/json")
             error = scripted if scripted is not None else fault_error(status, fault.get("error_code"))
             return _json(sim, status, error, headers() | extra)
-        refusal = sim.auth_error(request)
+        admin = match is not None and match.route is not None and match.route.manifest.http.key == "admin"
+        refusal = sim.auth_error(request, admin)
         if refusal is not None:
             return _json(sim, 401, refusal, headers())
         wait = sim._rate.admit(max(1, size // 4))

@@ -9,6 +9,11 @@ operation and field by field between that spec and the new one, and reported per
   and fields whose schema changed: type, enum, bounds, required-ness, or a shared shape they use.
 
 Prose (descriptions, examples) is not compared: a reworded description is not drift.
+
+The new spec is outside input (a download, a pull request), so it is checked before it is parsed
+(``check_spec_file``): at most ``MAX_SPEC_BYTES``, UTF-8, nested at most ``MAX_NESTING`` deep, and at most
+``MAX_EXPANDED_NODES`` nodes once every YAML alias is expanded, so a "billion laughs" file (aliases of
+aliases) is refused in a second instead of exhausting memory in the comparison.
 """
 
 from __future__ import annotations
@@ -21,7 +26,14 @@ from typing import Any
 from actions.spec.generate import action_name, defs_for, flatten_object, load_overrides
 from actions.spec.source import SpecOperation, converted, default_spec_path, load_spec, operations, resolve
 
-__all__ = ["SpecDiff", "diff_spec"]
+__all__ = ["MAX_EXPANDED_NODES", "MAX_NESTING", "MAX_SPEC_BYTES", "SpecDiff", "check_spec_file", "diff_spec"]
+
+#: Largest spec file read (today's is 3 MB).
+MAX_SPEC_BYTES = 32 * 1024 * 1024
+#: Most YAML nodes a spec may have with its aliases expanded (today's has about 110,000 and no aliases).
+MAX_EXPANDED_NODES = 2_000_000
+#: Deepest nesting of mappings and sequences (today's spec: under 30).
+MAX_NESTING = 200
 
 _BETA_SUFFIX = "?beta=true"
 _BODY_TYPES = ("application/json", "multipart/form-data")
@@ -146,8 +158,47 @@ def _bound_to_other_specs(baseline_spec: Path) -> set[str]:
     return {m.openapi.operationId for m in actions.registry().values() if m.openapi.spec != label}
 
 
+def check_spec_file(path: Path) -> None:
+    """Refuse a spec file that is too big, not UTF-8, too deep, or that expands (YAML aliases) past the bounds;
+    ValueError says which, so the CLI reports it as bad input (exit 2) naming the file."""
+    import yaml
+
+    size = path.stat().st_size
+    if size > MAX_SPEC_BYTES:
+        raise ValueError(f"the file is {size:,} bytes; a spec may be at most {MAX_SPEC_BYTES:,} bytes")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 text (byte {exc.start})") from None
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    sizes: dict[str, int] = {}  # anchor -> nodes it stands for
+    open_nodes: list[tuple[str | None, int]] = []
+    expanded = 0
+    for event in yaml.parse(text, Loader=loader):
+        kind = type(event)
+        if kind is yaml.ScalarEvent:
+            expanded += 1
+            if event.anchor:
+                sizes[event.anchor] = 1
+        elif kind is yaml.AliasEvent:
+            expanded += sizes.get(event.anchor, 1)
+        elif kind in (yaml.MappingStartEvent, yaml.SequenceStartEvent):
+            expanded += 1
+            open_nodes.append((event.anchor, expanded))
+            if len(open_nodes) > MAX_NESTING:
+                raise ValueError(f"nested more than {MAX_NESTING} levels deep (line {event.start_mark.line + 1})")
+        elif kind in (yaml.MappingEndEvent, yaml.SequenceEndEvent):
+            anchor, started = open_nodes.pop()
+            if anchor:
+                sizes[anchor] = expanded - started + 1
+        if expanded > MAX_EXPANDED_NODES:
+            raise ValueError(f"its YAML aliases expand to more than {MAX_EXPANDED_NODES:,} nodes (a 'billion laughs' "
+                             "file?); refused before loading it")
+
+
 def diff_spec(new_spec: Path, baseline_spec: Path | None = None) -> SpecDiff:
     """The drift from the manifests' spec to ``new_spec`` (see the module docstring)."""
+    check_spec_file(new_spec)
     baseline_spec = baseline_spec or default_spec_path()
     old, new = load_spec(baseline_spec), load_spec(new_spec)
     old_ops, new_ops = _by_id(old), _by_id(new)

@@ -101,6 +101,9 @@ _BINARY_OUTPUT: dict[str, Any] = {
 #: Categories for untagged operations, by path prefix (longest first).
 _UNTAGGED = (("/organization", "Administration"), ("/chatkit", "ChatKit"), ("/containers", "Containers"),
              ("/responses", "Responses"), ("/content_provenance", "Content provenance"))
+#: Headers the integration or the client sets; a parameter of that name is not offered as a field.
+_CLIENT_HEADERS = frozenset({"authorization", "openai-organization", "openai-project", "content-type",
+                             "content-length", "user-agent", "host"})
 _SMALL_WORDS = frozenset({"a", "an", "and", "as", "at", "by", "for", "from", "in", "of", "on", "or", "the", "to",
                           "with"})
 _ASSISTANTS_SHUTDOWN = ("OpenAI shut the Assistants API down on 2026-08-26 (threads, messages and runs with it); "
@@ -119,6 +122,18 @@ _ASSISTANTS_REPLACED_BY = {
     "submitToolOuputsToRun": "create_response",
 }
 _STREAM_FIELDS = ("stream", "stream_options")
+#: Paths whose operations take the integration's Admin API key instead of its API key.
+_ADMIN_PREFIX = "/organization/"
+#: ``OpenAI-Beta: value`` in a spec example's request (the curl line): a header the operation needs.
+_BETA_HEADER = re.compile(r"OpenAI-Beta:\s*([A-Za-z0-9_.=,-]+)", re.IGNORECASE)
+#: The pack-only inputs of a paginated action (``actions/_pages.py`` reads them).
+_PAGINATION_INPUTS = {
+    "fetch_all": {"type": "boolean", "x-pack-only": True, "description": (
+        "Fetch every page and return all items in order in one answer (each page is retried on its own). "
+        "Default false: one page.")},
+    "max_items": {"type": "integer", "minimum": 1, "maximum": 100000, "x-pack-only": True, "description": (
+        "With fetch_all, stop after this many items (has_more then stays true). Default 10000.")},
+}
 _PLAIN_EXAMPLE_VALUES = {"model": "gpt-4o-mini", "voice": "alloy"}
 
 
@@ -396,34 +411,50 @@ class _Excluded(Exception):
     """The operation cannot be an honest action yet; the message says what it needs."""
 
 
-def _inputs(operation: SpecOperation, spec: dict[str, Any], notes: list[str]) -> tuple[dict[str, Any], list[str],
-                                                                                    str, list[str]]:
-    """(properties, required, encoding, query fields) for the generic binder."""
+def _parameter_field(param: dict[str, Any]) -> str:
+    """The input field a parameter becomes: ``x[]`` is field ``x`` (the binder adds the brackets back to every
+    list), a header is its SDK name (``x-stainless-param``) or its name in snake_case."""
+    name = str(param.get("name"))
+    if param.get("in") == "header":
+        sdk_name = (param.get("schema") or {}).get("x-stainless-param")
+        return str(sdk_name) if isinstance(sdk_name, str) else name.lower().replace("-", "_")
+    return name.removesuffix("[]")
+
+
+def _inputs(operation: SpecOperation, spec: dict[str, Any], notes: list[str],
+            header_params: dict[str, str] | None = None) -> tuple[dict[str, Any], list[str], str, list[str]]:
+    """(properties, required, encoding, query fields) for the generic binder; header parameters are added to
+    ``header_params`` (field -> header name)."""
     properties: dict[str, Any] = {}
     required: list[str] = []
     query: list[str] = []
+    header_params = {} if header_params is None else header_params
     for param in operation.parameters:
-        name, where = str(param.get("name")), param.get("in")
+        name, where = _parameter_field(param), param.get("in")
         if name in _STREAM_FIELDS and where == "query" and not param.get("required") \
                 and operation.operation_id not in _ASSEMBLED_STREAMS:
             notes.append(f"`{name}` not offered yet (needs stream assembly for this operation)")
             continue
         is_required = bool(param.get("required")) or where == "path"
-        usable = _FIELD_NAME.match(name) and param.get("style") in (None, "form", "simple")
-        if where == "header" or not usable:
+        usable = _FIELD_NAME.match(name) and param.get("style") in (None, "form", "simple", "deepObject")
+        if not usable or (where == "header" and str(param.get("name")).lower() in _CLIENT_HEADERS):
             if is_required:
-                raise _Excluded(f"needs the {where} parameter {name!r}")
-            notes.append(f"optional {where} parameter `{name}` not offered yet (needs "
-                         f"{'header parameters' if where == 'header' else 'bracketed or deepObject query names'})")
+                raise _Excluded(f"needs the {where} parameter {param.get('name')!r}")
+            notes.append(f"optional {where} parameter `{param.get('name')}` not offered (its name or style has no "
+                         "input field form)")
             continue
-        if where not in ("path", "query"):
+        if where not in ("path", "query", "header"):
             raise _Excluded(f"needs {where} parameters")
+        if name in properties:
+            raise _Excluded(f"two parameters become the input field {name!r}")
         schema = _field_schema(param.get("schema") or {"type": "string"}, spec, name)
         if not schema.get("description") or schema["description"].startswith("The "):
             schema["description"] = _clean(param.get("description"), 300) or schema["description"]
         if where == "path":
             if schema.get("type") == "string":
                 schema.setdefault("minLength", 1)
+        elif where == "header":
+            header_params[name] = str(param.get("name"))
         else:
             query.append(name)
         if "example" in param and isinstance(param["example"], str | int):
@@ -454,6 +485,34 @@ def _inputs(operation: SpecOperation, spec: dict[str, Any], notes: list[str]) ->
         properties[name] = file_schema or _field_schema(raw, spec, name)
     required += [r for r in body_required if r in properties and r not in required]
     return properties, required, "json" if content_type == "application/json" else "multipart", query
+
+
+def _example_headers(operation: SpecOperation) -> dict[str, str]:
+    """Constant headers the operation's spec examples send (``OpenAI-Beta: assistants=v2``): the API wants them."""
+    examples = (operation.raw.get("x-oaiMeta") or {}).get("examples")
+    found: set[str] = set()
+    for example in examples if isinstance(examples, list) else [examples]:
+        request = example.get("request") if isinstance(example, dict) else None
+        texts = [request] if isinstance(request, str) else list(request.values()) if isinstance(request, dict) else []
+        for text in texts:
+            if isinstance(text, str):
+                found.update(_BETA_HEADER.findall(text))
+    if len(found) > 1:
+        raise _Excluded(f"its examples send different OpenAI-Beta headers ({', '.join(sorted(found))})")
+    return {"OpenAI-Beta": found.pop()} if found else {}
+
+
+def _pagination(query: list[str], output: Any) -> dict[str, str] | None:
+    """How a list pages, from its query fields and answer: ``after`` + ``has_more`` is cursor style, ``page`` +
+    ``next_page`` page style (the usage reports); anything else is not walked by ``fetch_all``."""
+    answer = output.get("properties") if isinstance(output, dict) else None
+    if not isinstance(answer, dict) or "data" not in answer:
+        return None
+    if "after" in query and "has_more" in answer:
+        return {"style": "cursor", "param": "after"}
+    if "page" in query and "next_page" in answer:
+        return {"style": "page", "param": "page"}
+    return None
 
 
 def _file_schema(raw: Any, spec: dict[str, Any], name: str) -> dict[str, Any] | None:
@@ -610,7 +669,8 @@ def _example_input(properties: dict[str, Any], required: list[str], schema: dict
 
 def _manifest(operation: SpecOperation, name: str, spec: dict[str, Any], label: str, notes: list[str],
               defs_cache: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    properties, required, encoding, query = _inputs(operation, spec, notes)
+    header_params: dict[str, str] = {}
+    properties, required, encoding, query = _inputs(operation, spec, notes, header_params)
     answer = _answer_kind(operation, spec)
     if answer == "binary":
         for dropped, note in _BINARY_DROPPED.items():
@@ -639,7 +699,18 @@ def _manifest(operation: SpecOperation, name: str, spec: dict[str, Any], label: 
     http: dict[str, Any] = {"method": operation.method, "path": operation.path}
     if query:
         http["query"] = query
+    constant_headers = _example_headers(operation)
+    if constant_headers:
+        http["headers"] = constant_headers
+    if header_params:
+        http["header_params"] = header_params
+    if operation.path.startswith(_ADMIN_PREFIX):
+        http["key"] = "admin"
     http["encoding"] = encoding
+    pagination = _pagination(query, output_schema)
+    if pagination:
+        http["pagination"] = pagination
+        properties.update(json.loads(json.dumps(_PAGINATION_INPUTS)))
     if operation.operation_id in _ASSEMBLED_STREAMS and "stream" in properties:
         http["stream"] = {"flag": "stream", "assemble": _ASSEMBLED_STREAMS[operation.operation_id]}
     if answer != "json":

@@ -186,11 +186,24 @@ def _read_key(key_env: str | None, key_stdin: bool) -> SecretStr | None:
     return None
 
 
+def _read_admin_key(variable: str | None) -> SecretStr | None:
+    """The Admin API key from the named environment variable (never an argument: argv is visible to all)."""
+    if not variable:
+        return None
+    key = api_key_from_text(os.environ.get(variable, ""), field=variable)
+    if key is None:
+        raise ConfigError(f"environment variable {variable} is empty or not set", field="admin_key")
+    return key
+
+
 @integrations_app.command("add")
 def integrations_add(
     name: str,
     key_env: Annotated[str | None, typer.Option(help="Read the API key from this environment variable.")] = None,
     key_stdin: Annotated[bool, typer.Option(help="Read the API key from the first line of stdin.")] = False,
+    admin_key_env: Annotated[str | None, typer.Option(help=(
+        "Read the Admin API key (sent by the /organization actions only) from this environment variable, "
+        "e.g. OPENAI_ADMIN_KEY."))] = None,
     organization_id: Annotated[str | None, typer.Option("--org", help="OpenAI-Organization.")] = None,
     project_id: Annotated[str | None, typer.Option("--project", help="OpenAI-Project.")] = None,
     base_url: Annotated[str | None, typer.Option(help="API base URL, including /v1.")] = None,
@@ -212,7 +225,8 @@ def integrations_add(
 ) -> None:
     """Add an integration; the key comes from an environment variable or stdin, never an argument."""
     fields: dict[str, Any] = {
-        "name": name, "api_key": _read_key(key_env, key_stdin), "organization_id": organization_id,
+        "name": name, "api_key": _read_key(key_env, key_stdin), "admin_key": _read_admin_key(admin_key_env),
+        "organization_id": organization_id,
         "project_id": project_id, "auth": {"placement": auth, "name": auth_name, "prefix": auth_prefix},
         "legacy_edits": legacy_edits, "rate_limits": {"requests_per_minute": rpm, "tokens_per_minute": tpm},
     }
