@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint bench generate redis-server clean
+.PHONY: setup demo test lint bench generate redis-server chromium clean
 
 setup: $(VENV)/.installed
 
@@ -21,13 +21,20 @@ redis-server:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 
+# The console's browser tests drive Debian's Chromium through Playwright (its own browser download is not used).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
 demo: setup
 	$(PY) -m workers.demo
 
 # The test suite starts its own redis-server on 127.0.0.1 (free port) and stops it afterwards.
-test: setup redis-server
+test: setup redis-server chromium
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -47,7 +47,7 @@ __all__ = [
     "ENTRY_POINT_GROUP", "MANIFEST_PATH_ENV", "MAX_DEPTH", "RESERVED_NAMES", "ActionManifest", "ActionResult",
     "Call", "CallOptions", "check_value", "coerce_inputs", "execute", "field_rows", "get", "handler",
     "load_manifest", "parse_json_text", "prepare", "problems_for", "read_text_file", "registry", "render_action",
-    "render_reference", "run", "uses_fast_path",
+    "render_reference", "repeat_safe", "run", "uses_fast_path",
 ]
 
 Handler = Callable[[Call], dict[str, Any]]
@@ -89,6 +89,17 @@ def _handler_module(name: str) -> Handler | None:
         return None
     module = importlib.import_module(f"actions.{name}")
     return module.run  # type: ignore[no-any-return]
+
+
+def repeat_safe(name: str, prepared: dict[str, Any]) -> bool:
+    """Whether this call may be repeated after a lost answer: the manifest says, unless its handler decides
+    per call (``openai_request``: by method)."""
+    manifest = get(name)
+    if _handler_of(manifest) is not None:
+        per_call = getattr(importlib.import_module(f"actions.{name}"), "repeat_safe", None)
+        if callable(per_call):
+            return bool(per_call(prepared))
+    return manifest.is_idempotent
 
 
 def prepare(name: str, inputs: Any) -> dict[str, Any]:

@@ -153,7 +153,7 @@ class Call:
             method, path, json_body=json_body, params=params, files=files, data=data, headers=headers,
             admin=admin, idempotent=self.manifest.is_idempotent if idempotent is None else idempotent,
             sse=assemble_stream is not None, body_reader=body_reader, max_retries=self.options.max_retries,
-            max_inline_wait=self.options.max_inline_wait,
+            max_inline_wait=self.options.max_inline_wait, action=self.manifest.name,
         )
         if assemble_stream is not None and response.events:
             response.body = assemble(assemble_stream, response.events)

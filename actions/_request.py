@@ -24,7 +24,7 @@ from urllib.parse import quote
 from actions._files import read_file_field
 from actions._manifest import ActionManifest
 from integration.errors import ConfigError, InputError
-from integration.model import AuthPlacement, Integration
+from integration.model import AuthPlacement, Integration, Provider
 
 __all__ = ["Request", "bracketed_pairs", "build_request", "check_credentials", "multipart_body"]
 
@@ -119,9 +119,11 @@ def build_request(manifest: ActionManifest, inputs: dict[str, Any]) -> Request:
 def check_credentials(manifest: ActionManifest, integration: Integration) -> None:
     """An admin action needs the integration's Admin API key: a config error naming the field, before any call.
 
-    An integration that sends no key at all (placement ``none``: a local server) needs none.
+    An integration that sends no key at all (placement ``none``: a local server) needs none, and Azure has
+    no Admin API: the provider's routing refuses those actions, saying so, rather than asking for a key.
     """
-    if manifest.http.key != "admin" or integration.auth.placement == AuthPlacement.none:
+    if (manifest.http.key != "admin" or integration.auth.placement == AuthPlacement.none
+            or integration.provider == Provider.azure):
         return
     if integration.admin_key is None:
         raise ConfigError(

@@ -26,8 +26,8 @@ import httpx
 
 from integration import errors
 from integration.aio import BridgeTransport, pause
-from integration.auth import ApiKeyAuth
 from integration.model import Integration
+from integration.providers import auth_for, route
 from integration.redact import install_log_redaction, scrub
 
 __all__ = ["ApiResponse", "BodyReader", "Client", "client_for", "close_all_clients"]
@@ -150,10 +150,10 @@ class Client:
         if integration.project_id:
             headers["OpenAI-Project"] = integration.project_id
         #: The Admin API key in the same placement, for /organization actions (``request(admin=True)``).
-        self._admin_auth = ApiKeyAuth(integration, admin=True)
+        self._admin_auth = auth_for(integration, admin=True)
         self._http = httpx.Client(
             base_url=integration.base_url + "/",
-            auth=ApiKeyAuth(integration),
+            auth=auth_for(integration),
             headers=headers,
             timeout=httpx.Timeout(connect=timeout.connect, read=timeout.read, write=timeout.write,
                                   pool=timeout.pool),
@@ -183,13 +183,20 @@ class Client:
         max_retries: int | None = None,
         max_inline_wait: float = DEFAULT_MAX_INLINE_WAIT,
         sleep: Callable[[float], None] = pause,
+        action: str | None = None,
     ) -> ApiResponse:
         """Send one logical request, retrying only what is safe; raise a typed error otherwise.
 
         ``admin`` sends the integration's Admin API key in place of its API key (the caller checks there is one).
+        The provider decides the URL (Azure's deployments and api-version, a compatible server's base
+        URL) before anything is sent, and may refuse the request there (``integration.providers``).
+        ``headers`` are added to this request only (constant headers, the generic request's extra headers).
         """
         retries = self.integration.max_retries if max_retries is None else max_retries
-        url = path.lstrip("/")
+        routed = route(self.integration, method, path, json_body=json_body, files=files, action=action)
+        url, json_body, files = routed.url, routed.json_body, routed.files
+        if routed.params:
+            params = {**(params or {}), **routed.params}
         started = time.monotonic()
         attempt = 0
         while True:

@@ -198,3 +198,37 @@ def run_cli(env: dict[str, str], *args: str, input_text: str | None = None,
     """``openai-pack ARGS`` in a child process with ``env``."""
     return subprocess.run([sys.executable, "-m", "workers.cli", *args], env=env, cwd=REPO_ROOT, text=True,
                           capture_output=True, input=input_text, timeout=timeout, check=False)
+
+
+def broker_of_its_own(worker_env: dict[str, str], redis_server: str, monkeypatch: pytest.MonkeyPatch,
+                      db: int) -> Iterator[dict[str, str]]:
+    """For a fixture: workers of a test's own on Redis database ``db`` (visibility timeout 8 s), so the
+    session worker takes none of its tasks; this process's Celery app points there until the test ends."""
+    import redis
+
+    import workers.app
+
+    env = dict(worker_env)
+    env["OPENAI_PACK_BROKER_URL"] = redis_server.rsplit("/", 1)[0] + f"/{db}"
+    env["OPENAI_PACK_VISIBILITY_TIMEOUT"] = "8"
+    redis.Redis.from_url(env["OPENAI_PACK_BROKER_URL"]).flushdb()
+    for key, value in env.items():
+        if key.startswith("OPENAI_PACK"):
+            monkeypatch.setenv(key, value)
+    workers.app.reconfigure()
+    yield env
+    workers.app.reconfigure()
+
+
+def finished_record(engine: Any, run_id: str, timeout: float = 60) -> dict[str, Any]:
+    """Wait for a run to end (succeeded, failed or cancelled) and return its whole record."""
+    header = engine.wait(run_id, timeout)
+    assert header is not None and header["status"] in ("succeeded", "failed", "cancelled"), header
+    record = engine.store.record(run_id)
+    assert record is not None
+    return record
+
+
+def steps_by_id(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A run record's step records keyed by step id."""
+    return {s["id"]: s for s in record["steps"]}

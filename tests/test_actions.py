@@ -28,6 +28,7 @@ from integration.client import close_all_clients
 from integration.model import Integration
 from integration.store import IntegrationStore
 from tests.conftest import CANARY_KEY, REPO_ROOT, run_cli
+from workers.cli.main import main as cli_main
 
 
 def _cli_env(home: Path) -> dict[str, str]:
@@ -50,6 +51,25 @@ def test_every_example_runs_end_to_end(name: str, sim_integration: Integration, 
         output = actions.run(name, inputs, sim_integration)
         assert set(example.output) <= set(output) | {"usage", "system_fingerprint", "service_tier"}, (name, output)
     assert simulator.calls >= len(manifest.examples)
+
+
+@pytest.mark.parametrize("name", sorted(actions.registry()))
+def test_every_actions_first_example_runs_from_the_cli(name: str, simulator: Simulator, isolated_home: Path,
+                                                       tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`openai-pack run NAME --input EXAMPLE` in this process (a child process per action would cost ~1 s each):
+    exit 0 and one JSON object on stdout, through the CLI's own input reading, integration lookup and output."""
+    IntegrationStore(path=isolated_home / "integrations.json").add(
+        Integration(name="sim", base_url=simulator.url, auth={"placement": "none"}), make_default=True)
+    manifest = actions.get(name)
+    inputs = dict(manifest.examples[0].input)
+    if "save_to" in inputs:
+        inputs["save_to"] = str(tmp_path / "saved")
+    with pytest.raises(SystemExit) as exited:
+        cli_main(["run", name, "--input", json.dumps(inputs)])
+    out, err = capsys.readouterr()
+    assert int(exited.value.code or 0) == 0, (name, err)
+    assert isinstance(json.loads(out), dict), (name, out)
+    assert simulator.calls >= 1
 
 
 # ---------------------------------------------------------------- auth placements through the CLI

@@ -20,7 +20,7 @@ import redis
 from actions.simulator import Simulator
 from integration.model import Integration
 from integration.store import IntegrationStore
-from tests.conftest import CANARY_KEY, WorkerProcess, run_cli
+from tests.conftest import CANARY_KEY, WorkerProcess, broker_of_its_own, run_cli
 from workers.workflow import parse_workflow
 
 pytestmark = pytest.mark.timeout(300)
@@ -134,18 +134,7 @@ def test_4_timed_out_paid_call_is_outcome_unknown_and_sent_once(pack: Any, simul
 def isolated_broker(worker_env: dict[str, str], redis_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         dict[str, str]]:
     """Workers of their own on another Redis database, so the session worker takes none of these tasks."""
-    env = dict(worker_env)
-    env["OPENAI_PACK_BROKER_URL"] = redis_server.rsplit("/", 1)[0] + "/3"
-    env["OPENAI_PACK_VISIBILITY_TIMEOUT"] = "8"
-    redis.Redis.from_url(env["OPENAI_PACK_BROKER_URL"]).flushdb()
-    for key, value in env.items():
-        if key.startswith("OPENAI_PACK"):
-            monkeypatch.setenv(key, value)
-    import workers.app
-
-    workers.app.reconfigure()
-    yield env
-    workers.app.reconfigure()
+    yield from broker_of_its_own(worker_env, redis_server, monkeypatch, db=3)
 
 
 FANOUT = """

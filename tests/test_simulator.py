@@ -704,7 +704,8 @@ def test_committed_spec_data_covers_every_operation_and_is_small() -> None:
     assert "createEdit" in operations and operations["createEdit"]["spec"] == "2023-12"
     assert len([o for o in operations.values() if o["spec"] == "2026-08"]) == 288  # every operation of the spec
     for manifest in actions.registry().values():  # so a new manifest never needs a re-extraction
-        assert manifest.openapi.operationId in operations, manifest.name
+        if manifest.name != "openai_request":  # the generic request binds no operation of the spec
+            assert manifest.openapi.operationId in operations, manifest.name
     for defs in data["defs"].values():
         Draft202012Validator.check_schema({"$defs": defs})
     for operation in operations.values():

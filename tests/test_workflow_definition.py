@@ -100,7 +100,7 @@ def test_on_and_no_are_not_booleans_and_dates_stay_text() -> None:
      "input.messages[0].role", "must be one of"),
     (("    input: {}\n", "    input: {}\n    colour: red\n"), "reject", "colour", "not a known field"),
     (("    input: {}\n", "    input: {}\n    retry: 2\n"), "reject", "retry", "did you mean 'retries'"),
-    (("integration: acme", 'integration: "{{ inputs.tenant }}"'), "moderate", "integration", "not a template"),
+    (("integration: acme", 'integration: "{{ inputs.tenant }}"'), "moderate", "integration", "not a declared input"),
     (('input: "{{ inputs.ticket }}"', 'input: "{{ inputs.ticket "'), "moderate", "input.input", "syntax error"),
     (('input: "{{ inputs.ticket }}"', 'input: "{{ inputs.tikcet }}"'), "moderate", "input.input",
      "did you mean 'ticket'"),

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO_ROOT, run_cli
+from tests.conftest import REPO_ROOT, finished_record, run_cli, steps_by_id
 from workers.workflow import parse_workflow
 
 pytestmark = pytest.mark.timeout(180)
@@ -19,15 +19,7 @@ def _run(pack: Any, text: str, inputs: dict[str, Any] | None = None, timeout: fl
     engine = pack.engine()
     run_id, created = engine.start_run(workflow, inputs or {}, trigger={"type": "manual"})
     assert created
-    header = engine.wait(run_id, timeout)
-    assert header is not None and header["status"] in ("succeeded", "failed", "cancelled"), header
-    record = engine.store.record(run_id)
-    assert record is not None
-    return record
-
-
-def _steps(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {s["id"]: s for s in record["steps"]}
+    return finished_record(engine, run_id, timeout)
 
 
 SEQUENCE = """
@@ -56,7 +48,7 @@ def test_steps_run_in_order_and_output_keeps_native_types(pack: Any, simulator: 
     record = _run(pack, SEQUENCE, {"text": "the printer is jammed", "n": "2"})
     assert record["status"] == "succeeded", record
     assert [s["id"] for s in record["steps"]] == ["moderate", "summarise"]
-    steps = _steps(record)
+    steps = steps_by_id(record)
     assert steps["moderate"]["finished"] <= steps["summarise"]["started"]
     assert record["output"]["flagged"] is False
     assert record["output"]["choices"] == 2  # "2" coerced to an int, then a native int out of the template
@@ -106,7 +98,7 @@ def test_conditions_choose_the_branch_and_publish_variables(pack: Any, text: str
                                                             skipped: str) -> None:
     record = _run(pack, BRANCHES, {"text": text})
     assert record["status"] == "succeeded", record
-    steps = _steps(record)
+    steps = steps_by_id(record)
     assert ran in steps and skipped not in steps
     assert record["output"]["verdict"] == verdict
     assert record["variables"]["verdict"] == verdict
@@ -139,7 +131,7 @@ output:
 
 def test_failure_transition_runs_the_fallback(pack: Any) -> None:
     record = _run(pack, FAILURE)
-    steps = _steps(record)
+    steps = steps_by_id(record)
     assert steps["missing"]["status"] == "failed"
     assert steps["missing"]["error"]["code"] == "not_found"
     assert steps["missing"]["attempts"] == 1  # a 404 is not retried
@@ -154,7 +146,7 @@ def test_unhandled_failure_fails_the_run_with_the_step_named(pack: Any) -> None:
     record = _run(pack, text)
     assert record["status"] == "failed"
     assert record["error"]["step"] == "missing"
-    assert "fallback" not in _steps(record)
+    assert "fallback" not in steps_by_id(record)
 
 
 TEMPLATE_ERROR = """
@@ -172,7 +164,7 @@ steps:
 def test_template_error_names_the_step_and_the_expression(pack: Any, simulator: Any) -> None:
     record = _run(pack, TEMPLATE_ERROR)
     assert record["status"] == "failed"
-    error = _steps(record)["second"]["error"]
+    error = steps_by_id(record)["second"]["error"]
     assert error["code"] == "template_error"
     assert "second" in error["message"] and "steps.first.output.no_such_field" in error["message"]
     assert simulator.calls_by_route() == {"GET /models": 1}  # nothing sent for the broken step
@@ -205,7 +197,7 @@ def test_with_items_200_keeps_order_and_the_concurrency_limit(pack: Any, simulat
     assert all(f"{i}:record-{i}" in text for i, text in enumerate(texts))
     assert simulator.calls == 200
     assert 1 < simulator.max_in_flight <= 5, simulator.max_in_flight
-    step = _steps(record)["classify"]
+    step = steps_by_id(record)["classify"]
     assert step["items"] == {"total": 200, "succeeded": 200, "failed": 0}
     assert step["usage"]["total_tokens"] > 0
 
@@ -217,7 +209,7 @@ def test_one_failed_item_is_reported_without_losing_the_others(pack: Any, simula
     text = text.replace("steps:\n  - id: classify", "steps:\n  - id: classify").replace(
         "      messages: [{role: user", "      messages: [{role: \"{{ 'bogus' if index == 3 else 'user' }}\"")
     record = _run(pack, text, {"records": [str(i) for i in range(8)]})
-    step = _steps(record)["classify"]
+    step = steps_by_id(record)["classify"]
     assert step["status"] == "failed"
     assert step["items"] == {"total": 8, "succeeded": 7, "failed": 1}
     items = step["item_results"]
@@ -266,7 +258,7 @@ def test_nightly_example_keeps_every_other_label_when_one_item_fails(pack: Any, 
     assert len(labels) == 6 and labels.count(None) == 1, record["output"]
     assert all(label.startswith("Simulated reply to:") for label in labels if label is not None)
     assert int(record["output"]["classified"]) == 5
-    items = _steps(record)["classify"]["item_results"]
+    items = steps_by_id(record)["classify"]["item_results"]
     failed = labels.index(None)
     assert items[failed]["error"]["code"] == "bad_request"
     # every paid answer stays readable in the record

@@ -114,7 +114,8 @@ class LedgeredCalls:
         manifest = actions.get(action)
         prepared = actions.prepare(action, inputs)  # bad input fails here, before any claim
         integration = resolve(integration)  # so does a missing integration; the default gets its name
-        stored = self.ledger.begin(key, idempotent=manifest.is_idempotent, what=what)
+        repeatable = actions.repeat_safe(action, prepared)  # the manifest's word, or the handler's per call
+        stored = self.ledger.begin(key, idempotent=repeatable, what=what)
         if stored is not None:
             return CallResult(output=stored.get("output"), usage=stored.get("usage") or {}, attempts=0,
                               request_ids=stored.get("request_ids") or [], replayed=True, cost=stored.get("cost"))
@@ -126,7 +127,7 @@ class LedgeredCalls:
         except OutcomeUnknownError:
             raise
         except NoAnswerError as exc:
-            if manifest.is_idempotent:
+            if repeatable:
                 self.ledger.release(key)
                 raise
             # The request may have been processed (and billed): the claim stays, nothing repeats it.

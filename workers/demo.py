@@ -60,6 +60,8 @@ def main() -> int:
               f"simulator received {sim.calls} calls")
         print("output:")
         print(json.dumps(record.get("output"), indent=2, ensure_ascii=False))
+        print(f"see this run in the web console: OPENAI_PACK_HOME={home} openai-pack console\n"
+              f"  then open the sign-in link it prints, and http://127.0.0.1:8090/console/runs/{run_id}")
         ok = header is not None and header.get("status") == "succeeded"
     return 0 if ok else 1
 

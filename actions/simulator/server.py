@@ -22,9 +22,10 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from actions import ActionManifest, registry
+from actions.simulator.azure import Fronts
 from actions.simulator.behaviours import (
     BEHAVIOURS,
     STREAMS,
@@ -81,6 +82,9 @@ class Simulator:
         #: Serve operations only an older spec has (today: POST /edits); False answers them 404 like the API.
         self.legacy_edits = legacy_edits
         self.rate_limit_rpm = rate_limit_rpm
+        #: Stand-ins for Azure OpenAI and for compatible servers under a path prefix (``azure.py``).
+        self.fronts = Fronts()
+        self.fronts.inner_key(self.api_key, self.auth)
         self.routes = RouteTable(registry() if manifests is None else manifests)
         self.url = ""
         #: When long jobs (batches, background responses, file indexing) finish; ``reset`` restores these.
@@ -128,6 +132,7 @@ class Simulator:
         batches, vector stores, responses, conversations), and restore the job settings (requests in flight stay
         counted)."""
         self._faults.clear()
+        self.fronts.reset()
         self._traffic.clear()
         self._rate.clear()
         self.context.store.clear()
@@ -532,11 +537,11 @@ def _control(sim: Simulator) -> list[Route]:
             Route("/v1/_sim/{rest:path}", unknown, methods=ALL_METHODS)]
 
 
-def _app(sim: Simulator) -> Starlette:
+def _app(sim: Simulator) -> ASGIApp:
     async def outside(request: Request) -> Response:
         return _json(sim, 404, error_body(f"Invalid URL ({request.method} {request.url.path}): this server serves /v1",
                                           "invalid_request_error", None, "unknown_url"))
 
     api: Callable[[Scope, Receive, Send], Awaitable[None]] = _Api(sim)
-    return Starlette(routes=[*_control(sim), Route("/v1/{path:path}", api), Route("/{path:path}", outside,
-                                                                                 methods=ALL_METHODS)])
+    return sim.fronts.wrap(Starlette(routes=[*_control(sim), Route("/v1/{path:path}", api),
+                                             Route("/{path:path}", outside, methods=ALL_METHODS)]))

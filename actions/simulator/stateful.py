@@ -11,9 +11,13 @@ Unknown ids answer 404 in OpenAI's error shape, with the API's wording for each 
 
 from __future__ import annotations
 
+import base64
 import copy
+import hashlib
 import json
+import math
 import re
+import struct
 import time
 from typing import Any
 
@@ -952,3 +956,42 @@ def delete_response(context: Context, call: Call) -> Any:
 def list_input_items(context: Context, call: Call) -> Any:
     found = _response_or_404(context, call.params["response_id"])
     return found if isinstance(found, Reply) else _listed(found.get("_input_items", []), call.query)
+
+
+# ---------------------------------------------------------------- embeddings
+
+#: Output size of each embedding model when ``dimensions`` is not given.
+EMBEDDING_SIZES = {"text-embedding-3-large": 3072}
+DEFAULT_EMBEDDING_SIZE = 1536
+
+
+def embedding_of(text: str, size: int) -> list[float]:
+    """A unit vector from the text's words (each hashed to a position and sign): texts that share words are
+    close by cosine, the same text always gives the same vector."""
+    vector = [0.0] * size
+    for word in _WORD.findall(text.lower()):
+        digest = hashlib.blake2b(word.encode(), digest_size=8).digest()
+        position = int.from_bytes(digest[:4], "big") % size
+        vector[position] += 1.0 if digest[4] % 2 == 0 else -1.0
+    norm = math.sqrt(sum(v * v for v in vector))
+    if norm == 0:
+        vector[0], norm = 1.0, 1.0
+    return [round(v / norm, 6) for v in vector]
+
+
+@behaviour("createEmbedding")
+def create_embedding(context: Context, call: Call) -> Any:  # noqa: ARG001 - the registry's signature
+    body = call.body
+    raw = body.get("input")
+    texts = [raw] if isinstance(raw, str) or (isinstance(raw, list) and raw and isinstance(raw[0], int)) else raw
+    size = int(body.get("dimensions") or EMBEDDING_SIZES.get(str(body.get("model")), DEFAULT_EMBEDDING_SIZE))
+    data = []
+    for index, text in enumerate(texts or []):
+        vector = embedding_of(text if isinstance(text, str) else " ".join(str(t) for t in text), size)
+        value: Any = vector
+        if body.get("encoding_format") == "base64":
+            value = base64.b64encode(struct.pack(f"<{size}f", *vector)).decode("ascii")
+        data.append({"object": "embedding", "index": index, "embedding": value})
+    used = sum(tokens(t if isinstance(t, str) else " ".join(map(str, t))) for t in texts or [])
+    return {"object": "list", "data": data, "model": body.get("model"),
+            "usage": {"prompt_tokens": used, "total_tokens": used}}

@@ -12,7 +12,9 @@ An override file ``manifests/overrides/<name>.json`` names an operation and says
   broken operationId such as ``Getorganizationspendlimit`` gets a readable name);
 - ``"manifest"``: the whole curated manifest, written as is (the seven seed actions);
 - ``"set"``: top-level manifest keys that replace the generated ones (title, description, idempotent, …);
-- ``"fields"``: per input field, keys merged into its schema (``null`` as a value removes that key);
+- ``"fields"``: per input field, keys merged into its schema (``null`` as a value removes that key); a field
+  the operation does not have may be added only as a pack option (``"x-pack-only": true``, never sent);
+- ``"output_fields"``: properties the pack's handler adds to the output (e.g. ``output_text``);
 - ``"exclude"``: a reason; the operation is listed as excluded instead of generated.
 
 The output is deterministic: the same spec and overrides give the same bytes, so a second run changes
@@ -179,9 +181,10 @@ def load_overrides(directory: Path = OVERRIDE_DIR) -> dict[str, tuple[str, dict[
     found: dict[str, tuple[str, dict[str, Any]]] = {}
     for path in sorted(directory.glob("*.json")):
         data = json.loads(path.read_text(encoding="utf-8"))
-        unknown = set(data) - {"operationId", "manifest", "set", "fields", "exclude", "why"}
+        unknown = set(data) - {"operationId", "manifest", "set", "fields", "output_fields", "exclude", "why"}
         if unknown or not isinstance(data.get("operationId"), str):
-            raise ValueError(f"{path}: an override needs operationId and only manifest/set/fields/exclude/why "
+            raise ValueError(f"{path}: an override needs operationId and only manifest/set/fields/output_fields/"
+                             "exclude/why "
                              f"(unknown: {sorted(unknown)})")
         if data["operationId"] in found:
             raise ValueError(f"{path}: operationId {data['operationId']!r} is overridden twice")
@@ -775,15 +778,24 @@ def _apply(manifest: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
             result[key] = value
     properties = result["input"]["properties"]
     for field_name, changes in (override.get("fields") or {}).items():
-        if field_name not in properties:
-            raise ValueError(f"override of {manifest['name']}: no input field {field_name!r}")
-        merged = dict(properties[field_name])
+        if field_name not in properties and not changes.get("x-pack-only"):
+            raise ValueError(f"override of {manifest['name']}: no input field {field_name!r} (a field the "
+                             "operation lacks can only be added as a pack option, with x-pack-only: true)")
+        merged = dict(properties.get(field_name) or {})
         for key, value in changes.items():
             if value is None:
                 merged.pop(key, None)
             else:
                 merged[key] = value
         properties[field_name] = merged
+    added = override.get("output_fields")
+    if added:
+        output = dict(result["output"])
+        if "allOf" in output:
+            output["allOf"] = [*output["allOf"], {"type": "object", "properties": added}]
+        else:
+            output["properties"] = {**(output.get("properties") or {}), **added}
+        result["output"] = output
     return result
 
 

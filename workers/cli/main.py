@@ -28,10 +28,11 @@ from actions.simulator.options import CONTROL_ROUTE_HELP, DEFAULT_PORT, Placemen
 from actions.simulator.options import HELP as SIM_HELP
 from integration.auth import api_key_from_text
 from integration.errors import ConfigError, InputError
-from integration.model import Integration
+from integration.model import Integration, Provider
 from integration.redact import install_log_redaction
-from integration.store import IntegrationStore, open_store
+from integration.store import IntegrationStore, open_store, resolve
 from workers.cli import boundary
+from workers.cli.console import register as register_console_commands
 from workers.cli.inputs import read_json_object
 from workers.cli.output import console, emit
 from workers.cli.serve import register as register_serve_commands
@@ -196,6 +197,17 @@ def _read_admin_key(variable: str | None) -> SecretStr | None:
     return key
 
 
+def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
+    """``KEY=VALUE`` options (repeatable) as a dict; a malformed one is named."""
+    pairs: dict[str, str] = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            _usage_error(option, f"{item!r} is not KEY=VALUE")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
 @integrations_app.command("add")
 def integrations_add(
     name: str,
@@ -207,9 +219,28 @@ def integrations_add(
     organization_id: Annotated[str | None, typer.Option("--org", help="OpenAI-Organization.")] = None,
     project_id: Annotated[str | None, typer.Option("--project", help="OpenAI-Project.")] = None,
     base_url: Annotated[str | None, typer.Option(help="API base URL, including /v1.")] = None,
-    auth: Annotated[str, typer.Option(help="bearer | header | query | none")] = "bearer",
+    provider: Annotated[str, typer.Option(help="openai | azure | a preset: ollama, vllm, litellm, openrouter, "
+                                               "groq, pienteger (see docs/providers.md).")] = "openai",
+    endpoint: Annotated[str | None, typer.Option(help="Azure: https://RESOURCE.openai.azure.com (any host).")] = None,
+    api_version: Annotated[str | None, typer.Option(help="Azure: dated api-version, e.g. 2024-10-21 "
+                                                         "(leave out for the /openai/v1 path).")] = None,
+    deployment: Annotated[list[str] | None, typer.Option(metavar="MODEL=DEPLOYMENT",
+                                                         help="Azure: the deployment serving a model.")] = None,
+    auth: Annotated[str | None, typer.Option(help="bearer | header | query | none | entra (Azure).")] = None,
     auth_name: Annotated[str | None, typer.Option(help="Header or query parameter name.")] = None,
     auth_prefix: Annotated[str, typer.Option(help="Text before the key in a custom header.")] = "",
+    tenant_env: Annotated[str, typer.Option(help="Entra: variable holding the tenant id.")] = "AZURE_TENANT_ID",
+    client_id_env: Annotated[str, typer.Option(help="Entra: variable holding the client id.")] = "AZURE_CLIENT_ID",
+    client_secret_env: Annotated[str, typer.Option(help="Entra: variable holding the client secret.")
+                                 ] = "AZURE_CLIENT_SECRET",
+    authority_host: Annotated[str | None, typer.Option(help="Entra: authority for sovereign clouds "
+                                                            "(default AZURE_AUTHORITY_HOST, else the public cloud).")
+                              ] = None,
+    entra_scope: Annotated[str | None, typer.Option(help="Entra: token scope (e.g. the .azure.us one).")] = None,
+    header: Annotated[list[str] | None, typer.Option(metavar="NAME=VALUE",
+                                                     help="An extra header on every request (repeatable).")] = None,
+    label: Annotated[list[str] | None, typer.Option(metavar="KEY=VALUE",
+                                                    help="A label steps can select on, e.g. customer=acme.")] = None,
     timeout: Annotated[float | None, typer.Option(help="Read timeout in seconds.")] = None,
     max_retries: Annotated[int | None, typer.Option(help="Retries of 429/5xx answers.")] = None,
     legacy_edits: Annotated[bool, typer.Option(help="The server still serves POST /edits.")] = False,
@@ -224,14 +255,49 @@ def integrations_add(
     replace: Annotated[bool, typer.Option(help="Replace an existing integration of that name.")] = False,
 ) -> None:
     """Add an integration; the key comes from an environment variable or stdin, never an argument."""
+    from integration.providers import PRESETS
+
+    known = {p.value for p in Provider}
+    if provider not in known:
+        _usage_error("--provider", f"{provider!r} is not a provider; choose one of {', '.join(sorted(known))}")
+    preset = PRESETS.get(Provider(provider), {})
     fields: dict[str, Any] = {
         "name": name, "api_key": _read_key(key_env, key_stdin), "admin_key": _read_admin_key(admin_key_env),
         "organization_id": organization_id,
-        "project_id": project_id, "auth": {"placement": auth, "name": auth_name, "prefix": auth_prefix},
-        "legacy_edits": legacy_edits, "rate_limits": {"requests_per_minute": rpm, "tokens_per_minute": tpm},
+        "project_id": project_id, "provider": provider, "legacy_edits": legacy_edits,
+        "rate_limits": {"requests_per_minute": rpm, "tokens_per_minute": tpm}, "labels": _pairs(label, "--label"),
+        "extra_headers": {**preset.get("extra_headers", {}), **_pairs(header, "--header")},
     }
-    if base_url:
-        fields["base_url"] = base_url
+    if auth is not None:
+        fields["auth"] = {"placement": auth, "name": auth_name, "prefix": auth_prefix}
+    elif auth_name or auth_prefix:
+        fields["auth"] = {"placement": "header", "name": auth_name, "prefix": auth_prefix}
+    elif "auth" in preset:
+        fields["auth"] = preset["auth"]
+    elif provider != Provider.azure:
+        fields["auth"] = {"placement": "bearer"}
+    azure_options = {"--endpoint": endpoint, "--api-version": api_version, "--deployment": deployment}
+    if provider == Provider.azure:
+        if not endpoint:
+            _usage_error("--endpoint", "is required with --provider azure (https://RESOURCE.openai.azure.com)")
+        if base_url:
+            _usage_error("--base-url", "does not apply to --provider azure: give --endpoint")
+        entra = None
+        if auth == "entra":
+            entra = {"tenant_id_env": tenant_env, "client_id_env": client_id_env,
+                     "client_secret_env": client_secret_env, "authority_host": authority_host}
+            if entra_scope:
+                entra["scope"] = entra_scope
+        fields["azure"] = {"endpoint": endpoint, "api_version": api_version,
+                           "deployments": _pairs(deployment, "--deployment"), "entra": entra}
+    else:
+        given = [option for option, value in azure_options.items() if value]
+        if given:
+            _usage_error(given[0], "only applies to --provider azure")
+        if auth == "entra":
+            _usage_error("--auth", "entra only applies to --provider azure")
+        if base_url or preset.get("base_url"):
+            fields["base_url"] = base_url or preset["base_url"]
     if timeout is not None:
         fields["timeout"] = {"read": timeout}
     if max_retries is not None:
@@ -255,10 +321,11 @@ def integrations_list(as_json: Annotated[bool, typer.Option("--json")] = False) 
     if as_json:
         emit([{**i.public_dict(), "default": i.name == default_name} for i in items])
         return
-    table = Table("name", "default", "base_url", "auth", "organization", "key")
+    table = Table("name", "default", "provider", "base_url", "auth", "organization", "labels", "key")
     for i in items:
-        table.add_row(i.name, "yes" if i.name == default_name else "", i.base_url, i.auth.placement.value,
-                      i.organization_id or "", "set" if i.api_key else "none")
+        table.add_row(i.name, "yes" if i.name == default_name else "", i.provider.value, i.base_url,
+                      i.auth.placement.value, i.organization_id or "",
+                      ", ".join(f"{k}={v}" for k, v in i.labels.items()), "set" if i.api_key else "none")
     console.print(table)
 
 
@@ -271,9 +338,11 @@ def integrations_remove(name: str) -> None:
 
 @integrations_app.command("check")
 def integrations_check(name: Annotated[str | None, typer.Argument(help="Default: the default one.")] = None) -> None:
-    """Check the connection: list the models with this integration's URL and key."""
-    listing = actions.run("list_models", {}, name)
-    emit({"ok": True, "integration": name or "default", "models": len(listing.get("data") or [])})
+    """Check the connection and say which actions the endpoint answers: one free probe per group of actions
+    (a list, or a body the API refuses with 400), never a paid call. A refused key fails the check."""
+    from workers.cli.probe import probe
+
+    emit(probe(resolve(name)))
 
 
 @integrations_app.command("rotate-key")
@@ -324,6 +393,7 @@ def docs(
 register_workflow_commands(app)
 register_serve_commands(app)
 register_spec_commands(app)
+register_console_commands(app)
 register_usage_commands(app)
 
 

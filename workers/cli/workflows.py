@@ -103,17 +103,27 @@ def workflow_run(
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the result and print it.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 3600,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run record as JSON.")] = False,
+    integration: Annotated[str | None, typer.Option(
+        "--integration", metavar="NAME", help="Use this integration for every step that names none "
+        "(overrides the workflow's default for this run).")] = None,
 ) -> None:
     """Start a run. Without a broker configured, an in-process worker runs it (and --wait is implied)."""
     install_log_redaction()
     workflow = _load(file)
     inputs = read_json_object(input_, "--input")
+    if integration is not None:
+        from integration.store import open_store
+
+        if integration not in open_store():  # refused before the run exists, naming the option
+            raise InputError([{"field": "--integration", "reason": f"no stored integration named {integration!r} "
+                                                                   "(see `openai-pack integrations list`)"}])
     from workers.app import engine, settings
     from workers.embedded import in_process_worker
 
     embedded = settings.embedded
     with in_process_worker(workflow=workflow) if embedded else nullcontext():
-        run_id, _ = engine().start_run(workflow, inputs, trigger={"type": "manual", "file": str(file)})
+        run_id, _ = engine().start_run(workflow, inputs, trigger={"type": "manual", "file": str(file)},
+                                       integration=integration)
         if not (wait or embedded):
             emit({"run_id": run_id, "status": "running"})
             return
@@ -172,6 +182,9 @@ def _print_run(run_id: str, as_json: bool) -> None:
         elif step.get("items"):
             items = step["items"]
             detail = f"{items.get('succeeded', 0)}/{items['total']} items"
+        elif step.get("wait"):  # a durable wait: what is awaited and how far it is
+            wait = step["wait"]
+            detail = f"{wait.get('summary', wait.get('kind'))} ({wait.get('polls', 0)} polls)"
         table.add_row(step["id"], step.get("action", ""), step.get("status", ""), str(step.get("attempts", 0)),
                       str((step.get("usage") or {}).get("total_tokens", "")), _usd(step.get("cost")),
                       str(step.get("started", ""))[11:23],

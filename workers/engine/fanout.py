@@ -51,6 +51,9 @@ class FanOut:
         if record.get("status") in FINISHED:
             engine.complete(run_id, workflow, step_id, record["status"], replay=True)
             return
+        if step.mode == "batch":  # the items go to the Batch API (workers.engine.batchmode)
+            engine.batches.run(run_id, workflow, step_id, cancelled=cancelled)
+            return
         if cancelled:
             self.store.save_step(run_id, step_id, {"status": "cancelled", "finished": now_iso()})
             engine.complete(run_id, workflow, step_id, "cancelled", replay=False)

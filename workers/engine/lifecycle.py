@@ -16,17 +16,19 @@ from typing import TYPE_CHECKING, Any
 from integration.errors import PackError, StoreError
 from integration.model import Integration
 from integration.redact import scrub_data
-from integration.store import resolve
 from workers.calls import CallResult, LedgeredCalls, redact
+from workers.engine.batchmode import BatchMode
 from workers.engine.context import TemplateContext
 from workers.engine.fanout import FanOut, SlotDispatch
+from workers.engine.selection import select_integration
+from workers.engine.waits import Waits
 from workers.observe import run_started, step_scope
 from workers.requeue import Requeue
 from workers.settings import Settings
 from workers.state.kv import Op
 from workers.state.ledger import Ledger
 from workers.state.runs import FINISHED, RunStore, now_iso
-from workers.workflow import Workflow, render
+from workers.workflow import Step, Workflow, render
 
 if TYPE_CHECKING:
     from workers.state.budget import Budget
@@ -54,13 +56,23 @@ class Engine:
         self.calls = LedgeredCalls(ledger, settings, budget, store)
         self.context = TemplateContext(store)
         self.fanout = FanOut(self)
+        self.waits = Waits(self)
+        self.batches = BatchMode(self)
 
     # starting ------------------------------------------------------------------------------
     def start_run(self, workflow: Workflow, raw_inputs: Any, *, trigger: dict[str, Any],
-                  idempotency_key: str | None = None) -> tuple[str, bool]:
-        """Validate inputs, save the run and dispatch its first step: (run id, newly created)."""
+                  idempotency_key: str | None = None, integration: str | None = None) -> tuple[str, bool]:
+        """Validate inputs, save the run and dispatch its first step: (run id, newly created).
+
+        ``integration`` overrides the workflow's own default for this run (steps naming one keep theirs);
+        it is stored in the run's copy of the definition, so every worker sees it.
+        """
         inputs = workflow.coerce_inputs(raw_inputs)
-        run_id, created = self.store.create(workflow=workflow.to_dict(), inputs=inputs, trigger=trigger,
+        definition = workflow.to_dict()
+        if integration is not None:
+            definition["integration"] = integration
+            trigger = {**trigger, "integration": integration}
+        run_id, created = self.store.create(workflow=definition, inputs=inputs, trigger=trigger,
                                             idempotency_key=idempotency_key)
         if created:
             try:
@@ -92,6 +104,7 @@ class Engine:
         if status is None or status in FINISHED:
             return False
         self.store.update(run_id, status="cancelled", cancelled=now_iso())
+        self.waits.cancel_run(run_id)  # remote jobs the run waits for are cancelled now, not at the next poll
         return True
 
     def workflow(self, run_id: str) -> Workflow:
@@ -141,10 +154,15 @@ class Engine:
         record = self.store.step(run_id, step_id) or {}
         replay = record.get("status") in FINISHED
         if not replay:
-            if cancelled:
+            step = workflow.step(step_id)
+            if record.get("status") == "waiting":  # a durable wait: poll the job once (or re-queue)
+                record, full_output, done = self.waits.poll(run_id, step, record, cancelled=cancelled)
+            elif cancelled:
                 record, full_output, done = {"status": "cancelled", "finished": now_iso()}, None, []
             else:
                 record, full_output, done = self.execute(run_id, workflow, step_id, record, None, None)
+                if step.wait is not None and record["status"] == "succeeded":
+                    record, full_output, done = self.waits.begin(run_id, step, record, full_output, done)
             # ledger "done", full output, record: in this order, one round trip; the first final record wins
             if not self.store.save_step_result(run_id, step_id, record, full_output, before=done):
                 log.warning("step %s of run %s was ended by another delivery meanwhile; its record stands "
@@ -163,8 +181,10 @@ class Engine:
             with step_scope(run_id, step_id, index):  # the step's span; the run id as the Reconify session
                 context = self.context.build(run_id, workflow, item=item, index=index, has_item=index is not None)
                 inputs = render(step.input, context, step=step_id)
+                integration = self._integration(workflow.integration_for(step), step.timeout, context, step_id)
+                record["integration"] = integration.name  # the run record says which integration each step used
                 result: CallResult = self.calls.call(
-                    step.action, inputs, self._integration(step.integration, step.timeout), key=ledger_key,
+                    step.action, inputs, integration, key=ledger_key,
                     what=f"step {step_id!r}", max_retries=step.retries, redact_paths=tuple(step.redact),
                     requeues=lambda: self.store.count(run_id, f"requeues:{ledger_key}"))
         except (Requeue, StoreError, OSError, ConnectionError):
@@ -189,9 +209,15 @@ class Engine:
                       attempts=record.get("attempts", 0) + int(error.details.get("attempts") or 1))
         return record
 
+    def integration_for(self, step: Step, chosen: str | None = None) -> Integration:
+        """The integration of a step's later calls (a wait's polls and cancel, batch mode), its timeout applied:
+        ``chosen`` is the name the step's selection gave when it ran (kept in its record), else its own setting."""
+        return self._integration(chosen or step.integration, step.timeout, {}, step.id)
+
     @staticmethod
-    def _integration(name: str | None, timeout: float | None) -> Integration:
-        integration = resolve(name)
+    def _integration(spec: str | dict[str, Any] | None, timeout: float | None, context: Any,
+                     step_id: str) -> Integration:
+        integration = select_integration(spec, context, step=step_id)
         if timeout is not None:
             integration = integration.model_copy(
                 update={"timeout": integration.timeout.model_copy(update={"read": float(timeout)})})

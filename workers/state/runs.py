@@ -152,6 +152,11 @@ class RunStore:
             fields = [str(i) for i in range(start, min(start + size, total))]
             yield start, [_load(v) for v in self.kv.hmget(key, fields)]
 
+    def item_input_chunks(self, run_id: str, step_id: str, total: int,
+                          size: int = 1000) -> Iterator[tuple[int, list[Any]]]:
+        """``(start, items)`` of a fan-out's rendered items in index order, ``size`` at a time."""
+        return self._chunks(self._run(run_id, f"fanout:{step_id}"), total, size)
+
     def save_item_inputs(self, run_id: str, step_id: str, items: list[Any]) -> None:
         """One field per item, so an item task reads its own item, not the whole list."""
         key = self._run(run_id, f"fanout:{step_id}")
@@ -179,6 +184,15 @@ class RunStore:
         """
         return self.kv.finish_item(self._run(run_id, "flags"), self._run(run_id, "ctr"), step_id, index, failed)
 
+    def save_waiting(self, run_id: str, step_id: str, record: dict[str, Any], *,
+                     before: list[Op] | None = None) -> None:
+        """A step waiting for a remote job (``status: waiting``, what is awaited and how far it is).
+
+        Not final: each poll rewrites it. ``before`` (the ledger's "done" of the call that started
+        the job) goes first in the same round trip, so a redelivery never starts the job twice.
+        """
+        self.kv.batch([*(before or []), ("hset", (self._run(run_id, "steps"), {step_id: _dump(record)}), {})])
+
     # results: a step's final record is written once ------------------------------------------
     def save_step_result(self, run_id: str, step_id: str, record: dict[str, Any], full_output: Any = None, *,
                          before: list[Op] | None = None) -> bool:
@@ -203,6 +217,18 @@ class RunStore:
         ops = [*(before or []),
                ("hset_if_first", (self._run(run_id, "flags"), f"final:{step_id}:{index}", writes), {})]
         return bool(self.kv.batch(ops)[-1])
+
+    def save_item_results(self, run_id: str, step_id: str,
+                          results: list[tuple[int, dict[str, Any], Any]]) -> None:
+        """``save_item_result`` for many items in one round trip (a batch job's results, mapped back)."""
+        ops: list[Op] = []
+        for index, record, full_output in results:
+            writes = [(self._run(run_id, f"items:{step_id}"), str(index), _dump(record))]
+            if full_output is not None:
+                writes.append((self._run(run_id, f"ctx:{step_id}"), str(index), _json(full_output)))
+            ops.append(("hset_if_first", (self._run(run_id, "flags"), f"final:{step_id}:{index}", writes), {}))
+        if ops:
+            self.kv.batch(ops)
 
     def full_output(self, run_id: str, step_id: str) -> tuple[bool, Any]:
         """(found, value): the unredacted output kept for templates while the run is active."""

@@ -475,8 +475,12 @@ async def _internal_error(_: Request, exc: Exception) -> JSONResponse:
 
 
 def create_app(workflows_dir: str | Path, *, engine: Engine | None = None, max_wait: float = 300,
-               rate_per_minute: int = 600, failed_auth_per_minute: int = FAILED_AUTH_PER_MINUTE) -> Starlette:
-    """The ASGI app over the workflows of ``workflows_dir``; ``engine`` defaults to the process's."""
+               rate_per_minute: int = 600, failed_auth_per_minute: int = FAILED_AUTH_PER_MINUTE,
+               console_loopback_only: bool = True) -> Starlette:
+    """The ASGI app over the workflows of ``workflows_dir``; ``engine`` defaults to the process's.
+
+    With ``OPENAI_PACK_CONSOLE_TOKEN`` set, the web console is mounted at ``/console`` too.
+    """
     install_log_redaction()
     workflows = load_workflow_dir(workflows_dir)
     if engine is None:
@@ -493,6 +497,12 @@ def create_app(workflows_dir: str | Path, *, engine: Engine | None = None, max_w
         metrics_route(engine.settings.broker_url),  # Prometheus (workers.observe.metrics)
     ])
     app.state.hooks = hooks
+    from workers.console import MOUNT, console_token, create_console_app
+
+    token = console_token()
+    if token:
+        app.mount(MOUNT, create_console_app(token, workflows_dir=workflows_dir, engine=engine,
+                                            loopback_only=console_loopback_only))
     return app
 
 
@@ -510,8 +520,10 @@ def serve(workflows_dir: str | Path, host: str = "127.0.0.1", port: int = 8080, 
     import uvicorn
 
     configure_logging(log_level)
+    from workers.console import is_loopback
+
     app = create_app(workflows_dir, max_wait=max_wait, rate_per_minute=rate_per_minute,
-                     failed_auth_per_minute=failed_auth_per_minute)
+                     failed_auth_per_minute=failed_auth_per_minute, console_loopback_only=is_loopback(host))
     hooks = sorted(name for name, w in app.state.hooks.workflows.items() if w.webhook)
     log.info("serving %d hook(s) on http://%s:%d/hooks/: %s", len(hooks), host, port, ", ".join(hooks) or "none")
     # uvicorn's access log is off: it would print query strings; the line per request above says what matters.

@@ -2,7 +2,7 @@
 
 Everything that can be checked before a run is checked when the file is loaded, so a mistake
 costs nothing: templates that do not compile or name unknown inputs or steps, literal inputs the
-action would refuse, a templated integration, a default its own input refuses. Each problem is a
+action would refuse, a malformed integration name, a default its own input refuses. Each problem is a
 ``WorkflowError`` naming the file, the step and the field.
 """
 
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
+import re
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -18,11 +20,15 @@ from jinja2 import TemplateSyntaxError, meta, nodes
 import actions
 from actions import coerce_inputs, problems_for
 from workers.workflow.errors import WorkflowError
-from workers.workflow.model import input_schema
+from workers.workflow.jobs import batch_problem, job_for, waitable_actions
+from workers.workflow.model import WaitSpec, input_schema
 from workers.workflow.templates import ITEM_NAMES, compiled, has_template, parsed, shown
 
-__all__ = ["Scope", "check_action", "check_defaults", "check_integrations", "check_literal_inputs",
-           "check_templates", "step_label", "suggest", "template_strings"]
+__all__ = ["Scope", "check_action", "check_batch_mode", "check_defaults", "check_integrations", "check_literal_inputs",
+           "check_templates", "check_wait", "parse_duration", "step_label", "suggest", "template_strings", "wait_spec"]
+
+
+_INTEGRATION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def step_label(data: dict[str, Any], index: int) -> str:
@@ -130,14 +136,13 @@ def check_literal_inputs(step_input: dict[str, Any], action: str, source: str, s
                             field=f"input.{first['field']}" if first["field"] else "input")
 
 
-def check_integrations(data: dict[str, Any], source: str) -> None:
-    """A templated integration gets its own message (the schema's pattern error would not say why)."""
-    for index, raw in enumerate(data.get("steps") or []):
-        value = raw.get("integration") if isinstance(raw, dict) else None
-        if isinstance(value, str) and has_template(value):
-            raise WorkflowError("must be an integration name, not a template: which credentials a step uses is "
-                                "fixed when the workflow is written", file=source, step=step_label(data, index),
-                                field="integration")
+def check_integrations(value: Any, where: str, scope: Scope, source: str, step: str | None) -> None:
+    """A literal integration name is well-formed and its templates compile against the scope (which
+    integration exists is only known at run time: the store may change between load and run)."""
+    if isinstance(value, str) and not has_template(value) and not _INTEGRATION_NAME.match(value):
+        raise WorkflowError(f"{value!r} is not an integration name (1-64 letters, digits, '_', '.' or '-') nor a "
+                            "template", file=source, step=step, field=where)
+    check_templates(value, where, scope, source, step)
 
 
 def check_action(action: str, source: str, step_id: str) -> None:
@@ -159,3 +164,78 @@ def check_defaults(inputs: dict[str, dict[str, Any]], source: str) -> None:
         if problems:
             sub = f".{problems[0]['field']}" if problems[0]["field"] else ""
             raise WorkflowError(f"default{sub}: {problems[0]['reason']}", file=source, field=f"inputs.{name}")
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+#: The longest a step may wait for a job (a fine-tuning job can take days; a batch's window is 24 h).
+MAX_WAIT_SECONDS = 30 * 86400.0
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds from a number or text such as ``90s``, ``30m``, ``24h``, ``7d`` (None when it is neither)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return float(match[1]) * _UNIT_SECONDS[match[2] or "s"]
+    return None
+
+
+def wait_spec(raw: Any, source: str, step_id: str) -> WaitSpec | None:
+    """A step's ``wait:`` (``true`` or a mapping the schema already shaped) as a ``WaitSpec``."""
+    if raw is None or raw is False:
+        return None
+    if raw is True:
+        return WaitSpec()
+    values: dict[str, float] = {}
+    for name, low, high in (("timeout", 1.0, MAX_WAIT_SECONDS), ("interval", 0.05, 3600.0),
+                            ("max_interval", 0.05, 86400.0)):
+        if name not in raw:
+            continue
+        seconds = parse_duration(raw[name])
+        if seconds is None or not low <= seconds <= high:
+            raise WorkflowError(f"must be a duration between {low:g} and {high:g} seconds (a number, or text "
+                                f"such as 90s, 30m, 24h, 7d), got {raw[name]!r}", file=source, step=step_id,
+                                field=f"wait.{name}")
+        values[name] = seconds
+    until = raw.get("until") or ()
+    spec = WaitSpec(until=(until,) if isinstance(until, str) else tuple(until), **values)
+    if spec.max_interval < spec.interval:
+        raise WorkflowError(f"must be at least wait.interval ({spec.interval:g} s)", file=source, step=step_id,
+                            field="wait.max_interval")
+    return spec
+
+
+def check_batch_mode(action: str, fan_out: bool, source: str, step_id: str) -> None:
+    """``mode: batch`` is for a with_items step whose action ``/v1/batches`` accepts."""
+    if not fan_out:
+        raise WorkflowError("mode: batch applies to a step with with_items (its items become one batch job)",
+                            file=source, step=step_id, field="mode")
+    problem = batch_problem(action)
+    if problem:
+        raise WorkflowError(problem, file=source, step=step_id, field="mode")
+
+
+def check_wait(action: str, spec: WaitSpec, fan_out: bool, source: str, step_id: str, *, mode: str = "live") -> None:
+    """The action starts (or retrieves) a job the pack knows how to poll, and ``until`` names its statuses."""
+    if mode == "batch":  # the step's batches are waited for: only the times apply
+        if spec.until:
+            raise WorkflowError("a mode: batch step waits until its batches end; until does not apply",
+                                file=source, step=step_id, field="wait.until")
+        return
+    if fan_out:
+        raise WorkflowError("a with_items step cannot wait yet: wait for each job in a step of its own, or "
+                            "use one batch job", file=source, step=step_id, field="wait")
+    job = job_for(action)
+    if job is None:
+        raise WorkflowError(f"{action!r} starts no job to wait for; wait works with "
+                            f"{', '.join(waitable_actions())}", file=source, step=step_id, field="wait")
+    for status in spec.until:
+        if status not in job.kind.statuses:
+            raise WorkflowError(f"{status!r} is not a status of a {job.kind.name}{suggest(status, job.kind.statuses)}"
+                                f"; it has {', '.join(sorted(job.kind.statuses))}", file=source, step=step_id,
+                                field="wait.until")

@@ -25,15 +25,25 @@ from actions import problems_for
 from workers.workflow.checks import (
     Scope,
     check_action,
+    check_batch_mode,
     check_defaults,
     check_integrations,
     check_literal_inputs,
     check_templates,
+    check_wait,
     step_label,
     suggest,
+    wait_spec,
 )
 from workers.workflow.errors import WorkflowError
-from workers.workflow.model import DEFAULT_CONCURRENCY, DEFAULT_MAX_BODY, Step, Transition, WebhookConfig, Workflow
+from workers.workflow.model import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_BODY,
+    Step,
+    Transition,
+    WebhookConfig,
+    Workflow,
+)
 from workers.workflow.templates import CONTEXT_NAMES, ITEM_NAMES, has_template
 
 __all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "MAX_STEPS", "MAX_VALUES", "YAMLLimitError", "build", "load_workflow",
@@ -281,12 +291,19 @@ def _build_step(raw: dict[str, Any], ids: list[str], scope: Scope, source: str, 
             check_templates(transition.condition, f"on[{index}].if", scope, source, sid)
             check_templates(transition.publish, f"on[{index}].publish", scope, source, sid)
         check_literal_inputs(step_input, action, source, sid)
+        check_integrations(raw.get("integration"), "integration", item_scope, source, sid)
+    mode = raw.get("mode", "live")
+    if mode == "batch" and not trusted:
+        check_batch_mode(action, with_items is not None, source, sid)
+    wait = wait_spec(raw.get("wait"), source, sid)
+    if wait is not None and not trusted:
+        check_wait(action, wait, with_items is not None, source, sid, mode=mode)
     timeout = raw.get("timeout")
     return Step(
         id=sid, action=action, integration=raw.get("integration"), input=step_input, retries=raw.get("retries"),
         timeout=float(timeout) if timeout is not None else None, redact=tuple(raw.get("redact") or ()),
         with_items=with_items, concurrency=int(raw.get("concurrency", DEFAULT_CONCURRENCY)), on=on,
-        description=raw.get("description", ""),
+        description=raw.get("description", ""), wait=wait, mode=mode,
     )
 
 
@@ -298,7 +315,6 @@ def build(data: Any, source: str, *, trusted: bool = False) -> Workflow:
     if isinstance(steps_given, list) and len(steps_given) > MAX_STEPS:
         raise WorkflowError(f"has {len(steps_given)} steps, more than {MAX_STEPS}; {_LIMITS_DOC}",
                             file=source, field="steps")
-    check_integrations(data, source)
     if problem := _schema_error(data, source):
         raise problem
     ids = [s["id"] for s in data["steps"]]
@@ -321,8 +337,10 @@ def build(data: Any, source: str, *, trusted: bool = False) -> Workflow:
     hook = data.get("webhook")
     webhook = WebhookConfig(hook["secret_env"], hook.get("signature"),
                             int(hook.get("max_body_bytes", DEFAULT_MAX_BODY))) if hook else None
+    if not trusted:
+        check_integrations(data.get("integration"), "integration", scope, source, None)
     return Workflow(name=data["name"], description=data.get("description", ""), inputs=inputs, steps=steps,
-                    start=start, output=output, webhook=webhook, source=source)
+                    start=start, output=output, webhook=webhook, integration=data.get("integration"), source=source)
 
 
 # ---------------------------------------------------------------- entry points

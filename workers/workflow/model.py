@@ -31,7 +31,7 @@ from integration.errors import InputError
 from workers.workflow.errors import WorkflowError
 from workers.workflow.templates import evaluate, render
 
-__all__ = ["DEFAULT_CONCURRENCY", "DEFAULT_MAX_BODY", "Step", "Transition", "WebhookConfig", "Workflow",
+__all__ = ["DEFAULT_CONCURRENCY", "DEFAULT_MAX_BODY", "Step", "Transition", "WaitSpec", "WebhookConfig", "Workflow",
            "input_schema"]
 
 DEFAULT_CONCURRENCY = 5
@@ -64,12 +64,32 @@ _WHEN_OF_STATUS = {"succeeded": "success", "failed": "failure"}
 
 
 @dataclass(frozen=True)
+class WaitSpec:
+    """A step's ``wait:``: poll the job the step started until it ends (``workers.engine.waits``).
+
+    ``until`` empty means the job kind's own success statuses; times are seconds.
+    """
+
+    until: tuple[str, ...] = ()
+    timeout: float = 24 * 3600.0
+    interval: float = 5.0
+    max_interval: float = 300.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"timeout": self.timeout, "interval": self.interval, "max_interval": self.max_interval}
+        if self.until:
+            out["until"] = list(self.until)
+        return out
+
+
+@dataclass(frozen=True)
 class Step:
     """One step; ``on`` is None when the file had no ``on`` (then: next step in the list on success)."""
 
     id: str
     action: str
-    integration: str | None = None
+    #: a name, a template, or a selection ``{match, labels, fallback}`` (``workers.engine.selection``)
+    integration: str | dict[str, Any] | None = None
     input: dict[str, Any] = field(default_factory=dict)
     retries: int | None = None
     timeout: float | None = None
@@ -78,13 +98,15 @@ class Step:
     concurrency: int = DEFAULT_CONCURRENCY
     on: tuple[Transition, ...] | None = None
     description: str = ""
+    wait: WaitSpec | None = None
+    mode: Literal["live", "batch"] = "live"
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "action": self.action}
         if self.description:
             out["description"] = self.description
         if self.integration is not None:
-            out["integration"] = self.integration
+            out["integration"] = copy.deepcopy(self.integration)
         out["input"] = copy.deepcopy(self.input)
         if self.retries is not None:
             out["retries"] = self.retries
@@ -95,6 +117,10 @@ class Step:
         if self.with_items is not None:
             out["with_items"] = copy.deepcopy(self.with_items)
             out["concurrency"] = self.concurrency
+        if self.mode != "live":
+            out["mode"] = self.mode
+        if self.wait is not None:
+            out["wait"] = self.wait.to_dict()
         if self.on is not None:
             out["on"] = [t.to_dict() for t in self.on]
         return out
@@ -126,6 +152,8 @@ class Workflow:
     start: str = ""
     output: dict[str, Any] | None = None
     webhook: WebhookConfig | None = None
+    #: the integration of steps that name none (same forms as ``Step.integration``)
+    integration: str | dict[str, Any] | None = None
     source: str = "<string>"
     _index: dict[str, int] = field(init=False, repr=False, compare=False, default_factory=dict)
 
@@ -133,6 +161,10 @@ class Workflow:
         self._index.update({s.id: i for i, s in enumerate(self.steps)})
         if not self.start and self.steps:
             object.__setattr__(self, "start", self.steps[0].id)
+
+    def integration_for(self, step: Step) -> str | dict[str, Any] | None:
+        """The step's own integration, else the workflow's (a run's override is stored as the workflow's)."""
+        return step.integration if step.integration is not None else self.integration
 
     def step(self, step_id: str) -> Step:
         index = self._index.get(step_id)
@@ -209,6 +241,8 @@ class Workflow:
             out["output"] = copy.deepcopy(self.output)
         if self.webhook is not None:
             out["webhook"] = self.webhook.to_dict()
+        if self.integration is not None:
+            out["integration"] = copy.deepcopy(self.integration)
         out["source"] = self.source
         return out
 

@@ -43,6 +43,7 @@ from jinja2.sandbox import (
 from markupsafe import Markup
 
 from workers.workflow.errors import TemplateError
+from workers.workflow.vectors import cosine, top_k
 
 __all__ = ["CONTEXT_NAMES", "ITEM_NAMES", "MAX_LOOP_ITERATIONS", "MAX_RENDER_SECONDS", "MAX_SIZE", "compiled",
            "evaluate", "has_template", "parsed", "render", "shown"]
@@ -384,6 +385,7 @@ def _fromjson(value: Any) -> Any:
 _ENV = _SandboxEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True,
                            finalize=_finalize)
 _ENV.filters["fromjson"] = _fromjson
+_ENV.filters.update(cosine=cosine, top_k=top_k)  # similarity routing (workers.workflow.vectors)
 _ENV.filters.update({name: _capped_filter(name, function) for name, function in _ENV.filters.items()})
 _ENV.filters[_LOOP_GUARD] = _loop_guard
 del _ENV.globals["lipsum"]  # builds paragraphs of random text: no use in a workflow, and a way to fill memory
