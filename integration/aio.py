@@ -78,36 +78,37 @@ def _total_timeout(request: httpx.Request) -> float | None:
     return float(sum(parts))
 
 
-class _Shard:
-    """One asynchronous connection pool and the number of exchanges it carries now."""
+class _Lane:
+    """One asynchronous pool that carries one exchange at a time, so it holds one connection.
+
+    httpcore's pool scans every connection it holds (and polls each idle socket) whenever a request
+    starts or ends; at a thousand in flight that scan was most of the loop's time (profiled: 57 % of
+    the loop thread with one pool of 600 connections, 26 % with pools of 32). A lane's scan is one
+    connection long, and picking a lane is a pop from a free list.
+    """
 
     def __init__(self, retries: int, verify: ssl.SSLContext) -> None:
-        # Unbounded by count: the executor bounds the calls in flight, a pool must not queue them.
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None, keepalive_expiry=30)
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1, keepalive_expiry=30)
         self.pool = httpx.AsyncHTTPTransport(retries=retries, limits=limits, verify=verify)
-        self.busy = 0
 
 
 class BridgeTransport(httpx.BaseTransport):
-    """A synchronous httpx transport that sends on asyncio connection pools when called from a bridge.
+    """A synchronous httpx transport that sends on asyncio connections when called from a bridge.
 
     Connections are kept alive after their answer (a thousand calls must not reconnect, leaving a
-    thousand sockets in TIME_WAIT, every time they finish). Asynchronous pools belong to one event
-    loop each, and there are ``SHARDS`` of them per loop, each exchange going to the least busy:
-    httpcore's pool scans every connection it holds whenever a request starts or ends, so one pool
-    of a thousand connections spends the loop's time in that scan (profiled: 57 % of the loop
-    thread at 600 in flight); pools of at most ~``PER_SHARD`` busy connections each do not. A new pool
-    is opened only when every pool carries that many, and all share one TLS context (building one
-    loads the CA bundle: 256 of them cost the first answers ~10 s on this machine).
+    thousand sockets in TIME_WAIT, every time they finish). Each event loop keeps its own *lanes*
+    (``_Lane``: a one-connection pool) and a free list of the idle ones: an exchange takes the lane
+    freed last (its connection is the warmest), or opens a new one when none is idle, so a loop holds
+    as many connections as it ever had exchanges at once and never scans them. All lanes share one
+    TLS context (building one loads the CA bundle: 256 of them cost the first answers ~10 s here).
     """
-
-    PER_SHARD = 32
 
     def __init__(self, *, retries: int = 0, max_connections: int = 1024) -> None:
         self.retries = retries
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._sync = httpx.HTTPTransport(retries=retries, limits=limits)
-        self._async: dict[asyncio.AbstractEventLoop, list[_Shard]] = {}
+        self._lanes: dict[asyncio.AbstractEventLoop, list[_Lane]] = {}  # every lane of a loop
+        self._idle: dict[asyncio.AbstractEventLoop, list[_Lane]] = {}  # the idle ones, freed last at the end
         self._tls: ssl.SSLContext | None = None
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -115,24 +116,24 @@ class BridgeTransport(httpx.BaseTransport):
             return self._sync.handle_request(request)
         return await_only(self._send(request))
 
-    def _shard(self) -> _Shard:
-        shards = self._async.setdefault(asyncio.get_running_loop(), [])
-        least = min(shards, key=lambda shard: shard.busy, default=None)  # the first idle one while few run
-        if least is None or least.busy >= self.PER_SHARD:
-            if self._tls is None:
-                self._tls = httpx.create_ssl_context()
-            least = _Shard(self.retries, self._tls)
-            shards.append(least)
-        return least
+    def _take_lane(self, loop: asyncio.AbstractEventLoop) -> _Lane:
+        idle = self._idle.setdefault(loop, [])
+        if idle:
+            return idle.pop()
+        if self._tls is None:
+            self._tls = httpx.create_ssl_context()
+        lane = _Lane(self.retries, self._tls)
+        self._lanes.setdefault(loop, []).append(lane)
+        return lane
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
         """Send and read the whole answer, within the exchange's total timeout."""
         total = _total_timeout(request)
-        shard = self._shard()
-        shard.busy += 1
+        loop = asyncio.get_running_loop()
+        lane = self._take_lane(loop)
         try:
             async with asyncio.timeout(total):
-                response = await shard.pool.handle_async_request(request)
+                response = await lane.pool.handle_async_request(request)
                 try:  # raw bytes: the synchronous client decodes them as it would its own
                     content = b"".join([chunk async for chunk in response.aiter_raw()])
                 finally:
@@ -140,15 +141,17 @@ class BridgeTransport(httpx.BaseTransport):
         except TimeoutError:
             raise httpx.ReadTimeout(f"no complete answer within {total:g} s", request=request) from None
         finally:
-            shard.busy -= 1
+            self._idle[loop].append(lane)  # a failed exchange's connection is closed; the lane reconnects
         kept = {k: v for k, v in response.extensions.items() if k in ("http_version", "reason_phrase")}
         return httpx.Response(response.status_code, headers=response.headers, stream=httpx.ByteStream(content),
                               extensions=kept, request=request)
 
     async def aclose_loop(self) -> None:
         """Close the calling loop's connections (the executor does this when it stops)."""
-        for shard in self._async.pop(asyncio.get_running_loop(), []):
-            await shard.pool.aclose()
+        loop = asyncio.get_running_loop()
+        self._idle.pop(loop, None)
+        for lane in self._lanes.pop(loop, []):
+            await lane.pool.aclose()
 
     def close(self) -> None:
         self._sync.close()

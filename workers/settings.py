@@ -55,8 +55,9 @@ class Settings:
     #: task on a pool thread, as before issue 15.
     slot_width: int = 250
     #: Event loops (each in its own thread) that a worker process spreads its slots' chains over
-    #: (``OPENAI_PACK_INFLIGHT_LOOPS``): while one waits on a Redis round trip, the others run.
-    inflight_loops: int = 8
+    #: (``OPENAI_PACK_INFLIGHT_LOOPS``). One is the default: HTTP and Redis waits both go to the loop, so more
+    #: loops only contend for the GIL (measured: one loop moved 10–15 % more items with 30 % less memory than 8).
+    inflight_loops: int = 1
 
     @property
     def lease_ttl(self) -> float:
@@ -96,5 +97,5 @@ class Settings:
             max_requeues=int(_number("OPENAI_PACK_MAX_REQUEUES", 50, 0, 10000)),
             result_backend=os.environ.get("OPENAI_PACK_RESULT_BACKEND", "").strip() or None,
             slot_width=int(_number("OPENAI_PACK_SLOT_WIDTH", 250, 1, 10000)),
-            inflight_loops=int(_number("OPENAI_PACK_INFLIGHT_LOOPS", 8, 1, 64)),
+            inflight_loops=int(_number("OPENAI_PACK_INFLIGHT_LOOPS", 1, 1, 64)),
         )

@@ -6,12 +6,11 @@ budget, call, record, claim of the next item), run in a bridged greenlet (``inte
 its HTTP exchanges and retry sleeps wait on an event loop, so a thousand chains cost a thousand
 suspended greenlets and sockets, not a thousand threads.
 
-Store commands stay synchronous, so the ledger, lease and budget code is one path for threads and
-loops alike; but each one holds its loop for a Redis round trip. Profiled at 1,000 in flight with
-one loop, the loop thread spent most of its time blocked in those round trips, so the chains are
-spread over several loops (``Settings.inflight_loops``), each in its own thread: while one waits
-for Redis (the GIL released), the others run. Why this design, and what the alternatives
-measured: ``docs/performance.md``.
+Store commands stay synchronous too, so the ledger, lease and budget code is one path for threads
+and loops alike; their Redis sockets (``workers.state.bridged``) wait on the loop like the HTTP ones.
+One loop per process is the default: with both kinds of wait on it, more loops (each in its own
+thread, ``Settings.inflight_loops``) only contend for the GIL. Why this design, and what the
+alternatives measured: ``docs/performance.md``.
 """
 
 from __future__ import annotations

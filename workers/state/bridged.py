@@ -57,6 +57,16 @@ class _BridgedSocket:
             except BlockingIOError:
                 self._wait(readable=True)
 
+    def recv_into(self, buffer: Any, size: int = 0, flags: int = 0) -> int:
+        """What the hiredis parser reads with; waits like ``recv``."""
+        if not in_bridge() or self._sock.gettimeout() == 0:
+            return self._sock.recv_into(buffer, size, flags)
+        while True:
+            try:
+                return self._sock.recv_into(buffer, size, flags | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                self._wait(readable=True)
+
     def sendall(self, data: bytes | memoryview, flags: int = 0) -> None:
         if not in_bridge():
             self._sock.sendall(data, flags)

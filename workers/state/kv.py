@@ -155,13 +155,42 @@ class RedisKV:
         """Compare-and-delete in one round trip (a lease is released only by its owner)."""
         self._delete_if(keys=[key], args=[value])
 
-    def hset_if_first(self, flags: str, flag: str, writes: list[tuple[str, str, str]], client: Any = None) -> bool:
+    def hset_if_first(self, flags: str, flag: str, writes: list[tuple[str, str, str]]) -> bool:
         """Set-once ``flag`` in ``flags``; only the first caller's hash ``writes`` (key, field, value) happen."""
+        return bool(self._hset_if_first(*self._hset_if_first_call(flags, flag, writes)))
+
+    @staticmethod
+    def _hset_if_first_call(flags: str, flag: str, writes: list[tuple[str, str, str]]) -> tuple[list[str], list[str]]:
         keys, args = [flags], [flag]
         for key, field, value in writes:
             keys.append(key)
             args += [field, value]
-        return bool(self._hset_if_first(keys=keys, args=args, client=client))
+        return keys, args
+
+    @staticmethod
+    def _queue_script(pipe: Any, script: Any, keys: list[str], args: list[Any],
+                      scripted: dict[int, tuple[Any, list[str], list[Any]]]) -> None:
+        """Queue a script in a pipeline by its digest alone.
+
+        redis-py's own way (``script(client=pipe)``) first asks ``SCRIPT EXISTS`` in a round trip of its own
+        on every pipeline: one extra round trip per fan-out item. ``_execute`` covers the case the check
+        was for (Redis restarted and forgot the script)."""
+        scripted[len(pipe.command_stack)] = (script, keys, args)
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+    @staticmethod
+    def _execute(pipe: Any, scripted: dict[int, tuple[Any, list[str], list[Any]]]) -> list[Any]:
+        """Run a pipeline; a script the server no longer knows is loaded and run again on its own."""
+        import redis
+
+        results = list(pipe.execute(raise_on_error=False))
+        for position, (script, keys, args) in scripted.items():
+            if isinstance(results[position], redis.exceptions.NoScriptError):
+                results[position] = script(keys=keys, args=args)  # loads it, then runs it
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
 
     def extend_if(self, key: str, value: str, ttl: float) -> bool:
         """Compare-and-expire in one round trip (a lease is kept alive only by its owner)."""
@@ -170,9 +199,10 @@ class RedisKV:
     def extend_all(self, leases: list[tuple[str, str, float]]) -> list[bool]:
         """``extend_if`` for each (key, value, ttl), in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
+        scripted: dict[int, tuple[Any, list[str], list[Any]]] = {}
         for key, value, ttl in leases:
-            self._extend_if(keys=[key], args=[value, int(ttl * 1000)], client=pipe)
-        return [bool(alive) for alive in pipe.execute()]
+            self._queue_script(pipe, self._extend_if, [key], [value, int(ttl * 1000)], scripted)
+        return [bool(alive) for alive in self._execute(pipe, scripted)]
 
     def finish_item(self, flags: str, counters: str, step: str, index: int, failed: bool) -> tuple[int, int, bool]:
         """See ``RunStore.finish_item``: one atomic script instead of six round trips."""
@@ -216,6 +246,7 @@ class RedisKV:
     def batch(self, calls: list[Op]) -> list[Any]:
         """Several writes in one round trip (a pipeline, not a transaction: each stays atomic on its own)."""
         pipe = self.redis.pipeline(transaction=False)
+        scripted: dict[int, tuple[Any, list[str], list[Any]]] = {}
         for method, args, kwargs in calls:
             if method == "set":
                 key, value = args
@@ -228,10 +259,10 @@ class RedisKV:
             elif method == "zadd":
                 pipe.zadd(args[0], {args[1]: args[2]})
             elif method == "hset_if_first":
-                self.hset_if_first(*args, client=pipe)
+                self._queue_script(pipe, self._hset_if_first, *self._hset_if_first_call(*args), scripted)
             else:
                 getattr(pipe, method)(*args, **kwargs)
-        return list(pipe.execute())
+        return self._execute(pipe, scripted)
 
 
 @_store_failures
