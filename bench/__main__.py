@@ -265,17 +265,24 @@ def bench_inflight(broker: str, url: str, *, items: int, concurrency: int, execu
         started = time.monotonic()
         run_ids = [engine.start_run(_fanout(concurrency), {"records": [f"r{i}" for i in range(items // runs)]},
                                     trigger={"type": "bench"})[0] for _ in range(runs)]
+        # bounded: a run that stalls is reported as such instead of holding the benchmark forever
+        deadline = started + max(180.0, 20 * items / concurrency)
         while not all(engine.store.flag(run_id, "finished") for run_id in run_ids):
+            if time.monotonic() > deadline:
+                print(f"{executor}: STALLED — the run did not finish within {deadline - started:.0f} s")
+                break
             time.sleep(0.05)
             peak = [max(p, worker.rss_mb()) for p, worker in zip(peak, stack.workers, strict=True)]
         elapsed = time.monotonic() - started
-        steps = [engine.store.step(run_id, "classify") for run_id in run_ids]
+        steps = [engine.store.step(run_id, "classify") or {} for run_id in run_ids]
         for step in steps:
             if step.get("error"):
                 print(f"failed items: {step['error']['message'][:300]}")
         hwm = [w.peak_rss_mb() for w in stack.workers]
-        record = {"items": {k: sum(step["items"].get(k, 0) for step in steps)
+        record = {"items": {k: sum((step.get("items") or {}).get(k, 0) for step in steps)
                             for k in ("total", "succeeded", "failed")}}
+        # a stalled run's unfinished items count as failed in the table
+        record["items"]["failed"] = items - record["items"]["succeeded"]
         served = httpx.get(url + "/_stats").json()
     finally:
         stack.stop()
