@@ -71,6 +71,7 @@ class KV(Protocol):
     def delete_if(self, key: str, value: str) -> None: ...
     def hset_if_first(self, flags: str, flag: str, writes: list[tuple[str, str, str]]) -> bool: ...
     def extend_if(self, key: str, value: str, ttl: float) -> bool: ...
+    def extend_all(self, leases: list[tuple[str, str, float]]) -> list[bool]: ...
     def incr(self, key: str, amount: int = 1) -> int: ...
     def hget(self, key: str, field: str) -> str | None: ...
     def hset(self, key: str, mapping: dict[str, str]) -> None: ...
@@ -119,12 +120,17 @@ class RedisKV:
     def __init__(self, url: str) -> None:
         import redis
 
+        from workers.state.bridged import BridgedConnection
+
         self.url = url
         # A blocking pool: with hundreds of worker threads, a thread waits for a connection instead of
         # failing with "Too many connections".
+        # Plain TCP connections wait on the event loop inside the in-flight executor's greenlets
+        # (workers.state.bridged); a chain holds its connection only for one command.
+        bridged = {"connection_class": BridgedConnection} if url.startswith("redis://") else {}
         pool = redis.BlockingConnectionPool.from_url(url, decode_responses=True, socket_timeout=10,
                                                      socket_connect_timeout=5, health_check_interval=30,
-                                                     max_connections=512, timeout=30)
+                                                     max_connections=2048, timeout=30, **bridged)
         self.redis = redis.Redis(connection_pool=pool)
         self._finish_item = self.redis.register_script(_FINISH_ITEM)
         self._delete_if = self.redis.register_script(
@@ -149,17 +155,54 @@ class RedisKV:
         """Compare-and-delete in one round trip (a lease is released only by its owner)."""
         self._delete_if(keys=[key], args=[value])
 
-    def hset_if_first(self, flags: str, flag: str, writes: list[tuple[str, str, str]], client: Any = None) -> bool:
+    def hset_if_first(self, flags: str, flag: str, writes: list[tuple[str, str, str]]) -> bool:
         """Set-once ``flag`` in ``flags``; only the first caller's hash ``writes`` (key, field, value) happen."""
+        return bool(self._hset_if_first(*self._hset_if_first_call(flags, flag, writes)))
+
+    @staticmethod
+    def _hset_if_first_call(flags: str, flag: str, writes: list[tuple[str, str, str]]) -> tuple[list[str], list[str]]:
         keys, args = [flags], [flag]
         for key, field, value in writes:
             keys.append(key)
             args += [field, value]
-        return bool(self._hset_if_first(keys=keys, args=args, client=client))
+        return keys, args
+
+    @staticmethod
+    def _queue_script(pipe: Any, script: Any, keys: list[str], args: list[Any],
+                      scripted: dict[int, tuple[Any, list[str], list[Any]]]) -> None:
+        """Queue a script in a pipeline by its digest alone.
+
+        redis-py's own way (``script(client=pipe)``) first asks ``SCRIPT EXISTS`` in a round trip of its own
+        on every pipeline: one extra round trip per fan-out item. ``_execute`` covers the case the check
+        was for (Redis restarted and forgot the script)."""
+        scripted[len(pipe.command_stack)] = (script, keys, args)
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+    @staticmethod
+    def _execute(pipe: Any, scripted: dict[int, tuple[Any, list[str], list[Any]]]) -> list[Any]:
+        """Run a pipeline; a script the server no longer knows is loaded and run again on its own."""
+        import redis
+
+        results = list(pipe.execute(raise_on_error=False))
+        for position, (script, keys, args) in scripted.items():
+            if isinstance(results[position], redis.exceptions.NoScriptError):
+                results[position] = script(keys=keys, args=args)  # loads it, then runs it
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
 
     def extend_if(self, key: str, value: str, ttl: float) -> bool:
         """Compare-and-expire in one round trip (a lease is kept alive only by its owner)."""
         return bool(self._extend_if(keys=[key], args=[value, int(ttl * 1000)]))
+
+    def extend_all(self, leases: list[tuple[str, str, float]]) -> list[bool]:
+        """``extend_if`` for each (key, value, ttl), in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        scripted: dict[int, tuple[Any, list[str], list[Any]]] = {}
+        for key, value, ttl in leases:
+            self._queue_script(pipe, self._extend_if, [key], [value, int(ttl * 1000)], scripted)
+        return [bool(alive) for alive in self._execute(pipe, scripted)]
 
     def finish_item(self, flags: str, counters: str, step: str, index: int, failed: bool) -> tuple[int, int, bool]:
         """See ``RunStore.finish_item``: one atomic script instead of six round trips."""
@@ -203,6 +246,7 @@ class RedisKV:
     def batch(self, calls: list[Op]) -> list[Any]:
         """Several writes in one round trip (a pipeline, not a transaction: each stays atomic on its own)."""
         pipe = self.redis.pipeline(transaction=False)
+        scripted: dict[int, tuple[Any, list[str], list[Any]]] = {}
         for method, args, kwargs in calls:
             if method == "set":
                 key, value = args
@@ -215,10 +259,10 @@ class RedisKV:
             elif method == "zadd":
                 pipe.zadd(args[0], {args[1]: args[2]})
             elif method == "hset_if_first":
-                self.hset_if_first(*args, client=pipe)
+                self._queue_script(pipe, self._hset_if_first, *self._hset_if_first_call(*args), scripted)
             else:
                 getattr(pipe, method)(*args, **kwargs)
-        return list(pipe.execute())
+        return self._execute(pipe, scripted)
 
 
 @_store_failures
@@ -290,6 +334,9 @@ class SqliteKV:
                 return False
             db.executemany("INSERT OR REPLACE INTO h (k, f, v) VALUES (?, ?, ?)", writes)
             return True
+
+    def extend_all(self, leases: list[tuple[str, str, float]]) -> list[bool]:
+        return [self.extend_if(key, value, ttl) for key, value, ttl in leases]
 
     def extend_if(self, key: str, value: str, ttl: float) -> bool:
         now = time.time()
