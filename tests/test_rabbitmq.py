@@ -104,9 +104,10 @@ def test_steps_are_published_with_confirms_as_persistent_messages_on_a_durable_q
     workers.app.app.send_task("openai_pack.ping")
 
     def ctl(*args: str) -> list[list[str]]:
-        done = subprocess.run([str(rabbitmq_server.ctl), "-n", rabbitmq_server.node, "-q", *args],
-                              env=rabbitmq_server.env, capture_output=True, text=True, timeout=60, check=True)
-        return [line.split("\t") for line in done.stdout.splitlines()[1:] if line.strip()]
+        done = subprocess.run([str(rabbitmq_server.ctl), "-n", rabbitmq_server.node, "-q", *args,
+                               "--no-table-headers"], env=rabbitmq_server.env, capture_output=True, text=True,
+                              timeout=60, check=True)
+        return [line.split("\t") for line in done.stdout.splitlines() if line.strip()]
 
     assert ["openai_pack", "true", "1", "1"] in ctl("list_queues", "-p", "isolated", "name", "durable",
                                                      "messages", "messages_persistent")
