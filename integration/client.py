@@ -272,7 +272,10 @@ class Client:
                 body = body_reader(answer_headers, response.iter_bytes())
                 return ApiResponse(response.status_code, body, headers, request_id, 1, 0.0)
             content = response.read()
-            body = json.loads(content) if content else None
+            if content and response.headers.get("content-type", "").startswith("text/plain"):
+                body = content.decode(response.encoding or "utf-8")  # e.g. a transcript asked for as text, srt, vtt
+            else:
+                body = json.loads(content) if content else None
         except (json.JSONDecodeError, UnicodeDecodeError):
             return errors.ResponseShapeError(
                 f"the API answered {response.status_code} with a body that is not JSON",
