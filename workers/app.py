@@ -22,6 +22,7 @@ from celery.signals import after_setup_logger, after_setup_task_logger, worker_p
 import actions
 from integration.errors import PackError, StoreError
 from integration.redact import install_log_redaction, scrub, scrub_data
+from integration.redis_urls import is_sentinel_url, kombu_broker
 from workers.engine import Engine
 from workers.observe.reconify import register_drain_task
 from workers.requeue import Requeue
@@ -52,8 +53,12 @@ def _configure(app: Celery, settings: Settings) -> None:
             "unacked_restore_throttle": 1,
             "health_check_interval": 10,
         }
+    broker_url = settings.broker_url
+    if is_sentinel_url(broker_url):
+        broker_url, sentinel_options = _sentinel_broker(broker_url)
+        transport_options.update(sentinel_options)
     app.conf.update(
-        broker_url=settings.broker_url,
+        broker_url=broker_url,
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
         result_backend=settings.result_backend,
@@ -74,6 +79,12 @@ def _configure(app: Celery, settings: Settings) -> None:
         worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_connection_max_retries=None,
     )
+
+
+def _sentinel_broker(url: str) -> tuple[str, dict[str, Any]]:
+    """kombu's form of a ``sentinel://…?master_name=…`` broker URL: the sentinels in the URL, the master
+    name and the sentinels' password as transport options (``integration.redis_urls``)."""
+    return kombu_broker(url, field="OPENAI_PACK_BROKER_URL")
 
 
 settings = Settings.from_env()

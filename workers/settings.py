@@ -15,6 +15,7 @@ from pathlib import Path
 
 from integration.errors import ConfigError
 from integration.redact import register_url_secrets
+from integration.redis_urls import is_redis_url
 from integration.store import default_home
 
 EMBEDDED_BROKER = "memory://"
@@ -75,11 +76,8 @@ class Settings:
     def from_env(cls) -> Settings:
         broker = os.environ.get("OPENAI_PACK_BROKER_URL", "").strip() or EMBEDDED_BROKER
         store = os.environ.get("OPENAI_PACK_STORE_URL", "").strip()
-        if not store:
-            if broker.startswith(("redis://", "rediss://", "unix://")):
-                store = broker
-            else:
-                store = "sqlite:///" + str(Path(default_home()) / "runs.sqlite3")
+        if not store:  # the broker's Redis (one server or a Sentinel-managed master), else a local file
+            store = broker if is_redis_url(broker) else "sqlite:///" + str(Path(default_home()) / "runs.sqlite3")
         visibility = _number("OPENAI_PACK_VISIBILITY_TIMEOUT", 120, 5, 86400)
         for url in (broker, store, os.environ.get("OPENAI_PACK_RESULT_BACKEND")):
             register_url_secrets(url)  # a broker or store password is scrubbed like an API key from here on

@@ -28,6 +28,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from integration.redis_urls import connect, is_redis_url
+
 __all__ = ["CONTENT_TYPE_LATEST", "METRICS_PORT_ENV", "api_seconds", "budget_waits", "cost_usd", "exposition",
            "metrics_route", "rate_limited", "reconify_copies", "retries", "start_worker_exporter", "steps", "tokens"]
 
@@ -66,11 +68,10 @@ class QueueDepth(Collector):
     def collect(self) -> Any:
         family = GaugeMetricFamily("openai_pack_queue_depth", "Messages waiting in the broker queue.",
                                    labels=["queue"])
-        if self.broker_url.startswith(("redis://", "rediss://", "unix://")):
+        if is_redis_url(self.broker_url):
             try:
-                import redis
-
-                client = redis.Redis.from_url(self.broker_url, socket_timeout=1, socket_connect_timeout=1)
+                client = connect(self.broker_url, field="OPENAI_PACK_BROKER_URL", socket_timeout=1,
+                                 socket_connect_timeout=1)
                 try:
                     family.add_metric([QUEUE], float(client.llen(QUEUE)))
                 finally:

@@ -9,6 +9,7 @@ absent flags and per-field hash writes are enough).
 from __future__ import annotations
 
 import functools
+import logging
 import sqlite3
 import threading
 import time
@@ -21,9 +22,11 @@ from urllib.parse import urlparse
 from redis.exceptions import RedisError
 
 from integration.errors import ConfigError, StoreError, StoreUnavailableError
+from integration.redis_urls import connect, is_redis_url, is_sentinel_url
 
 __all__ = ["KV", "Op", "RedisKV", "SqliteKV", "StoreError", "open_kv", "store_failures"]
 
+log = logging.getLogger("openai_pack.store")
 T = TypeVar("T")
 C = TypeVar("C", bound=type)
 #: One write of a ``KV.batch``: (method name, positional args, keyword args).
@@ -112,6 +115,55 @@ return 1
 """
 
 
+class _Replicas:
+    """``WAIT`` for a replica after the writes a Sentinel failover must not lose.
+
+    Redis replicates asynchronously: a write the master acknowledged a moment before it died can be
+    missing on the replica Sentinel promotes. For a ledger claim that would mean paying twice (the
+    claim is gone, so a retry calls again), so with Sentinel the claim, the answer's write and a
+    fan-out item's bookkeeping return only once a replica has them. ``WAIT`` is skipped while the
+    master has no replica connected (nothing could be promoted, so nothing is gained by waiting; after
+    a failover with a single replica that is the case until the old master rejoins); a replica that
+    does not confirm within ``timeout_ms`` is logged, and the write goes on (availability over a
+    second failure in the same second).
+    """
+
+    def __init__(self, client: Any, timeout_ms: int = 1000, recheck: float = 5.0) -> None:
+        self.client = client
+        self.timeout_ms = timeout_ms
+        self.recheck = recheck
+        self._connected: int | None = None
+        self._master: Any = None
+        self._checked = 0.0
+        self._warned = False
+
+    def add_wait(self, pipe: Any) -> bool:
+        """Append ``WAIT 1 timeout`` to ``pipe`` when a replica is connected; True if it was appended.
+
+        How many replicas the master has is looked up again every few seconds and whenever the
+        sentinels named another master (a failover)."""
+        now = time.monotonic()
+        master = getattr(self.client.connection_pool, "master_address", None)
+        if self._connected is None or master != self._master or now - self._checked > self.recheck:
+            self._connected = int(self.client.info("replication").get("connected_slaves", 0))
+            self._master = getattr(self.client.connection_pool, "master_address", None)
+            self._checked = now
+        if not self._connected:
+            return False
+        pipe.execute_command("WAIT", 1, self.timeout_ms)
+        return True
+
+    def acknowledged(self, replicas: Any) -> None:
+        if int(replicas) >= 1:
+            self._warned = False
+            return
+        if not self._warned:
+            self._warned = True
+            log.warning("run store: no replica confirmed a write within %d ms; a failover now could lose it",
+                        self.timeout_ms)
+        self._connected = None  # look again: the replica may be gone
+
+
 @_store_failures
 class RedisKV:
     """Redis: shared by every worker, beat and webhook process on every machine."""
@@ -120,12 +172,19 @@ class RedisKV:
         import redis
 
         self.url = url
-        # A blocking pool: with hundreds of worker threads, a thread waits for a connection instead of
-        # failing with "Too many connections".
-        pool = redis.BlockingConnectionPool.from_url(url, decode_responses=True, socket_timeout=10,
-                                                     socket_connect_timeout=5, health_check_interval=30,
-                                                     max_connections=512, timeout=30)
-        self.redis = redis.Redis(connection_pool=pool)
+        options: dict[str, Any] = {"decode_responses": True, "socket_timeout": 10, "socket_connect_timeout": 5,
+                                   "health_check_interval": 30}
+        #: Set with Sentinel: the writes a failover must not lose wait for a replica (see ``_Replicas``).
+        self._replicas: _Replicas | None = None
+        if is_sentinel_url(url):
+            self.redis = connect(url, field="OPENAI_PACK_STORE_URL", blocking=True, max_connections=512, timeout=30,
+                                 **options)
+            self._replicas = _Replicas(self.redis)
+        else:
+            # A blocking pool: with hundreds of worker threads, a thread waits for a connection instead of
+            # failing with "Too many connections".
+            pool = redis.BlockingConnectionPool.from_url(url, max_connections=512, timeout=30, **options)
+            self.redis = redis.Redis(connection_pool=pool)
         self._finish_item = self.redis.register_script(_FINISH_ITEM)
         self._delete_if = self.redis.register_script(
             "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0")
@@ -139,7 +198,21 @@ class RedisKV:
 
     def set(self, key: str, value: str, *, nx: bool = False, ttl: float | None = None) -> bool:
         px = int(ttl * 1000) if ttl else None
+        if self._replicas is not None and nx:  # a ledger claim or a lease: on a replica before the call it guards
+            return bool(self._replicated(lambda pipe: pipe.set(key, value, nx=nx, px=px))[0])
         return bool(self.redis.set(key, value, nx=nx, px=px))
+
+    def _replicated(self, write: Callable[[Any], Any]) -> list[Any]:
+        """Make ``write``'s commands on one connection, then ``WAIT`` until a replica has them (and
+        everything written before them, by any client: replication is one ordered stream)."""
+        assert self._replicas is not None
+        pipe = self.redis.pipeline(transaction=False)
+        write(pipe)
+        waiting = self._replicas.add_wait(pipe)
+        results = list(pipe.execute())
+        if waiting:
+            self._replicas.acknowledged(results.pop())
+        return results
 
     def delete(self, *keys: str) -> None:
         if keys:
@@ -163,7 +236,12 @@ class RedisKV:
 
     def finish_item(self, flags: str, counters: str, step: str, index: int, failed: bool) -> tuple[int, int, bool]:
         """See ``RunStore.finish_item``: one atomic script instead of six round trips."""
-        done, following, first = self._finish_item(keys=[flags, counters], args=[step, index, int(failed)])
+        args = [step, index, int(failed)]
+        if self._replicas is not None:
+            [(done, following, first)] = self._replicated(
+                lambda pipe: self._finish_item(keys=[flags, counters], args=args, client=pipe))
+        else:
+            done, following, first = self._finish_item(keys=[flags, counters], args=args)
         return int(done), int(following), bool(first)
 
     def incr(self, key: str, amount: int = 1) -> int:
@@ -202,7 +280,13 @@ class RedisKV:
 
     def batch(self, calls: list[Op]) -> list[Any]:
         """Several writes in one round trip (a pipeline, not a transaction: each stays atomic on its own)."""
+        if self._replicas is not None:  # a paid call's answer and its record: on a replica before going on
+            return self._replicated(lambda pipe: self._add_calls(pipe, calls))
         pipe = self.redis.pipeline(transaction=False)
+        self._add_calls(pipe, calls)
+        return list(pipe.execute())
+
+    def _add_calls(self, pipe: Any, calls: list[Op]) -> None:
         for method, args, kwargs in calls:
             if method == "set":
                 key, value = args
@@ -218,7 +302,6 @@ class RedisKV:
                 self.hset_if_first(*args, client=pipe)
             else:
                 getattr(pipe, method)(*args, **kwargs)
-        return list(pipe.execute())
 
 
 @_store_failures
@@ -386,11 +469,13 @@ class SqliteKV:
 
 
 def open_kv(url: str) -> KV:
-    """``redis://…`` or ``sqlite:///path``; anything else is a configuration error naming the URL's scheme."""
+    """``redis://…``, ``rediss://…``, ``unix://…``, ``sentinel://…`` or ``sqlite:///path``; anything else is a
+    configuration error naming the URL's scheme (see ``integration.redis_urls`` for the Redis forms)."""
     scheme = urlparse(url).scheme
-    if scheme in ("redis", "rediss", "unix"):
+    if is_redis_url(url):
         return RedisKV(url)
     if scheme == "sqlite":
         return SqliteKV(url.removeprefix("sqlite:///").removeprefix("sqlite://") or "runs.sqlite3")
-    raise ConfigError(f"OPENAI_PACK_STORE_URL: unsupported scheme {scheme!r} (use redis:// or sqlite:///path)",
+    raise ConfigError(f"OPENAI_PACK_STORE_URL: unsupported scheme {scheme!r} (use redis://, rediss://, "
+                      "sentinel:// or sqlite:///path)",
                       field="OPENAI_PACK_STORE_URL")
