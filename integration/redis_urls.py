@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from integration.errors import ConfigError
 from integration.redact import redact_url
 
-__all__ = ["REDIS_SCHEMES", "SENTINEL_SCHEMES", "SentinelURL", "connect", "is_redis_url", "is_sentinel_url",
-           "kombu_broker", "parse_sentinel_url", "scheme_of"]
+__all__ = ["REDIS_SCHEMES", "SENTINEL_SCHEMES", "SentinelURL", "check_url", "connect", "describe_error",
+           "is_redis_url", "is_sentinel_url", "kombu_broker", "parse_sentinel_url", "scheme_of"]
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 SENTINEL_SCHEMES = ("sentinel", "redis+sentinel")
@@ -117,6 +118,36 @@ def parse_sentinel_url(url: str, *, field: str) -> SentinelURL:
                        sentinel_password=params.get("sentinel_password") or None)
 
 
+_CERT_REQS = {"none", "optional", "required"}
+_TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path")
+
+
+def check_url(url: str, *, field: str) -> None:
+    """Refuse a malformed Redis URL now, naming ``field``, instead of failing on the first command as
+    "store unavailable" (a wrong TLS option or a missing CA file is a configuration error, not an outage)."""
+    from redis.connection import parse_url
+
+    scheme = scheme_of(url)
+    if scheme in SENTINEL_SCHEMES:
+        parse_sentinel_url(url, field=field)
+        return
+    if scheme not in REDIS_SCHEMES:
+        raise ConfigError(f"{field}: unsupported scheme {scheme!r} in {redact_url(url)} (use redis://, rediss://, "
+                          "unix:// or sentinel://)", field=field)
+    try:
+        options = parse_url(url)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{field}: {_without_url(str(exc), url)} in {redact_url(url)}", field=field) from None
+    reqs = options.get("ssl_cert_reqs")
+    if isinstance(reqs, str) and reqs.lower() not in _CERT_REQS:
+        raise ConfigError(f"{field}: ssl_cert_reqs must be one of {', '.join(sorted(_CERT_REQS))}, got {reqs!r} "
+                          f"in {redact_url(url)}", field=field)
+    for name in _TLS_FILES:
+        path = options.get(name)
+        if isinstance(path, str) and path and not Path(path).exists():
+            raise ConfigError(f"{field}: {name} names a file that does not exist: {path}", field=field)
+
+
 def _blocking_sentinel_pool() -> type:
     """A Sentinel pool that waits for a free connection instead of failing with "Too many connections"
     (what ``BlockingConnectionPool`` does for one server; hundreds of worker threads share a pool)."""
@@ -143,8 +174,8 @@ def connect(url: str, *, field: str, blocking: bool = False, max_connections: in
     from redis.retry import Retry
     from redis.sentinel import Sentinel, SentinelConnectionPool
 
-    scheme = scheme_of(url)
-    if scheme in SENTINEL_SCHEMES:
+    check_url(url, field=field)
+    if scheme_of(url) in SENTINEL_SCHEMES:
         target = parse_sentinel_url(url, field=field)
         socket_options = {k: v for k, v in options.items() if k.startswith("socket_")}
         manager = Sentinel(list(target.sentinels), sentinel_kwargs=target.sentinel_kwargs(**socket_options))
@@ -158,9 +189,6 @@ def connect(url: str, *, field: str, blocking: bool = False, max_connections: in
         return manager.master_for(
             target.master_name, connection_pool_class=_blocking_sentinel_pool() if blocking else SentinelConnectionPool,
             db=target.db, username=target.username, password=target.password, retry=retry, **pool_options, **options)
-    if scheme not in REDIS_SCHEMES:
-        raise ConfigError(f"{field}: unsupported scheme {scheme!r} in {redact_url(url)} (use redis://, rediss://, "
-                          "unix:// or sentinel://)", field=field)
     try:
         if blocking:
             pool = redis.BlockingConnectionPool.from_url(url, max_connections=max_connections or 50,
@@ -170,6 +198,15 @@ def connect(url: str, *, field: str, blocking: bool = False, max_connections: in
     except (ValueError, TypeError) as exc:  # e.g. ssl_cert_reqs=bogus, a port that is not a number
         raise ConfigError(f"{field}: {_without_url(str(exc), url)} in {redact_url(url)}", field=field) from None
     return redis.Redis(connection_pool=pool)
+
+
+def describe_error(exc: BaseException) -> str:
+    """A driver's failure in one line: redis-py appends the whole client's ``repr`` to "no master
+    found" (passwords masked, but unreadable); the part before it says all."""
+    text = str(exc)
+    if type(exc).__name__ == "MasterNotFoundError":
+        text = text.split(" : <", 1)[0] + " (are the sentinels reachable, and is that the name they monitor?)"
+    return f"{type(exc).__name__}: {text}"
 
 
 def _without_url(message: str, url: str) -> str:

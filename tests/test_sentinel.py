@@ -263,3 +263,30 @@ def test_master_killed_mid_fanout_fails_over_without_losing_or_repeating_an_item
                           json.dumps(record), *dump])
     for secret in (REDIS_PASSWORD, SENTINEL_PASSWORD):
         assert secret not in haystack, f"a password leaked ({haystack.index(secret)})"
+
+
+def test_a_claim_returns_only_once_a_replica_has_it_and_a_stalled_replica_is_reported(
+        cluster: SentinelCluster, caplog: pytest.LogCaptureFixture) -> None:
+    """Replication is asynchronous: without ``WAIT`` a claim acknowledged by a master that dies a moment
+    later can be missing on the promoted replica, and the paid call it guarded would be made again."""
+    import logging
+    import os
+    import signal
+
+    from workers.state.kv import open_kv
+
+    kv = open_kv(cluster.url)
+    replica = cluster.client(cluster.replica_port)
+    assert kv.set("opk:ledger:first", "claimed", nx=True, ttl=60)
+    assert replica.get("opk:ledger:first") == "claimed"  # already there when the claim returned
+    stalled = cluster.processes[cluster.replica_port]
+    os.kill(stalled.pid, signal.SIGSTOP)  # the replica stops acknowledging
+    try:
+        with caplog.at_level(logging.WARNING, logger="openai_pack.store"):
+            assert kv.set("opk:ledger:second", "claimed", nx=True, ttl=60)  # waited, then went on
+    finally:
+        os.kill(stalled.pid, signal.SIGCONT)
+    assert "no replica confirmed a write" in caplog.text
+    _until("the replica did not catch up", lambda: replica.get("opk:ledger:second") == "claimed", 10)
+    assert kv.batch([("set", ("opk:ledger:third", "done"), {})]) == [True]
+    assert replica.get("opk:ledger:third") == "done"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from integration.errors import ConfigError
 from integration.redact import register_url_secrets
-from integration.redis_urls import is_redis_url
+from integration.redis_urls import check_url, is_redis_url
 from integration.store import default_home
 
 EMBEDDED_BROKER = "memory://"
@@ -81,6 +81,9 @@ class Settings:
         visibility = _number("OPENAI_PACK_VISIBILITY_TIMEOUT", 120, 5, 86400)
         for url in (broker, store, os.environ.get("OPENAI_PACK_RESULT_BACKEND")):
             register_url_secrets(url)  # a broker or store password is scrubbed like an API key from here on
+        for name, url in (("OPENAI_PACK_BROKER_URL", broker), ("OPENAI_PACK_STORE_URL", store)):
+            if is_redis_url(url):
+                check_url(url, field=name)  # a malformed Redis URL is refused here, not as an outage later
         return cls(
             broker_url=broker,
             store_url=store,

@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 from redis.exceptions import RedisError
 
 from integration.errors import ConfigError, StoreError, StoreUnavailableError
-from integration.redis_urls import connect, is_redis_url, is_sentinel_url
+from integration.redis_urls import check_url, connect, describe_error, is_redis_url, is_sentinel_url
 
 __all__ = ["KV", "Op", "RedisKV", "SqliteKV", "StoreError", "open_kv", "store_failures"]
 
@@ -41,7 +41,7 @@ def store_failures() -> Iterator[None]:
     try:
         yield
     except (RedisError, sqlite3.Error) as exc:
-        raise StoreUnavailableError(f"run store: {type(exc).__name__}: {exc}") from exc
+        raise StoreUnavailableError(f"run store: {describe_error(exc)}") from exc
 
 
 def _translated(method: Callable[..., T]) -> Callable[..., T]:
@@ -52,7 +52,7 @@ def _translated(method: Callable[..., T]) -> Callable[..., T]:
         try:
             return method(*args, **kwargs)
         except (RedisError, sqlite3.Error) as exc:
-            raise StoreUnavailableError(f"run store: {type(exc).__name__}: {exc}") from exc
+            raise StoreUnavailableError(f"run store: {describe_error(exc)}") from exc
 
     return wrapper
 
@@ -172,6 +172,7 @@ class RedisKV:
         import redis
 
         self.url = url
+        check_url(url, field="OPENAI_PACK_STORE_URL")
         options: dict[str, Any] = {"decode_responses": True, "socket_timeout": 10, "socket_connect_timeout": 5,
                                    "health_check_interval": 30}
         #: Set with Sentinel: the writes a failover must not lose wait for a replica (see ``_Replicas``).
