@@ -135,7 +135,19 @@ class SentinelCluster:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[SentinelCluster]:
+    """A cluster of this test's own (the failover test kills its master)."""
     servers = SentinelCluster(tmp_path)
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.stop()
+
+
+@pytest.fixture(scope="module")
+def healthy_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelCluster]:
+    """One cluster for the tests that leave it as they found it (starting one takes several seconds)."""
+    servers = SentinelCluster(tmp_path_factory.mktemp("sentinel"))
     try:
         servers.start()
         yield servers
@@ -266,7 +278,7 @@ def test_master_killed_mid_fanout_fails_over_without_losing_or_repeating_an_item
 
 
 def test_a_claim_returns_only_once_a_replica_has_it_and_a_stalled_replica_is_reported(
-        cluster: SentinelCluster, caplog: pytest.LogCaptureFixture) -> None:
+        healthy_cluster: SentinelCluster, caplog: pytest.LogCaptureFixture) -> None:
     """Replication is asynchronous: without ``WAIT`` a claim acknowledged by a master that dies a moment
     later can be missing on the promoted replica, and the paid call it guarded would be made again."""
     import logging
@@ -275,18 +287,51 @@ def test_a_claim_returns_only_once_a_replica_has_it_and_a_stalled_replica_is_rep
 
     from workers.state.kv import open_kv
 
+    cluster = healthy_cluster
     kv = open_kv(cluster.url)
     replica = cluster.client(cluster.replica_port)
-    assert kv.set("opk:ledger:first", "claimed", nx=True, ttl=60)
-    assert replica.get("opk:ledger:first") == "claimed"  # already there when the claim returned
+    assert kv.claim("opk:ledger:first", "attempt-1", ttl=60)
+    assert replica.get("opk:ledger:first") == "attempt-1"  # already there when the claim returned
     stalled = cluster.processes[cluster.replica_port]
     os.kill(stalled.pid, signal.SIGSTOP)  # the replica stops acknowledging
     try:
         with caplog.at_level(logging.WARNING, logger="openai_pack.store"):
-            assert kv.set("opk:ledger:second", "claimed", nx=True, ttl=60)  # waited, then went on
+            assert kv.claim("opk:ledger:second", "attempt-2", ttl=60)  # waited, then went on
     finally:
         os.kill(stalled.pid, signal.SIGCONT)
     assert "no replica confirmed a write" in caplog.text
-    _until("the replica did not catch up", lambda: replica.get("opk:ledger:second") == "claimed", 10)
+    _until("the replica did not catch up", lambda: replica.get("opk:ledger:second") == "attempt-2", 10)
     assert kv.batch([("set", ("opk:ledger:third", "done"), {})]) == [True]
     assert replica.get("opk:ledger:third") == "done"
+
+
+def test_the_shared_rate_budget_lives_on_the_sentinel_master(healthy_cluster: SentinelCluster) -> None:
+    """Not a per-process memory window: every worker must draw from the one budget on the master."""
+    from workers.state.budget import Budget, window_for
+    from workers.state.kv import open_kv
+
+    cluster = healthy_cluster
+    budget = Budget(cluster.url, open_kv(cluster.url))
+    window = window_for(120)  # 2 a second
+    assert [budget.limiter.hit(window, "openai-pack", "sim", "requests") for _ in range(3)] == [True, True, False]
+    master = cluster.client(cluster.master_port)
+    assert any("sim" in key for key in master.scan_iter("LIMITS*"))
+
+
+def test_a_claim_or_fan_out_claim_retried_after_a_lost_reply_is_still_the_callers(
+        healthy_cluster: SentinelCluster, tmp_path: Path) -> None:
+    """redis-py repeats a command whose reply a failover cut off; if the dead master had already replicated
+    it, the repeat finds the claim made. Seen in the failover test before the fix: an item never called
+    ended ``outcome_unknown`` (its own claim looked like another delivery's)."""
+    from workers.state.kv import SqliteKV, open_kv
+
+    for kv in (open_kv(healthy_cluster.url), SqliteKV(tmp_path / "runs.sqlite3")):
+        assert kv.claim("opk:ledger:run:step:7", "attempt-a", ttl=60)
+        assert kv.claim("opk:ledger:run:step:7", "attempt-a", ttl=60)  # the same attempt, repeated
+        assert not kv.claim("opk:ledger:run:step:7", "attempt-b", ttl=60)  # another attempt
+    kv = open_kv(healthy_cluster.url)
+    # The fan-out script, called twice with one call's token (what a retry does), then by another call:
+    first = kv._finish_item(keys=["f", "c"], args=["s", 0, 0, "call-1"])  # the script itself, as a retry runs it
+    again = kv._finish_item(keys=["f", "c"], args=["s", 0, 0, "call-1"])
+    other = kv._finish_item(keys=["f", "c"], args=["s", 0, 0, "call-2"])
+    assert (first[2], again[2], other[2]) == (1, 1, 0) and first[1] == again[1] == other[1]

@@ -13,6 +13,7 @@ import logging
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,6 +71,11 @@ class KV(Protocol):
 
     def get(self, key: str) -> str | None: ...
     def set(self, key: str, value: str, *, nx: bool = False, ttl: float | None = None) -> bool: ...
+    def claim(self, key: str, value: str, ttl: float) -> bool:
+        """Set ``key`` unless it holds another value. ``value`` must be unique to the caller (a token),
+        so finding it means the caller's own write: a write retried after its answer was lost (a
+        failover) still succeeds instead of reporting someone else's claim."""
+        ...
     def delete(self, *keys: str) -> None: ...
     def delete_if(self, key: str, value: str) -> None: ...
     def hset_if_first(self, flags: str, flag: str, writes: list[tuple[str, str, str]]) -> bool: ...
@@ -90,6 +96,8 @@ class KV(Protocol):
 
 
 #: RunStore.finish_item on Redis: count a fan-out item once, claim the next index once (atomic).
+#: ARGV[4], when not empty, marks the claim as this call's, so a call retried after its reply was lost
+#: (a failover) still learns that the claim is its own instead of stopping its fan-out slot.
 _FINISH_ITEM = """
 local step, index = ARGV[1], ARGV[2]
 local done
@@ -100,10 +108,22 @@ else
   done = tonumber(redis.call('hget', KEYS[2], 'done:' .. step) or '0')
 end
 local claimed = redis.call('hget', KEYS[1], 'next_of:' .. step .. ':' .. index)
-if claimed then return {done, tonumber(claimed), 0} end
+if claimed then
+  local mine = ARGV[4] ~= '' and redis.call('hget', KEYS[1], 'next_by:' .. step .. ':' .. index) == ARGV[4]
+  return {done, tonumber(claimed), mine and 1 or 0}
+end
 local following = redis.call('hincrby', KEYS[2], 'next:' .. step, 1) - 1
 redis.call('hset', KEYS[1], 'next_of:' .. step .. ':' .. index, following)
+if ARGV[4] ~= '' then redis.call('hset', KEYS[1], 'next_by:' .. step .. ':' .. index, ARGV[4]) end
 return {done, following, 1}
+"""
+
+
+#: KV.claim on Redis: set if absent, or succeed when the key already holds this very (unique) value.
+_CLAIM = """
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('get', KEYS[1]) == ARGV[1] then return 1 end
+return 0
 """
 
 
@@ -187,6 +207,7 @@ class RedisKV:
             pool = redis.BlockingConnectionPool.from_url(url, max_connections=512, timeout=30, **options)
             self.redis = redis.Redis(connection_pool=pool)
         self._finish_item = self.redis.register_script(_FINISH_ITEM)
+        self._claim = self.redis.register_script(_CLAIM)
         self._delete_if = self.redis.register_script(
             "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0")
         self._hset_if_first = self.redis.register_script(_HSET_IF_FIRST)
@@ -199,9 +220,14 @@ class RedisKV:
 
     def set(self, key: str, value: str, *, nx: bool = False, ttl: float | None = None) -> bool:
         px = int(ttl * 1000) if ttl else None
-        if self._replicas is not None and nx:  # a ledger claim or a lease: on a replica before the call it guards
-            return bool(self._replicated(lambda pipe: pipe.set(key, value, nx=nx, px=px))[0])
         return bool(self.redis.set(key, value, nx=nx, px=px))
+
+    def claim(self, key: str, value: str, ttl: float) -> bool:
+        """See ``KV.claim``; with Sentinel it returns only once a replica has the claim (``_Replicas``)."""
+        args = [value, int(ttl * 1000)]
+        if self._replicas is not None:
+            return bool(self._replicated(lambda pipe: self._claim(keys=[key], args=args, client=pipe))[0])
+        return bool(self._claim(keys=[key], args=args))
 
     def _replicated(self, write: Callable[[Any], Any]) -> list[Any]:
         """Make ``write``'s commands on one connection, then ``WAIT`` until a replica has them (and
@@ -237,8 +263,9 @@ class RedisKV:
 
     def finish_item(self, flags: str, counters: str, step: str, index: int, failed: bool) -> tuple[int, int, bool]:
         """See ``RunStore.finish_item``: one atomic script instead of six round trips."""
-        args = [step, index, int(failed)]
+        args: list[Any] = [step, index, int(failed), ""]
         if self._replicas is not None:
+            args[3] = uuid.uuid4().hex  # redis-py retries after a failover: see _FINISH_ITEM
             [(done, following, first)] = self._replicated(
                 lambda pipe: self._finish_item(keys=[flags, counters], args=args, client=pipe))
         else:
@@ -363,6 +390,15 @@ class SqliteKV:
                 db.execute("DELETE FROM kv WHERE k = ?", (key,))
                 db.execute("DELETE FROM h WHERE k = ?", (key,))
                 db.execute("DELETE FROM z WHERE k = ?", (key,))
+
+    def claim(self, key: str, value: str, ttl: float) -> bool:
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute("SELECT v, expires FROM kv WHERE k = ?", (key,)).fetchone()
+            if row is not None and (row[1] is None or row[1] >= now):
+                return str(row[0]) == value
+            db.execute("INSERT OR REPLACE INTO kv (k, v, expires) VALUES (?, ?, ?)", (key, value, now + ttl))
+        return True
 
     def delete_if(self, key: str, value: str) -> None:
         with self._tx() as db:
