@@ -79,7 +79,8 @@ class Settings:
         if not store:  # the broker's Redis (one server or a Sentinel-managed master), else a local file
             store = broker if is_redis_url(broker) else "sqlite:///" + str(Path(default_home()) / "runs.sqlite3")
         visibility = _number("OPENAI_PACK_VISIBILITY_TIMEOUT", 120, 5, 86400)
-        for url in (broker, store, os.environ.get("OPENAI_PACK_RESULT_BACKEND")):
+        for url in (broker, store, os.environ.get("OPENAI_PACK_RESULT_BACKEND"),
+                    os.environ.get("OPENAI_PACK_INTEGRATIONS_URL")):
             register_url_secrets(url)  # a broker or store password is scrubbed like an API key from here on
         for name, url in (("OPENAI_PACK_BROKER_URL", broker), ("OPENAI_PACK_STORE_URL", store)):
             if is_redis_url(url):
