@@ -30,7 +30,7 @@ from integration.errors import ConfigError
 from integration.redact import redact_url
 
 __all__ = ["REDIS_SCHEMES", "SENTINEL_SCHEMES", "SentinelURL", "check_url", "connect", "describe_error",
-           "is_redis_url", "is_sentinel_url", "kombu_broker", "parse_sentinel_url", "scheme_of"]
+           "is_redis_url", "is_sentinel_url", "celery_sentinel", "parse_sentinel_url", "scheme_of"]
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 SENTINEL_SCHEMES = ("sentinel", "redis+sentinel")
@@ -214,12 +214,12 @@ def _without_url(message: str, url: str) -> str:
     return message.replace(url, redact_url(url))
 
 
-def kombu_broker(url: str, *, field: str = "OPENAI_PACK_BROKER_URL") -> tuple[str, dict[str, Any]]:
-    """(URL for kombu, transport options) for a ``sentinel://`` broker URL.
+def celery_sentinel(url: str, *, field: str) -> tuple[str, dict[str, Any]]:
+    """(URL, transport options) for Celery and kombu from a ``sentinel://`` URL (broker or result backend).
 
-    kombu's Sentinel transport takes the sentinels as ``sentinel://h1:p1;sentinel://h2:p2`` (the Redis
-    password and database on each), and the master name and the sentinels' password as transport
-    options (``master_name``, ``sentinel_kwargs``), which is what this returns.
+    kombu's Sentinel transport and Celery's Sentinel result backend take the sentinels as
+    ``sentinel://h1:p1/db;sentinel://h2:p2/db`` (the Redis password on each), and the master name and
+    the sentinels' password as transport options (``master_name``, ``sentinel_kwargs``).
     """
     target = parse_sentinel_url(url, field=field)
     auth = ""

@@ -22,7 +22,7 @@ import redis
 from actions.simulator import Simulator
 from integration.errors import ConfigError, StoreUnavailableError
 from integration.redact import redact_url
-from integration.redis_urls import check_url, connect, kombu_broker, parse_sentinel_url
+from integration.redis_urls import celery_sentinel, check_url, connect, parse_sentinel_url
 from tests.conftest import WorkerProcess, finished_record, run_cli
 from workers.state.kv import open_kv
 from workers.workflow import parse_workflow
@@ -49,7 +49,7 @@ def test_sentinel_url_names_the_sentinels_master_database_and_both_passwords() -
 
 
 def test_a_sentinel_broker_url_becomes_kombus_sentinel_url_and_transport_options() -> None:
-    url, options = kombu_broker(SENTINEL_URL)
+    url, options = celery_sentinel(SENTINEL_URL, field="OPENAI_PACK_BROKER_URL")
     assert url == f"sentinel://:{PASSWORD}@10.0.0.1:26379/3;sentinel://:{PASSWORD}@10.0.0.2:26379/3"
     assert options == {"master_name": "mymaster", "sentinel_kwargs": {"password": SENTINEL_PASSWORD}}
 

@@ -335,3 +335,30 @@ def test_a_claim_or_fan_out_claim_retried_after_a_lost_reply_is_still_the_caller
     again = kv._finish_item(keys=["f", "c"], args=["s", 0, 0, "call-1"])
     other = kv._finish_item(keys=["f", "c"], args=["s", 0, 0, "call-2"])
     assert (first[2], again[2], other[2]) == (1, 1, 0) and first[1] == again[1] == other[1]
+
+
+def test_task_results_are_kept_through_sentinel_too(healthy_cluster: SentinelCluster, worker_env: dict[str, str],
+                                                    simulator: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``OPENAI_PACK_RESULT_BACKEND`` takes the same URL form (Celery's Sentinel result backend)."""
+    import workers.app
+
+    results_url = healthy_cluster.url.replace("/0?", "/1?")
+    env = dict(worker_env) | {"OPENAI_PACK_BROKER_URL": healthy_cluster.url, "OPENAI_PACK_RESULT_BACKEND": results_url}
+    for key, value in env.items():
+        if key.startswith("OPENAI_PACK"):
+            monkeypatch.setenv(key, value)
+    workers.app.reconfigure()
+    worker = WorkerProcess(env, concurrency=2, name="results")
+    try:
+        output = workers.app.app.send_task("openai.create_moderation", args=[{"input": "hello"}, "sim"]).get(timeout=60)
+    finally:
+        worker.stop()
+        monkeypatch.undo()
+        workers.app.reconfigure()
+    assert isinstance(output, dict) and output["results"], output
+    kept = list(healthy_cluster.client(healthy_cluster.master_port).scan_iter("celery-task-meta-*"))
+    assert kept == [], "results belong in database 1, not the broker's"
+    master = redis.Redis(host="127.0.0.1", port=healthy_cluster.master_port, password=REDIS_PASSWORD, db=1)
+    assert list(master.scan_iter("celery-task-meta-*"))
+    for secret in (REDIS_PASSWORD, SENTINEL_PASSWORD):
+        assert secret not in worker.output

@@ -22,7 +22,7 @@ from celery.signals import after_setup_logger, after_setup_task_logger, worker_p
 import actions
 from integration.errors import PackError, StoreError
 from integration.redact import install_log_redaction, scrub, scrub_data
-from integration.redis_urls import is_sentinel_url, kombu_broker
+from integration.redis_urls import celery_sentinel, is_sentinel_url
 from workers.engine import Engine
 from workers.observe.reconify import register_drain_task
 from workers.requeue import Requeue
@@ -53,12 +53,10 @@ def _configure(app: Celery, settings: Settings) -> None:
             "unacked_restore_throttle": 1,
             "health_check_interval": 10,
         }
-    broker_url = settings.broker_url
-    if is_sentinel_url(broker_url):
-        broker_url, sentinel_options = _sentinel_broker(broker_url)
-        transport_options.update(sentinel_options)
+    sentinel_options, sentinel_urls = _sentinel(settings)
+    transport_options.update(sentinel_options)
     app.conf.update(
-        broker_url=broker_url,
+        broker_url=settings.broker_url,
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
         result_backend=settings.result_backend,
@@ -79,12 +77,21 @@ def _configure(app: Celery, settings: Settings) -> None:
         worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_connection_max_retries=None,
     )
+    app.conf.update(sentinel_urls)
 
 
-def _sentinel_broker(url: str) -> tuple[str, dict[str, Any]]:
-    """kombu's form of a ``sentinel://…?master_name=…`` broker URL: the sentinels in the URL, the master
-    name and the sentinels' password as transport options (``integration.redis_urls``)."""
-    return kombu_broker(url, field="OPENAI_PACK_BROKER_URL")
+def _sentinel(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(broker transport options, settings) for ``sentinel://…?master_name=…`` broker and result-backend
+    URLs in Celery's form: the sentinels in the URL, the master name and the sentinels' password as
+    transport options (``integration.redis_urls``). Empty for other URLs."""
+    broker_options: dict[str, Any] = {}
+    conf: dict[str, Any] = {"result_backend_transport_options": {}}
+    if is_sentinel_url(settings.broker_url):
+        conf["broker_url"], broker_options = celery_sentinel(settings.broker_url, field="OPENAI_PACK_BROKER_URL")
+    if settings.result_backend and is_sentinel_url(settings.result_backend):
+        conf["result_backend"], conf["result_backend_transport_options"] = celery_sentinel(
+            settings.result_backend, field="OPENAI_PACK_RESULT_BACKEND")
+    return broker_options, conf
 
 
 settings = Settings.from_env()

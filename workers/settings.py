@@ -82,7 +82,8 @@ class Settings:
         for url in (broker, store, os.environ.get("OPENAI_PACK_RESULT_BACKEND"),
                     os.environ.get("OPENAI_PACK_INTEGRATIONS_URL")):
             register_url_secrets(url)  # a broker or store password is scrubbed like an API key from here on
-        for name, url in (("OPENAI_PACK_BROKER_URL", broker), ("OPENAI_PACK_STORE_URL", store)):
+        for name, url in (("OPENAI_PACK_BROKER_URL", broker), ("OPENAI_PACK_STORE_URL", store),
+                          ("OPENAI_PACK_RESULT_BACKEND", os.environ.get("OPENAI_PACK_RESULT_BACKEND", "").strip())):
             if is_redis_url(url):
                 check_url(url, field=name)  # a malformed Redis URL is refused here, not as an outage later
         return cls(
