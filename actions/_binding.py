@@ -32,6 +32,9 @@ from integration.model import Integration
 
 __all__ = ["ActionResult", "Call", "CallOptions", "prepare_inputs"]
 
+#: ``response_format`` values the audio endpoints answer as plain text instead of JSON.
+TEXT_FORMATS = ("text", "srt", "vtt")
+
 
 @dataclass(frozen=True)
 class CallOptions:
@@ -211,7 +214,13 @@ class Call:
                              stem)
 
     def expect_object(self, response: ApiResponse) -> dict[str, Any]:
-        """The body as a JSON object, or a typed error saying the API answered something else."""
+        """The body as a JSON object, or a typed error saying the API answered something else.
+
+        A plain-text answer (audio transcribed or translated with ``response_format`` text, srt or vtt)
+        becomes ``{"text": ...}``, the shape of the JSON formats, so templates read ``.text`` either way; text
+        the step did not ask for is still an error."""
+        if isinstance(response.body, str) and self.inputs.get("response_format") in TEXT_FORMATS:
+            return {"text": response.body}
         if not isinstance(response.body, dict):
             raise ResponseShapeError(f"{self.manifest.name}: the API answered with "
                                      f"{type(response.body).__name__}, not a JSON object",

@@ -1,7 +1,9 @@
 """``make bench``: every row of docs/performance.md, each with its reference measured in the same run.
 
-``python -m bench`` runs them all; ``python -m bench call step drain latency sequence fanout budget``
-runs a subset; ``BENCH_SCALE=0.1`` shrinks the item counts for a quick look.
+``python -m bench`` runs them all; ``python -m bench call step drain latency a b d sequence fanout budget``
+runs a subset; ``BENCH_SCALE=0.1`` shrinks the item counts for a quick look. Rows a and b run each
+candidate I/O model of issue 15 (``BENCH_EXECUTORS`` picks some: "event loop (chosen)", "threads",
+"gevent pool"), c is read from row a, d runs the chosen one only.
 """
 
 from __future__ import annotations
@@ -138,12 +140,15 @@ def _drain_noop(count: int) -> float:
 class Stack:
     """redis-server + responder + integration + worker(s), with this process configured like them."""
 
-    def __init__(self, broker: str, url: str, workers: int = 1, concurrency: int = 16) -> None:
+    def __init__(self, broker: str, url: str, workers: int = 1, concurrency: int = 16, pool: str = "threads",
+                 slot_width: int | None = None, env: dict[str, str] | None = None) -> None:
         from integration.model import Integration
         from integration.store import IntegrationStore
 
         self.home = tempfile.mkdtemp(prefix="bench-home-")
-        self.env = pack_env(broker, self.home, OPENAI_PACK_VISIBILITY_TIMEOUT="600")
+        extra = {"OPENAI_PACK_SLOT_WIDTH": str(slot_width)} if slot_width else {}
+        extra |= env or {}
+        self.env = pack_env(broker, self.home, OPENAI_PACK_VISIBILITY_TIMEOUT="600", **extra)
         store = IntegrationStore(path=__import__("pathlib").Path(self.home) / "integrations.json")
         store.add(Integration(name="bench", base_url=url, auth={"placement": "none"}, max_retries=0,
                               timeout={"read": 60}), make_default=True)
@@ -155,7 +160,7 @@ class Stack:
 
         worker_app.reconfigure()
         self.app = worker_app
-        self.workers = [Worker(self.env, concurrency, f"bench{i}") for i in range(workers)]
+        self.workers = [Worker(self.env, concurrency, f"bench{i}", pool) for i in range(workers)]
         wait_ready(worker_app)
 
     @property
@@ -206,7 +211,7 @@ def bench_step(broker: str, url: str, runs: int = 200) -> None:
 
 
 def bench_drain(broker: str, url: str, items: int, concurrency: int, label: str, latency: float) -> float:
-    stack = Stack(broker, url, concurrency=concurrency)
+    stack = Stack(broker, url, concurrency=concurrency, slot_width=1)
     try:
         noop_rate = _drain_noop(items)
         engine = stack.engine
@@ -220,7 +225,7 @@ def bench_drain(broker: str, url: str, items: int, concurrency: int, label: str,
     finally:
         stack.stop()
     reference = noop_rate if not latency else min(noop_rate, concurrency / latency)
-    table(f"{label}: {items:,}-item with_items, one worker (threads, concurrency {concurrency}), "
+    table(f"{label}: {items:,}-item with_items, one worker (a step message per chain on {concurrency} threads), "
           f"server answering after {latency * 1000:.0f} ms",
           ["path", "items/s", "share of reference"],
           [["no-op Celery drain", f"{noop_rate:,.0f}", ""],
@@ -229,6 +234,118 @@ def bench_drain(broker: str, url: str, items: int, concurrency: int, label: str,
            ["with_items step", f"{rate:,.0f}", f"{rate / reference:.0%}"]])
     print(f"items: {record['items']}; target ≥ {'60' if latency else '70'}% of the reference")
     return noop_rate
+
+
+# ---------------------------------------------------------------- a-d: calls in flight (issue 15)
+
+#: how each candidate I/O model runs a fan-out of ``concurrency`` chains in one worker process
+EXECUTORS: dict[str, dict[str, Any]] = {
+    "event loop (chosen)": {"pool": "threads", "slot_width": 250, "threads": lambda c: max(4, -(-c // 250) + 2)},
+    "eight event loops": {"pool": "threads", "slot_width": 250, "threads": lambda c: max(4, -(-c // 250) + 2),
+                          "env": {"OPENAI_PACK_INFLIGHT_LOOPS": "8"}},
+    "threads": {"pool": "threads", "slot_width": 1, "threads": lambda c: c + 2},
+    "gevent pool": {"pool": "gevent", "slot_width": 1, "threads": lambda c: c + 2},
+}
+
+
+def bench_inflight(broker: str, url: str, *, items: int, concurrency: int, executor: str,
+                   workers: int = 1, runs: int = 1) -> dict[str, Any]:
+    """One wide fan-out: rate, the no-op drain on the same worker(s), RSS growth and calls in flight."""
+    import httpx
+
+    shape = EXECUTORS[executor]
+    threads = shape["threads"](concurrency * runs // workers)
+    stack = Stack(broker, url, workers=workers, concurrency=threads, pool=shape["pool"],
+                  slot_width=shape["slot_width"], env=shape.get("env"))
+    try:
+        noop_rate = _drain_noop(scaled(5_000)) if workers == 1 else float("nan")
+        engine = stack.engine
+        before = [worker.rss_mb() for worker in stack.workers]
+        peak = list(before)
+        started = time.monotonic()
+        run_ids = [engine.start_run(_fanout(concurrency), {"records": [f"r{i}" for i in range(items // runs)]},
+                                    trigger={"type": "bench"})[0] for _ in range(runs)]
+        # bounded: a run that stalls is reported as such instead of holding the benchmark forever
+        deadline = started + max(180.0, 20 * items / concurrency)
+        while not all(engine.store.flag(run_id, "finished") for run_id in run_ids):
+            if time.monotonic() > deadline:
+                print(f"{executor}: STALLED — the run did not finish within {deadline - started:.0f} s")
+                break
+            time.sleep(0.05)
+            peak = [max(p, worker.rss_mb()) for p, worker in zip(peak, stack.workers, strict=True)]
+        elapsed = time.monotonic() - started
+        steps = [engine.store.step(run_id, "classify") or {} for run_id in run_ids]
+        for step in steps:
+            if step.get("error"):
+                print(f"failed items: {step['error']['message'][:300]}")
+        hwm = [w.peak_rss_mb() for w in stack.workers]
+        record = {"items": {k: sum((step.get("items") or {}).get(k, 0) for step in steps)
+                            for k in ("total", "succeeded", "failed")}}
+        # a stalled run's unfinished items count as failed in the table
+        record["items"]["failed"] = items - record["items"]["succeeded"]
+        served = httpx.get(url + "/_stats").json()
+    finally:
+        stack.stop()
+    growth = sum(p - b for p, b in zip(peak, before, strict=True))
+    return {"executor": executor, "threads": threads, "rate": items / elapsed, "noop": noop_rate,
+            "items": record["items"], "max_in_flight": served["max_in_flight"],
+            "kb_per_call": growth * 1024 / max(1, served["max_in_flight"]), "rss_before": before,
+            "rss_peak": peak, "peak_hwm": hwm, "seconds": elapsed}
+
+
+def _inflight_rows(results: list[dict[str, Any]], cap: float) -> list[list[str]]:
+    rows = []
+    for r in results:
+        reference = min(r["noop"], cap)
+        rows.append([r["executor"], str(r["threads"]), f"{r['rate']:,.0f}", f"{r['noop']:,.0f}",
+                     f"{r['rate'] / reference:.0%}", f"{r['max_in_flight']:,}", f"{r['kb_per_call']:.1f} KB",
+                     f"{max(r['rss_peak']):.0f} MB", f"{r['items']['failed']}"])
+    return rows
+
+
+INFLIGHT_HEADER = ["executor", "pool threads", "items/s", "no-op drain/s", "share of reference", "max in flight",
+                   "RSS growth per call in flight", "peak RSS", "failed"]
+
+
+def bench_rows_a_c(broker: str, executors: list[str]) -> None:
+    items, concurrency, latency = scaled(20_000), 1000, 1.0
+    results = []
+    for executor in executors:
+        with responder(delay=latency) as url:
+            results.append(bench_inflight(broker, url, items=items, concurrency=concurrency, executor=executor))
+    table(f"a/c. {items:,}-item with_items, answers after 1 s, concurrency {concurrency}, one worker process; "
+          f"reference = min(no-op drain, {concurrency}/s)", INFLIGHT_HEADER,
+          _inflight_rows(results, concurrency / latency))
+    print("targets: a ≥ 80% of the reference; c ≤ 50 KB per call in flight")
+
+
+def bench_row_b(broker: str, executors: list[str]) -> None:
+    items, concurrency, latency = scaled(10_000), 200, 0.1
+    results = []
+    for executor in executors:
+        with responder(delay=latency) as url:
+            results.append(bench_inflight(broker, url, items=items, concurrency=concurrency, executor=executor))
+    table(f"b. {items:,}-item with_items, answers after 100 ms, concurrency {concurrency}, one worker process; "
+          f"reference = min(no-op drain, {concurrency / latency:,.0f}/s)", INFLIGHT_HEADER,
+          _inflight_rows(results, concurrency / latency))
+    print("target: ≥ 70% of the reference, no failed item (no stall)")
+
+
+def bench_row_d(broker: str) -> None:
+    """A step's concurrency stops at 1,000, so 5,000 in flight are five such fan-outs at once."""
+    items, concurrency, runs = max(5_000, scaled(10_000)), 1000, 5
+    with responder(delay=10.0) as url:
+        r = bench_inflight(broker, url, items=items, concurrency=concurrency, executor="event loop (chosen)",
+                           workers=2, runs=runs)
+    concurrency *= runs
+    table(f"d. {runs} runs of {items // runs:,}-item with_items at concurrency 1,000 at once, answers after 10 s, "
+          f"two workers",
+          ["measure", "value"],
+          [["items", json.dumps(r["items"])], ["max calls in flight at the server", f"{r['max_in_flight']:,}"],
+           ["wall time", f"{r['seconds']:.1f} s ({r['rate']:,.0f} items/s; ideal {concurrency / 10:,.0f}/s)"],
+           ["peak RSS per worker", ", ".join(f"{m:.0f} MB" for m in r["peak_hwm"])],
+           ["RSS growth per call in flight", f"{r['kb_per_call']:.1f} KB"]])
+    print("target: every item succeeds; peak RSS reported")
 
 
 # ---------------------------------------------------------------- 5: sequential workflows
@@ -328,8 +445,10 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["fanout-dispatch"]:
         fanout_dispatch(int(argv[1]), int(argv[2]))
         return 0
-    wanted = set(argv) or {"call", "step", "drain", "latency", "sequence", "fanout", "budget"}
-    unknown = wanted - {"call", "step", "drain", "latency", "sequence", "fanout", "budget"}
+    rows = {"call", "step", "drain", "latency", "a", "b", "d", "sequence", "fanout", "budget"}
+    wanted = set(argv) or rows
+    executors = os.environ.get("BENCH_EXECUTORS", ",".join(EXECUTORS)).split(",")
+    unknown = wanted - rows - {"alternatives"}
     if unknown:
         raise SystemExit(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
     if not os.environ.get("BENCH_QUIET"):
@@ -363,6 +482,12 @@ def main(argv: list[str]) -> int:
         if "latency" in wanted:
             with responder(delay=0.1) as url:
                 bench_drain(broker, url, scaled(10_000), 200, "4", 0.1)
+        if "a" in wanted:
+            bench_rows_a_c(broker, executors)
+        if "b" in wanted:
+            bench_row_b(broker, executors)
+        if "d" in wanted:
+            bench_row_d(broker)
         if "sequence" in wanted:
             with responder() as url:
                 bench_sequence(broker, url, long=max(20, int(500 * min(1.0, SCALE * 2))))

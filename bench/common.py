@@ -86,12 +86,18 @@ def responder(delay: float = 0.0, rpm: int = 0) -> Iterator[str]:
         process.wait(timeout=10)
 
 
-class Worker:
-    """An ``openai-pack worker`` process; ``peak_rss`` reads its high-water mark from /proc."""
+#: Celery's gevent pool needs the standard library patched before anything else is imported.
+GEVENT_MAIN = ("from gevent import monkey; monkey.patch_all(); import sys; from workers.cli import main; "
+               "sys.exit(main())")
 
-    def __init__(self, env: dict[str, str], concurrency: int, name: str) -> None:
+
+class Worker:
+    """An ``openai-pack worker`` process; ``peak_rss`` reads its high-water mark from /proc, ``rss`` the current."""
+
+    def __init__(self, env: dict[str, str], concurrency: int, name: str, pool: str = "threads") -> None:
+        entry = ["-c", GEVENT_MAIN] if pool == "gevent" else ["-m", "workers.cli"]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "workers.cli", "worker", "-c", str(concurrency), "--loglevel", "WARNING",
+            [sys.executable, *entry, "worker", "-c", str(concurrency), "--pool", pool, "--loglevel", "WARNING",
              "-n", f"{name}@%h"], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
         self.ready = threading.Event()
@@ -103,12 +109,18 @@ class Worker:
             self.lines.append(line)
 
     def peak_rss_mb(self) -> float:
+        return self._status_mb("VmHWM:")
+
+    def rss_mb(self) -> float:
+        return self._status_mb("VmRSS:")
+
+    def _status_mb(self, field: str) -> float:
         try:
             text = Path(f"/proc/{self.process.pid}/status").read_text()
         except OSError:
             return float("nan")
         for line in text.splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
         return float("nan")
 

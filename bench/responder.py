@@ -41,7 +41,7 @@ class Responder(asyncio.Protocol):
     delay = 0.0
     budget: RateLimitItemPerMinute | None = None
     window = MovingWindowRateLimiter(MemoryStorage())
-    stats = {"calls": 0, "limited": 0}
+    stats = {"calls": 0, "limited": 0, "in_flight": 0, "max_in_flight": 0}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -70,9 +70,13 @@ class Responder(asyncio.Protocol):
             body = json.dumps(Responder.stats).encode()
             self.transport.write(f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
             return
+        stats = Responder.stats
+        stats["in_flight"] += 1
+        stats["max_in_flight"] = max(stats["max_in_flight"], stats["in_flight"])
         if self.delay:
             await asyncio.sleep(self.delay)
-        Responder.stats["calls"] += 1
+        stats["in_flight"] -= 1
+        stats["calls"] += 1
         status, body = "200 OK", CHAT
         if self.budget is not None and not self.window.hit(self.budget, "responder"):
             Responder.stats["limited"] += 1
@@ -90,7 +94,7 @@ class Responder(asyncio.Protocol):
 
 async def serve(port: int, delay: float, rpm: int) -> None:
     Responder.delay, Responder.budget = delay, RateLimitItemPerMinute(rpm) if rpm else None
-    server = await asyncio.get_running_loop().create_server(Responder, "127.0.0.1", port, backlog=1024)
+    server = await asyncio.get_running_loop().create_server(Responder, "127.0.0.1", port, backlog=4096)
     print("ready", flush=True)
     async with server:
         await server.serve_forever()

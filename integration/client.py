@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from integration import errors
+from integration.aio import BridgeTransport, pause
 from integration.model import Integration
 from integration.providers import auth_for, route
 from integration.redact import install_log_redaction, scrub
@@ -156,7 +157,8 @@ class Client:
             headers=headers,
             timeout=httpx.Timeout(connect=timeout.connect, read=timeout.read, write=timeout.write,
                                   pool=timeout.pool),
-            transport=transport or httpx.HTTPTransport(retries=integration.max_retries),
+            # Blocking in a thread; on the event loop when called from a bridged greenlet (integration.aio).
+            transport=transport or BridgeTransport(retries=integration.max_retries),
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
             follow_redirects=False,
         )
@@ -180,7 +182,7 @@ class Client:
         body_reader: BodyReader | None = None,
         max_retries: int | None = None,
         max_inline_wait: float = DEFAULT_MAX_INLINE_WAIT,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] = pause,
         action: str | None = None,
     ) -> ApiResponse:
         """Send one logical request, retrying only what is safe; raise a typed error otherwise.
@@ -270,7 +272,10 @@ class Client:
                 body = body_reader(answer_headers, response.iter_bytes())
                 return ApiResponse(response.status_code, body, headers, request_id, 1, 0.0)
             content = response.read()
-            body = json.loads(content) if content else None
+            if content and response.headers.get("content-type", "").startswith("text/plain"):
+                body = content.decode(response.encoding or "utf-8")  # e.g. a transcript asked for as text, srt, vtt
+            else:
+                body = json.loads(content) if content else None
         except (json.JSONDecodeError, UnicodeDecodeError):
             return errors.ResponseShapeError(
                 f"the API answered {response.status_code} with a body that is not JSON",

@@ -78,6 +78,32 @@ def test_create_transcription_of_a_wav_file_the_test_makes(cli: tuple[dict[str, 
     assert sent["path"] == "/v1/audio/transcriptions" and sent["body"]["file"] == "voicemail.wav"
 
 
+@pytest.mark.parametrize(("action", "form", "expected"), [
+    ("create_transcription", "text", "Hello, this is the simulator's transcript of your audio.\n"),
+    ("create_transcription", "srt", "1\n00:00:00,000 --> 00:00:03,000\n"),
+    ("create_translation", "vtt", "WEBVTT\n"),
+])
+def test_audio_asked_for_as_plain_text_comes_back_as_text(sim_integration: Integration, simulator: Simulator,
+                                                           action: str, form: str, expected: str) -> None:
+    """text, srt and vtt are answered as text/plain, not JSON: the step gets ``{"text": ...}`` (it used to
+    fail as "not JSON" after the paid call)."""
+    audio = "data:audio/wav;base64," + base64.b64encode(b"RIFF" + b"\x00" * 40).decode()
+    output = actions.run(action, {"file": audio, "model": "whisper-1", "response_format": form}, sim_integration)
+    assert output["text"].startswith(expected)
+    assert simulator.calls == 1
+
+
+def test_text_the_step_did_not_ask_for_is_still_an_error(file_server: tuple[_FileServer, Integration]) -> None:
+    """A text/plain 200 where JSON was expected (a proxy's page, say) is not passed off as a transcript."""
+    _, integration = file_server  # answers every POST with text/plain
+    audio = "data:audio/wav;base64," + base64.b64encode(b"RIFF" + b"\x00" * 40).decode()
+    with pytest.raises(errors.ResponseShapeError, match="not a JSON object"):
+        actions.run("create_transcription", {"file": audio, "model": "whisper-1"}, integration)
+    asked = actions.run("create_transcription", {"file": audio, "model": "whisper-1", "response_format": "text"},
+                        integration)
+    assert asked == {"text": "upstream says hello"}
+
+
 def test_create_speech_with_save_to_writes_the_bytes_then_refuses_to_overwrite(
         cli: tuple[dict[str, str], Simulator, Path]) -> None:
     env, sim, files = cli
@@ -199,6 +225,15 @@ class _FileHandler(BaseHTTPRequestHandler):
                 self.server.release.wait(30)
                 self.wfile.write(b"b" * 1024 * 1024)
             # "cut": the connection closes with half the promised bytes sent
+
+    def do_POST(self) -> None:  # noqa: N802 - a plain-text answer to any request (audio endpoints' text formats)
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = b"upstream says hello"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def log_message(self, *_: Any) -> None:
         pass

@@ -141,3 +141,24 @@ def test_a_steps_final_record_is_written_once(kv: KV) -> None:
     assert store.save_item_result("r1", "s", 0, {"status": "succeeded"}, {"answer": 1})
     assert not store.save_item_result("r1", "s", 0, {"status": "failed"})
     assert store.item("r1", "s", 0) == {"status": "succeeded"} and store.item_outputs("r1", "s", 1) == [{"answer": 1}]
+
+
+def test_pipelined_scripts_survive_a_redis_that_forgot_them(redis_server: str) -> None:
+    """Pipelines queue scripts by digest alone (no ``SCRIPT EXISTS`` round trip per item); after a Redis
+    restart forgets the scripts, the writes still happen, once, and the set-once flag still holds."""
+    store = open_kv(redis_server.rsplit("/", 1)[0] + "/7")
+    assert isinstance(store, RedisKV)
+    store.redis.flushdb()
+    store.redis.script_flush()
+    ops = [("set", ("test:ledger", "done"), {}),
+           ("hset_if_first", ("test:flags", "final:s:0", [("test:items", "0", "first")]), {})]
+    assert store.batch(ops) == [True, 1]
+    store.redis.script_flush()
+    again = [("hset_if_first", ("test:flags", "final:s:0", [("test:items", "0", "second")]), {})]
+    assert store.batch(again) == [0]
+    assert store.hget("test:items", "0") == "first"
+    store.redis.script_flush()
+    store.set("test:lease", "me", ttl=5)
+    assert store.extend_all([("test:lease", "me", 9.0), ("test:lease", "other", 9.0)]) == [True, False]
+    assert 5000 < store.redis.pttl("test:lease") <= 9000
+    store.redis.flushdb()

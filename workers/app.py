@@ -12,6 +12,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -36,6 +37,7 @@ from workers.triggers.beat import register_fire_task
 __all__ = ["STEP_TASK", "app", "engine", "settings"]
 
 STEP_TASK = "openai_pack.step"
+SLOT_TASK = "openai_pack.slot"
 log = logging.getLogger("openai_pack.worker")
 
 
@@ -126,10 +128,16 @@ def _dispatch(run_id: str, step_id: str, item: int | None, countdown: float | No
                           task_id=f"{run_id}:{step_id}:{'' if item is None else item}:{uuid.uuid4().hex[:8]}")
 
 
+def _dispatch_slot(run_id: str, step_id: str, heads: list[int], countdown: float | None) -> None:
+    slot_task.apply_async(args=[run_id, step_id, heads], countdown=countdown,
+                          task_id=f"{run_id}:{step_id}:slot{heads[0]}+{len(heads)}:{uuid.uuid4().hex[:8]}")
+
+
 @cache
 def engine() -> Engine:
     store = kv()
-    return Engine(RunStore(store), Ledger(store), settings, _dispatch, Budget(settings.store_url, store))
+    return Engine(RunStore(store), Ledger(store), settings, _dispatch, Budget(settings.store_url, store),
+                  dispatch_slot=_dispatch_slot)
 
 
 @app.task(name=STEP_TASK, bind=True, acks_late=True, max_retries=None, ignore_result=True)
@@ -141,7 +149,23 @@ def step_task(self: Task, run_id: str, step_id: str, item: int | None = None) ->
     except Requeue as wait:
         _requeue(self, run_id, step_id, wait)
     except Exception as exc:
-        _ride_out(self, run_id, step_id, item, owner, exc)
+        _ride_out(self, run_id, step_id, exc, again=lambda: engine().run_step(run_id, step_id, item, owner=owner),
+                  give_up=lambda reason: engine().abandon(run_id, step_id, item, reason))
+
+
+@app.task(name=SLOT_TASK, bind=True, acks_late=True, max_retries=None, ignore_result=True)
+def slot_task(self: Task, run_id: str, step_id: str, heads: list[int]) -> None:
+    """A fan-out slot: several item chains at once on this process's event loop (``FanOut.run_slot``)."""
+    owner = f"{self.request.id}:{self.request.hostname}:{os.getpid()}:{threading.get_ident()}"
+    try:
+        engine().fanout.run_slot(run_id, step_id, heads, owner)
+    except Exception as exc:
+        def give_up(reason: str) -> None:
+            for head in heads:
+                engine().abandon(run_id, step_id, head, reason)
+
+        _ride_out(self, run_id, step_id, exc, again=lambda: engine().fanout.run_slot(run_id, step_id, heads, owner),
+                  give_up=give_up)
 
 
 def _requeue(task: Task, run_id: str, step_id: str, wait: Requeue) -> None:
@@ -149,7 +173,8 @@ def _requeue(task: Task, run_id: str, step_id: str, wait: Requeue) -> None:
     raise task.retry(countdown=min(wait.countdown, settings.max_countdown), max_retries=None) from None
 
 
-def _ride_out(task: Task, run_id: str, step_id: str, item: int | None, owner: str, first: Exception) -> None:
+def _ride_out(task: Task, run_id: str, step_id: str, first: Exception, *, again: Callable[[], None],
+              give_up: Callable[[str], None]) -> None:
     """The store or broker failed mid-step (a Redis restart): retry here for about a minute.
 
     Raising would let Celery acknowledge the message and lose the step, and re-queueing needs the
@@ -163,7 +188,7 @@ def _ride_out(task: Task, run_id: str, step_id: str, item: int | None, owner: st
     for delay in (0.5, 1, 2, 4, 8, 15, 30):
         time.sleep(delay)
         try:
-            engine().run_step(run_id, step_id, item, owner=owner)
+            again()
             return
         except Requeue as wait:
             _requeue(task, run_id, step_id, wait)
@@ -173,7 +198,7 @@ def _ride_out(task: Task, run_id: str, step_id: str, item: int | None, owner: st
     if isinstance(last, OSError | ConnectionError | StoreError):
         raise Reject(f"store unavailable: {type(last).__name__}", requeue=True)
     # Not the store: a bug. End the step as failed so the run finishes loudly instead of hanging.
-    engine().abandon(run_id, step_id, item, f"{type(last).__name__}: {scrub(str(last))}")
+    give_up(f"{type(last).__name__}: {scrub(str(last))}")
 
 
 @app.task(name="openai_pack.ping", acks_late=True)

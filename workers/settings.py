@@ -52,6 +52,14 @@ class Settings:
     #: Where ``openai.<name>`` tasks keep their results for callers' ``.get()`` (``OPENAI_PACK_RESULT_BACKEND``,
     #: e.g. ``redis://host:6379/1``); unset, results are not kept (workflow steps never need them).
     result_backend: str | None = None
+    #: Fan-out items in flight per slot task (``OPENAI_PACK_SLOT_WIDTH``): a slot runs this many item
+    #: chains at once on the process's event loop (``workers.engine.inflight``); 1 = one chain per
+    #: task on a pool thread, as before issue 15.
+    slot_width: int = 250
+    #: Event loops (each in its own thread) that a worker process spreads its slots' chains over
+    #: (``OPENAI_PACK_INFLIGHT_LOOPS``). One is the default: HTTP and Redis waits both go to the loop, so more
+    #: loops only contend for the GIL (measured: one loop moved 10–15 % more items with 30 % less memory than 8).
+    inflight_loops: int = 1
 
     @property
     def lease_ttl(self) -> float:
@@ -94,4 +102,6 @@ class Settings:
             max_countdown=min(_number("OPENAI_PACK_MAX_COUNTDOWN", 300, 1, 86400), visibility * 0.5),
             max_requeues=int(_number("OPENAI_PACK_MAX_REQUEUES", 50, 0, 10000)),
             result_backend=os.environ.get("OPENAI_PACK_RESULT_BACKEND", "").strip() or None,
+            slot_width=int(_number("OPENAI_PACK_SLOT_WIDTH", 250, 1, 10000)),
+            inflight_loops=int(_number("OPENAI_PACK_INFLIGHT_LOOPS", 1, 1, 64)),
         )

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import actions
 from actions import ActionManifest
 from actions.simulator.bodies import Upload
 from actions.simulator.media import example_content, skill_zip, speech_audio, video_asset
@@ -409,6 +410,38 @@ def completion_chunks(answer: Any, body: Body) -> list[Any]:
             events.append({"index": choice["index"], "text": piece, "logprobs": None, "finish_reason": None})
         events.append({"index": choice["index"], "text": "", "logprobs": None, "finish_reason": "stop"})
     return _with_usage(base, events, answer, body)
+
+
+# ---------------------------------------------------------------- audio to text: JSON, or plain text for text, srt, vtt
+
+#: The transcript the simulator "hears" in any audio.
+TRANSCRIPT = "Hello, this is the simulator's transcript of your audio."
+#: Subtitles of that transcript, as the real API answers ``srt`` and ``vtt``.
+_SUBTITLES = {
+    "srt": f"1\n00:00:00,000 --> 00:00:03,000\n{TRANSCRIPT}\n",
+    "vtt": f"WEBVTT\n\n00:00:00.000 --> 00:00:03.000\n{TRANSCRIPT}\n",
+}
+
+
+def _audio_text(action: str, call: Call) -> Any:
+    """``response_format`` text, srt and vtt are answered as plain text (not JSON), as the real API does;
+    the JSON formats get the action's usual answer."""
+    form = call.body.get("response_format")
+    if form == "text":
+        return Download(f"{TRANSCRIPT}\n".encode(), "text/plain; charset=utf-8")
+    if form in _SUBTITLES:
+        return Download(_SUBTITLES[form].encode(), "text/plain; charset=utf-8")
+    return default_answer(actions.get(action))
+
+
+@behaviour("createTranscription")
+def transcription(_context: Context, call: Call) -> Any:
+    return _audio_text("create_transcription", call)
+
+
+@behaviour("createTranslation")
+def translation(_context: Context, call: Call) -> Any:
+    return _audio_text("create_translation", call)
 
 
 # ---------------------------------------------------------------- answers that are bytes

@@ -1,16 +1,22 @@
-"""Fan-out (``with_items``): ``concurrency`` item tasks start; each finishing item claims the next index.
+"""Fan-out (``with_items``): ``concurrency`` item chains start; each finishing item claims the next index.
 
-So no more than ``concurrency`` calls of the step are ever in flight, and a slot that finishes an
+So no more than ``concurrency`` calls of the step are ever in flight, and a chain that finishes an
 item carries on with the next one in the same task (a message per item would cost Celery's own
-overhead on every item). The step's output is the list of its items' outputs, in item order.
+overhead on every item). The chains travel in *slot* messages of up to ``slot_width`` chains each;
+a slot task runs its chains together on the process's event loop (``workers.engine.inflight``), so
+one worker thread holds hundreds of calls in flight. With ``slot_width`` 1 (or no slot dispatch,
+as in unit tests) every chain is a step message of its own, run on a pool thread.
+The step's output is the list of its items' outputs, in item order.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from integration.errors import PackError
+from workers.engine.inflight import executor
 from workers.requeue import Requeue
 from workers.state.runs import FINISHED, now_iso
 from workers.workflow import TemplateError, Workflow, render
@@ -18,7 +24,17 @@ from workers.workflow import TemplateError, Workflow, render
 if TYPE_CHECKING:
     from workers.engine.lifecycle import Engine
 
-__all__ = ["FanOut"]
+__all__ = ["FanOut", "Left", "SlotDispatch"]
+
+#: dispatch_slot(run_id, step_id, chain heads, countdown seconds or None): one slot message
+SlotDispatch = Callable[[str, str, list[int], float | None], None]
+
+
+class Left(NamedTuple):
+    """Where a chain stopped without finishing: the next item, and whether another delivery holds it."""
+
+    index: int
+    busy: bool
 
 
 class FanOut:
@@ -61,8 +77,14 @@ class FanOut:
         if total == 0:
             self.finish(run_id, workflow, step_id)
             return
-        for index in range(min(step.concurrency, total)):
-            engine.dispatch(run_id, step_id, index, None)
+        heads = list(range(min(step.concurrency, total)))
+        width = engine.settings.slot_width
+        if engine.dispatch_slot is None or width <= 1:
+            for index in heads:
+                engine.dispatch(run_id, step_id, index, None)
+            return
+        for first in range(0, len(heads), width):
+            engine.dispatch_slot(run_id, step_id, heads[first:first + width], None)
 
     def run_item(self, run_id: str, workflow: Workflow, step_id: str, index: int, *, cancelled: bool) -> int | None:
         """Run (or replay) one item; returns the index this slot should run next, if any."""
@@ -93,26 +115,75 @@ class FanOut:
         queue. After a crash the redelivered message replays the slot's chain (finished items are
         skipped through the ledger and their records) up to where it stopped.
         """
+        left = self._chain(run_id, workflow, step_id, index, owner, cancelled=cancelled, deadline=self._deadline())
+        if left is not None:
+            self.engine.dispatch(run_id, step_id, left.index, None)
+
+    def run_slot(self, run_id: str, step_id: str, heads: list[int], owner: str) -> None:
+        """Run (or replay) a slot message's chains together on the event loop, each from its head.
+
+        Chains that reach the deadline go back to the queue together, as one slot message; a head
+        whose item another delivery still runs (a call outliving the visibility timeout) comes back
+        in 2 s, as a step message in that case does. A chain that raised (the store went away) makes
+        the whole message raise once every other chain has ended, so the task retries it: replaying
+        a chain from its head is safe (finished items are skipped through their records, a claimed
+        paid call is never repeated).
+        """
         engine = self.engine
-        deadline = time.monotonic() + min(30.0, engine.settings.visibility_timeout / 4)
+        status = engine.run_status(run_id)
+        if status is None:
+            return
+        workflow = engine.workflow(run_id)
+        deadline = self._deadline()
+        cancelled = status == "cancelled"
+
+        def chain(head: int) -> Callable[[], Left | None]:
+            return lambda: self._chain(run_id, workflow, step_id, head, f"{owner}:{head}", cancelled=cancelled,
+                                       deadline=deadline, slot=True)
+
+        outcomes = executor().run_all([chain(head) for head in heads], loops=engine.settings.inflight_loops)
+        assert engine.dispatch_slot is not None
+        for busy in (False, True):
+            left = [o.index for o in outcomes if isinstance(o, Left) and o.busy is busy]
+            if left:
+                engine.dispatch_slot(run_id, step_id, left, min(2.0, engine.settings.max_countdown) if busy else None)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    def _deadline(self) -> float:
+        """A slot works at most a quarter of the visibility timeout: its message is acknowledged long before
+        it could be redelivered."""
+        return time.monotonic() + min(30.0, self.engine.settings.visibility_timeout / 4)
+
+    def _chain(self, run_id: str, workflow: Workflow, step_id: str, index: int | None, owner: str, *,
+               cancelled: bool, deadline: float, slot: bool = False) -> Left | None:
+        """Run items from ``index`` on, each claiming the next; returns what is left for another message."""
+        engine = self.engine
         done_here = 0
         while index is not None:
-            if time.monotonic() > deadline:
-                engine.dispatch(run_id, step_id, index, None)
-                return
+            if done_here and time.monotonic() > deadline:  # every chain runs at least its first item
+                return Left(index, busy=False)
             lease_key = f"{run_id}:{step_id}:{index}"
             if not self.store.leases.acquire(lease_key, owner, engine.settings.lease_ttl):
-                return  # another delivery is running this item; it carries the chain on
+                # Another delivery is running this item; it carries the chain on. A slot message's head
+                # waits for it instead (as a step message does), in case that delivery dies first.
+                return Left(index, busy=True) if slot and done_here == 0 else None
             try:
                 done_here += 1
                 if not cancelled and done_here % 20 == 0:
                     cancelled = self.store.status(run_id) == "cancelled"
                 index = self.run_item(run_id, workflow, step_id, index, cancelled=cancelled)
             except Requeue as wait:  # this item must wait (rate budget): it waits on the queue, alone
-                engine.dispatch(run_id, step_id, index, min(wait.countdown, engine.settings.max_countdown))
-                return
+                countdown = min(wait.countdown, engine.settings.max_countdown)
+                if slot and engine.dispatch_slot is not None:  # it comes back to the event loop
+                    engine.dispatch_slot(run_id, step_id, [index], countdown)
+                else:
+                    engine.dispatch(run_id, step_id, index, countdown)
+                return None
             finally:
                 self.store.leases.release(lease_key, owner)
+        return None
 
     def finish(self, run_id: str, workflow: Workflow, step_id: str) -> None:
         """All items ended: sum usage and attempts, list the failed items, then complete the step."""

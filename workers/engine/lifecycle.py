@@ -19,7 +19,7 @@ from integration.redact import scrub_data
 from workers.calls import CallResult, LedgeredCalls, redact
 from workers.engine.batchmode import BatchMode
 from workers.engine.context import TemplateContext
-from workers.engine.fanout import FanOut
+from workers.engine.fanout import FanOut, SlotDispatch
 from workers.engine.selection import select_integration
 from workers.engine.waits import Waits
 from workers.observe import run_started, step_scope
@@ -45,12 +45,14 @@ class Engine:
     """Run state in a ``RunStore``, calls through ``LedgeredCalls``, next steps through ``dispatch``."""
 
     def __init__(self, store: RunStore, ledger: Ledger, settings: Settings, dispatch: Dispatch,
-                 budget: Budget | None = None) -> None:
+                 budget: Budget | None = None, dispatch_slot: SlotDispatch | None = None) -> None:
         self.store = store
         self.budget = budget
         self.ledger = ledger
         self.settings = settings
         self.dispatch = dispatch
+        #: sends a fan-out slot message (several item chains run on the event loop); None: per-item messages
+        self.dispatch_slot = dispatch_slot
         self.calls = LedgeredCalls(ledger, settings, budget, store)
         self.context = TemplateContext(store)
         self.fanout = FanOut(self)
@@ -109,15 +111,20 @@ class Engine:
         return self.context.workflow(run_id)
 
     # the step task -----------------------------------------------------------------------------
+    def run_status(self, run_id: str) -> str | None:
+        """The run's status (None: no such run); the first read in this process also caches what never changes."""
+        if self.context.known(run_id):
+            return self.store.status(run_id)
+        # first step of this run seen by this process: everything immutable in one round trip
+        header = self.store.fields(run_id, ["status", "definition", "inputs", "trigger"])
+        status = header["status"]
+        if status is not None:
+            self.context.remember(run_id, header)
+        return status  # type: ignore[no-any-return]
+
     def run_step(self, run_id: str, step_id: str, item: int | None, owner: str) -> None:
         """Execute (or replay) one step or one fan-out item. Raises ``Requeue`` to come back later."""
-        if self.context.known(run_id):
-            status = self.store.status(run_id)
-        else:  # first step of this run seen by this process: everything immutable in one round trip
-            header = self.store.fields(run_id, ["status", "definition", "inputs", "trigger"])
-            status = header["status"]
-            if status is not None:
-                self.context.remember(run_id, header)
+        status = self.run_status(run_id)
         if status is None:
             log.warning("run %s does not exist; dropping step %s", run_id, step_id)
             return

@@ -80,6 +80,7 @@ class KV(Protocol):
     def delete_if(self, key: str, value: str) -> None: ...
     def hset_if_first(self, flags: str, flag: str, writes: list[tuple[str, str, str]]) -> bool: ...
     def extend_if(self, key: str, value: str, ttl: float) -> bool: ...
+    def extend_all(self, leases: list[tuple[str, str, float]]) -> list[bool]: ...
     def incr(self, key: str, amount: int = 1) -> int: ...
     def hget(self, key: str, field: str) -> str | None: ...
     def hset(self, key: str, mapping: dict[str, str]) -> None: ...
@@ -191,6 +192,8 @@ class RedisKV:
     def __init__(self, url: str) -> None:
         import redis
 
+        from workers.state.bridged import BridgedConnection
+
         self.url = url
         check_url(url, field="OPENAI_PACK_STORE_URL")
         options: dict[str, Any] = {"decode_responses": True, "socket_timeout": 10, "socket_connect_timeout": 5,
@@ -198,13 +201,17 @@ class RedisKV:
         #: Set with Sentinel: the writes a failover must not lose wait for a replica (see ``_Replicas``).
         self._replicas: _Replicas | None = None
         if is_sentinel_url(url):
-            self.redis = connect(url, field="OPENAI_PACK_STORE_URL", blocking=True, max_connections=512, timeout=30,
-                                 **options)
+            self.redis = connect(url, field="OPENAI_PACK_STORE_URL", blocking=True, max_connections=2048,
+                                 timeout=30, **options)
             self._replicas = _Replicas(self.redis)
         else:
             # A blocking pool: with hundreds of worker threads, a thread waits for a connection instead of
             # failing with "Too many connections".
-            pool = redis.BlockingConnectionPool.from_url(url, max_connections=512, timeout=30, **options)
+            # Plain TCP connections wait on the event loop inside the in-flight executor's greenlets
+            # (workers.state.bridged); a chain holds its connection only for one command.
+            bridged = {"connection_class": BridgedConnection} if url.startswith("redis://") else {}
+            pool = redis.BlockingConnectionPool.from_url(url, max_connections=2048, timeout=30, **options,
+                                                         **bridged)
             self.redis = redis.Redis(connection_pool=pool)
         self._finish_item = self.redis.register_script(_FINISH_ITEM)
         self._claim = self.redis.register_script(_CLAIM)
@@ -226,19 +233,37 @@ class RedisKV:
         """See ``KV.claim``; with Sentinel it returns only once a replica has the claim (``_Replicas``)."""
         args = [value, int(ttl * 1000)]
         if self._replicas is not None:
-            return bool(self._replicated(lambda pipe: self._claim(keys=[key], args=args, client=pipe))[0])
+            return bool(self._replicated(
+                lambda pipe, scripted: self._queue_script(pipe, self._claim, [key], args, scripted))[0])
         return bool(self._claim(keys=[key], args=args))
 
-    def _replicated(self, write: Callable[[Any], Any]) -> list[Any]:
+    def _replicated(self, write: Callable[[Any, dict[int, tuple[Any, list[str], list[Any]]]], None]) -> list[Any]:
         """Make ``write``'s commands on one connection, then ``WAIT`` until a replica has them (and
         everything written before them, by any client: replication is one ordered stream)."""
+        import redis
+
         assert self._replicas is not None
         pipe = self.redis.pipeline(transaction=False)
-        write(pipe)
+        scripted: dict[int, tuple[Any, list[str], list[Any]]] = {}
+        write(pipe, scripted)
         waiting = self._replicas.add_wait(pipe)
-        results = list(pipe.execute())
+        results = list(pipe.execute(raise_on_error=False))
+        replicas = results.pop() if waiting else 1
+        rerun = False
+        for position, (script, keys, args) in scripted.items():
+            if isinstance(results[position], redis.exceptions.NoScriptError):  # a new master: load it, run it
+                results[position] = script(keys=keys, args=args)
+                rerun = True
+        for result in [*results, replicas]:
+            if isinstance(result, Exception):
+                raise result
         if waiting:
-            self._replicas.acknowledged(results.pop())
+            if rerun:  # those ran after the WAIT: wait again, behind a write of that connection
+                mark = self.redis.pipeline(transaction=False)
+                mark.set("opk:replication-mark", "1")
+                mark.execute_command("WAIT", 1, self._replicas.timeout_ms)
+                replicas = mark.execute()[1]
+            self._replicas.acknowledged(replicas)
         return results
 
     def delete(self, *keys: str) -> None:
@@ -249,17 +274,54 @@ class RedisKV:
         """Compare-and-delete in one round trip (a lease is released only by its owner)."""
         self._delete_if(keys=[key], args=[value])
 
-    def hset_if_first(self, flags: str, flag: str, writes: list[tuple[str, str, str]], client: Any = None) -> bool:
+    def hset_if_first(self, flags: str, flag: str, writes: list[tuple[str, str, str]]) -> bool:
         """Set-once ``flag`` in ``flags``; only the first caller's hash ``writes`` (key, field, value) happen."""
+        return bool(self._hset_if_first(*self._hset_if_first_call(flags, flag, writes)))
+
+    @staticmethod
+    def _hset_if_first_call(flags: str, flag: str, writes: list[tuple[str, str, str]]) -> tuple[list[str], list[str]]:
         keys, args = [flags], [flag]
         for key, field, value in writes:
             keys.append(key)
             args += [field, value]
-        return bool(self._hset_if_first(keys=keys, args=args, client=client))
+        return keys, args
+
+    @staticmethod
+    def _queue_script(pipe: Any, script: Any, keys: list[str], args: list[Any],
+                      scripted: dict[int, tuple[Any, list[str], list[Any]]]) -> None:
+        """Queue a script in a pipeline by its digest alone.
+
+        redis-py's own way (``script(client=pipe)``) first asks ``SCRIPT EXISTS`` in a round trip of its own
+        on every pipeline: one extra round trip per fan-out item. ``_execute`` covers the case the check
+        was for (Redis restarted and forgot the script)."""
+        scripted[len(pipe.command_stack)] = (script, keys, args)
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+    @staticmethod
+    def _execute(pipe: Any, scripted: dict[int, tuple[Any, list[str], list[Any]]]) -> list[Any]:
+        """Run a pipeline; a script the server no longer knows is loaded and run again on its own."""
+        import redis
+
+        results = list(pipe.execute(raise_on_error=False))
+        for position, (script, keys, args) in scripted.items():
+            if isinstance(results[position], redis.exceptions.NoScriptError):
+                results[position] = script(keys=keys, args=args)  # loads it, then runs it
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
 
     def extend_if(self, key: str, value: str, ttl: float) -> bool:
         """Compare-and-expire in one round trip (a lease is kept alive only by its owner)."""
         return bool(self._extend_if(keys=[key], args=[value, int(ttl * 1000)]))
+
+    def extend_all(self, leases: list[tuple[str, str, float]]) -> list[bool]:
+        """``extend_if`` for each (key, value, ttl), in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        scripted: dict[int, tuple[Any, list[str], list[Any]]] = {}
+        for key, value, ttl in leases:
+            self._queue_script(pipe, self._extend_if, [key], [value, int(ttl * 1000)], scripted)
+        return [bool(alive) for alive in self._execute(pipe, scripted)]
 
     def finish_item(self, flags: str, counters: str, step: str, index: int, failed: bool) -> tuple[int, int, bool]:
         """See ``RunStore.finish_item``: one atomic script instead of six round trips."""
@@ -267,7 +329,7 @@ class RedisKV:
         if self._replicas is not None:
             args[3] = uuid.uuid4().hex  # redis-py retries after a failover: see _FINISH_ITEM
             [(done, following, first)] = self._replicated(
-                lambda pipe: self._finish_item(keys=[flags, counters], args=args, client=pipe))
+                lambda pipe, scripted: self._queue_script(pipe, self._finish_item, [flags, counters], args, scripted))
         else:
             done, following, first = self._finish_item(keys=[flags, counters], args=args)
         return int(done), int(following), bool(first)
@@ -309,12 +371,13 @@ class RedisKV:
     def batch(self, calls: list[Op]) -> list[Any]:
         """Several writes in one round trip (a pipeline, not a transaction: each stays atomic on its own)."""
         if self._replicas is not None:  # a paid call's answer and its record: on a replica before going on
-            return self._replicated(lambda pipe: self._add_calls(pipe, calls))
+            return self._replicated(lambda pipe, scripted: self._add_calls(pipe, calls, scripted))
         pipe = self.redis.pipeline(transaction=False)
-        self._add_calls(pipe, calls)
-        return list(pipe.execute())
+        scripted: dict[int, tuple[Any, list[str], list[Any]]] = {}
+        self._add_calls(pipe, calls, scripted)
+        return self._execute(pipe, scripted)
 
-    def _add_calls(self, pipe: Any, calls: list[Op]) -> None:
+    def _add_calls(self, pipe: Any, calls: list[Op], scripted: dict[int, tuple[Any, list[str], list[Any]]]) -> None:
         for method, args, kwargs in calls:
             if method == "set":
                 key, value = args
@@ -327,7 +390,7 @@ class RedisKV:
             elif method == "zadd":
                 pipe.zadd(args[0], {args[1]: args[2]})
             elif method == "hset_if_first":
-                self.hset_if_first(*args, client=pipe)
+                self._queue_script(pipe, self._hset_if_first, *self._hset_if_first_call(*args), scripted)
             else:
                 getattr(pipe, method)(*args, **kwargs)
 
@@ -410,6 +473,9 @@ class SqliteKV:
                 return False
             db.executemany("INSERT OR REPLACE INTO h (k, f, v) VALUES (?, ?, ?)", writes)
             return True
+
+    def extend_all(self, leases: list[tuple[str, str, float]]) -> list[bool]:
+        return [self.extend_if(key, value, ttl) for key, value, ttl in leases]
 
     def extend_if(self, key: str, value: str, ttl: float) -> bool:
         now = time.time()

@@ -82,12 +82,13 @@ class Leases:
                 held = dict(self._held)
             period = min((ttl for _, ttl in held.values()), default=3.0) / 3
             self._wake.wait(max(0.2, period))
-            for key, (owner, ttl) in held.items():
-                try:
-                    alive = self.kv.extend_if(self.prefix + key, owner, ttl)
-                except StoreError as exc:  # the store is away: try again next beat
-                    log.warning("lease heartbeat for %s failed: %s", key, exc)
-                    continue
+            entries = list(held.items())
+            try:  # one round trip for all: a process holding a thousand leases must beat within their TTL
+                extended = self.kv.extend_all([(self.prefix + key, owner, ttl) for key, (owner, ttl) in entries])
+            except StoreError as exc:  # the store is away: try again next beat
+                log.warning("lease heartbeat for %d leases failed: %s", len(entries), exc)
+                continue
+            for (key, (owner, ttl)), alive in zip(entries, extended, strict=True):
                 if alive:
                     continue
                 with self._lock:
