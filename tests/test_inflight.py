@@ -19,13 +19,12 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from actions.simulator import Simulator
 from integration.aio import BridgeTransport, pause, run_bridged
 from integration.model import Integration
 from integration.store import IntegrationStore
-from tests.conftest import WorkerProcess
+from tests.conftest import WorkerProcess, broker_of_its_own
 from workers.workflow import parse_workflow
 
 pytestmark = pytest.mark.timeout(300)
@@ -53,18 +52,7 @@ steps:
 def wide_broker(worker_env: dict[str, str], redis_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         dict[str, str]]:
     """Workers of their own on another Redis database (the session worker takes none of these tasks)."""
-    env = dict(worker_env)
-    env["OPENAI_PACK_BROKER_URL"] = redis_server.rsplit("/", 1)[0] + "/6"
-    env["OPENAI_PACK_VISIBILITY_TIMEOUT"] = "8"
-    redis.Redis.from_url(env["OPENAI_PACK_BROKER_URL"]).flushdb()
-    for key, value in env.items():
-        if key.startswith("OPENAI_PACK"):
-            monkeypatch.setenv(key, value)
-    import workers.app
-
-    workers.app.reconfigure()
-    yield env
-    workers.app.reconfigure()
+    yield from broker_of_its_own(worker_env, redis_server, monkeypatch, 6)
 
 
 def _start(records: int, text: str) -> tuple[Any, str]:
