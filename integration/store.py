@@ -51,6 +51,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from integration.auth import api_key_from_text, open_secret, register_key_fingerprint, register_sealed_key, seal_secret
 from integration.errors import ConfigError, KeyRingError, StoreUnavailableError
 from integration.model import Integration
+from integration.redis_urls import connect
 
 __all__ = ["FORMAT_VERSION", "FileBackend", "IntegrationStore", "KeyRing", "RedisBackend",
            "RedisIntegrationStore", "default_home", "open_store", "register_store_secrets", "resolve"]
@@ -187,12 +188,11 @@ class RedisBackend:
     """
 
     def __init__(self, url: str, key: str = "opk:integrations") -> None:
-        import redis
-
         self.url, self.key = url, key
         self.identity = f"redis:{url}#{key}"
         self.where = key
-        self.redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+        # Any Redis URL form, Sentinel included (integration.redis_urls)
+        self.redis = connect(url, field=INTEGRATIONS_URL_ENV, socket_timeout=10, socket_connect_timeout=5)
 
     @property
     def version_key(self) -> str:

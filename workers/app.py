@@ -27,6 +27,7 @@ from kombu.exceptions import KombuError
 import actions
 from integration.errors import PackError, StoreError, StoreUnavailableError
 from integration.redact import install_log_redaction, scrub, scrub_data
+from integration.redis_urls import celery_sentinel, is_sentinel_url
 from workers.engine import Engine
 from workers.observe.reconify import register_drain_task
 from workers.requeue import Requeue
@@ -93,10 +94,13 @@ def _broker_ssl(settings: Settings) -> dict[str, Any] | None:
 
 
 def _configure(app: Celery, settings: Settings) -> None:
+    transport_options = _transport_options(settings)
+    sentinel_options, sentinel_urls = _sentinel(settings)
+    transport_options.update(sentinel_options)
     app.conf.update(
         broker_url=settings.broker_url,
         broker_use_ssl=_broker_ssl(settings),
-        broker_transport_options=_transport_options(settings),
+        broker_transport_options=transport_options,
         task_queues=_queues(settings),
         task_default_delivery_mode="persistent",
         broker_connection_retry_on_startup=True,
@@ -118,6 +122,21 @@ def _configure(app: Celery, settings: Settings) -> None:
         worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_connection_max_retries=None,
     )
+    app.conf.update(sentinel_urls)
+
+
+def _sentinel(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(broker transport options, settings) for ``sentinel://…?master_name=…`` broker and result-backend
+    URLs in Celery's form: the sentinels in the URL, the master name and the sentinels' password as
+    transport options (``integration.redis_urls``). Empty for other URLs."""
+    broker_options: dict[str, Any] = {}
+    conf: dict[str, Any] = {"result_backend_transport_options": {}}
+    if is_sentinel_url(settings.broker_url):
+        conf["broker_url"], broker_options = celery_sentinel(settings.broker_url, field="OPENAI_PACK_BROKER_URL")
+    if settings.result_backend and is_sentinel_url(settings.result_backend):
+        conf["result_backend"], conf["result_backend_transport_options"] = celery_sentinel(
+            settings.result_backend, field="OPENAI_PACK_RESULT_BACKEND")
+    return broker_options, conf
 
 
 settings = Settings.from_env()

@@ -16,13 +16,11 @@ from pathlib import Path
 
 from integration.errors import ConfigError
 from integration.redact import register_url_secrets
+from integration.redis_urls import check_url, is_redis_url
 from integration.store import default_home
 
 EMBEDDED_BROKER = "memory://"
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
-#: Stores shared by every machine (Sentinel URLs name a Redis too).
-SHARED_STORE_SCHEMES = (*REDIS_SCHEMES, "redis+sentinel://", "sentinel://")
 
 
 def _number(name: str, default: float, low: float, high: float) -> float:
@@ -108,17 +106,19 @@ class Settings:
     def from_env(cls) -> Settings:
         broker = os.environ.get("OPENAI_PACK_BROKER_URL", "").strip() or EMBEDDED_BROKER
         store = os.environ.get("OPENAI_PACK_STORE_URL", "").strip()
-        for url in (broker, store, os.environ.get("OPENAI_PACK_RESULT_BACKEND")):
+        for url in (broker, store, os.environ.get("OPENAI_PACK_RESULT_BACKEND"),
+                    os.environ.get("OPENAI_PACK_INTEGRATIONS_URL")):
             register_url_secrets(url)  # a broker or store password is scrubbed like an API key from here on
         amqp = broker.startswith(AMQP_SCHEMES)
         if amqp:
             _require_redis_store(store)
-        if not store:
-            if broker.startswith(REDIS_SCHEMES):
-                store = broker
-            else:
-                store = "sqlite:///" + str(Path(default_home()) / "runs.sqlite3")
+        if not store:  # the broker's Redis (one server or a Sentinel-managed master), else a local file
+            store = broker if is_redis_url(broker) else "sqlite:///" + str(Path(default_home()) / "runs.sqlite3")
         visibility = _number("OPENAI_PACK_VISIBILITY_TIMEOUT", 120, 5, 86400)
+        for name, url in (("OPENAI_PACK_BROKER_URL", broker), ("OPENAI_PACK_STORE_URL", store),
+                          ("OPENAI_PACK_RESULT_BACKEND", os.environ.get("OPENAI_PACK_RESULT_BACKEND", "").strip())):
+            if is_redis_url(url):
+                check_url(url, field=name)  # a malformed Redis URL is refused here, not as an outage later
         consumer_timeout = _number("OPENAI_PACK_CONSUMER_TIMEOUT", 1800, 5, 86400 * 7)
         # An ETA message is held unacknowledged until it is due: keep every hop at half of what the
         # broker tolerates (RabbitMQ checks its consumer timeout only about once a minute, so the
@@ -148,7 +148,7 @@ def _require_redis_store(store: str) -> None:
         raise ConfigError("OPENAI_PACK_STORE_URL is not set: with an amqp:// broker the run store, ledger and "
                           "rate budget live in Redis; set it to e.g. redis://127.0.0.1:6379/0",
                           field="OPENAI_PACK_STORE_URL")
-    if not store.startswith(SHARED_STORE_SCHEMES):
+    if not is_redis_url(store):  # one Redis, or a Sentinel URL
         scheme = store.split("://", 1)[0] if "://" in store else "no scheme"
         raise ConfigError(f"OPENAI_PACK_STORE_URL must be a Redis URL (redis://, rediss://, unix:// or a Sentinel "
                           f"URL) with an amqp:// broker, got {scheme!r}", field="OPENAI_PACK_STORE_URL")

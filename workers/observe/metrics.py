@@ -28,6 +28,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from integration.redis_urls import connect, is_redis_url
+
 __all__ = ["CONTENT_TYPE_LATEST", "METRICS_PORT_ENV", "api_seconds", "budget_waits", "cost_usd", "exposition",
            "metrics_route", "rate_limited", "reconify_copies", "retries", "start_worker_exporter", "steps", "tokens"]
 
@@ -76,10 +78,9 @@ class QueueDepth(Collector):
         yield family
 
     def _depth(self) -> int | None:
-        if self.broker_url.startswith(("redis://", "rediss://", "unix://")):
-            import redis
-
-            client = redis.Redis.from_url(self.broker_url, socket_timeout=1, socket_connect_timeout=1)
+        if is_redis_url(self.broker_url):  # one Redis, or the master a Sentinel names
+            client = connect(self.broker_url, field="OPENAI_PACK_BROKER_URL", socket_timeout=1,
+                             socket_connect_timeout=1)
             try:
                 return int(client.llen(QUEUE))
             finally:

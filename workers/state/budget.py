@@ -14,11 +14,12 @@ import re
 import time
 
 from limits import RateLimitItem, RateLimitItemPerSecond
-from limits.storage import MemoryStorage, Storage, storage_from_string
+from limits.storage import MemoryStorage, RedisStorage, Storage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
 from actions import Call
 from integration.client import ApiResponse
+from integration.redis_urls import connect, is_sentinel_url
 from workers.requeue import Requeue
 from workers.state.kv import KV, store_failures
 
@@ -60,8 +61,14 @@ class Budget:
     """Shared request/token windows per integration, plus pauses learnt from the API's headers."""
 
     def __init__(self, storage_url: str, kv: KV) -> None:
-        storage: Storage = (MemoryStorage() if not storage_url.startswith(("redis://", "rediss://"))
-                            else storage_from_string(storage_url))
+        storage: Storage
+        if is_sentinel_url(storage_url):  # the window follows the master through a failover, like the store
+            client = connect(storage_url, field="OPENAI_PACK_STORE_URL", socket_timeout=10, socket_connect_timeout=5)
+            storage = RedisStorage("redis://", connection_pool=client.connection_pool)
+        elif storage_url.startswith(("redis://", "rediss://")):
+            storage = storage_from_string(storage_url)
+        else:
+            storage = MemoryStorage()
         self.limiter = MovingWindowRateLimiter(storage)
         self.kv = kv
 

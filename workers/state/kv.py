@@ -9,9 +9,11 @@ absent flags and per-field hash writes are enough).
 from __future__ import annotations
 
 import functools
+import logging
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,9 +23,11 @@ from urllib.parse import urlparse
 from redis.exceptions import RedisError
 
 from integration.errors import ConfigError, StoreError, StoreUnavailableError
+from integration.redis_urls import check_url, connect, describe_error, is_redis_url, is_sentinel_url
 
 __all__ = ["KV", "Op", "RedisKV", "SqliteKV", "StoreError", "open_kv", "store_failures"]
 
+log = logging.getLogger("openai_pack.store")
 T = TypeVar("T")
 C = TypeVar("C", bound=type)
 #: One write of a ``KV.batch``: (method name, positional args, keyword args).
@@ -38,7 +42,7 @@ def store_failures() -> Iterator[None]:
     try:
         yield
     except (RedisError, sqlite3.Error) as exc:
-        raise StoreUnavailableError(f"run store: {type(exc).__name__}: {exc}") from exc
+        raise StoreUnavailableError(f"run store: {describe_error(exc)}") from exc
 
 
 def _translated(method: Callable[..., T]) -> Callable[..., T]:
@@ -49,7 +53,7 @@ def _translated(method: Callable[..., T]) -> Callable[..., T]:
         try:
             return method(*args, **kwargs)
         except (RedisError, sqlite3.Error) as exc:
-            raise StoreUnavailableError(f"run store: {type(exc).__name__}: {exc}") from exc
+            raise StoreUnavailableError(f"run store: {describe_error(exc)}") from exc
 
     return wrapper
 
@@ -67,6 +71,11 @@ class KV(Protocol):
 
     def get(self, key: str) -> str | None: ...
     def set(self, key: str, value: str, *, nx: bool = False, ttl: float | None = None) -> bool: ...
+    def claim(self, key: str, value: str, ttl: float) -> bool:
+        """Set ``key`` unless it holds another value. ``value`` must be unique to the caller (a token),
+        so finding it means the caller's own write: a write retried after its answer was lost (a
+        failover) still succeeds instead of reporting someone else's claim."""
+        ...
     def delete(self, *keys: str) -> None: ...
     def delete_if(self, key: str, value: str) -> None: ...
     def hset_if_first(self, flags: str, flag: str, writes: list[tuple[str, str, str]]) -> bool: ...
@@ -88,6 +97,8 @@ class KV(Protocol):
 
 
 #: RunStore.finish_item on Redis: count a fan-out item once, claim the next index once (atomic).
+#: ARGV[4], when not empty, marks the claim as this call's, so a call retried after its reply was lost
+#: (a failover) still learns that the claim is its own instead of stopping its fan-out slot.
 _FINISH_ITEM = """
 local step, index = ARGV[1], ARGV[2]
 local done
@@ -98,10 +109,22 @@ else
   done = tonumber(redis.call('hget', KEYS[2], 'done:' .. step) or '0')
 end
 local claimed = redis.call('hget', KEYS[1], 'next_of:' .. step .. ':' .. index)
-if claimed then return {done, tonumber(claimed), 0} end
+if claimed then
+  local mine = ARGV[4] ~= '' and redis.call('hget', KEYS[1], 'next_by:' .. step .. ':' .. index) == ARGV[4]
+  return {done, tonumber(claimed), mine and 1 or 0}
+end
 local following = redis.call('hincrby', KEYS[2], 'next:' .. step, 1) - 1
 redis.call('hset', KEYS[1], 'next_of:' .. step .. ':' .. index, following)
+if ARGV[4] ~= '' then redis.call('hset', KEYS[1], 'next_by:' .. step .. ':' .. index, ARGV[4]) end
 return {done, following, 1}
+"""
+
+
+#: KV.claim on Redis: set if absent, or succeed when the key already holds this very (unique) value.
+_CLAIM = """
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('get', KEYS[1]) == ARGV[1] then return 1 end
+return 0
 """
 
 
@@ -111,6 +134,55 @@ if redis.call('hsetnx', KEYS[1], ARGV[1], '1') == 0 then return 0 end
 for i = 2, #KEYS do redis.call('hset', KEYS[i], ARGV[2 * i - 2], ARGV[2 * i - 1]) end
 return 1
 """
+
+
+class _Replicas:
+    """``WAIT`` for a replica after the writes a Sentinel failover must not lose.
+
+    Redis replicates asynchronously: a write the master acknowledged a moment before it died can be
+    missing on the replica Sentinel promotes. For a ledger claim that would mean paying twice (the
+    claim is gone, so a retry calls again), so with Sentinel the claim, the answer's write and a
+    fan-out item's bookkeeping return only once a replica has them. ``WAIT`` is skipped while the
+    master has no replica connected (nothing could be promoted, so nothing is gained by waiting; after
+    a failover with a single replica that is the case until the old master rejoins); a replica that
+    does not confirm within ``timeout_ms`` is logged, and the write goes on (availability over a
+    second failure in the same second).
+    """
+
+    def __init__(self, client: Any, timeout_ms: int = 1000, recheck: float = 5.0) -> None:
+        self.client = client
+        self.timeout_ms = timeout_ms
+        self.recheck = recheck
+        self._connected: int | None = None
+        self._master: Any = None
+        self._checked = 0.0
+        self._warned = False
+
+    def add_wait(self, pipe: Any) -> bool:
+        """Append ``WAIT 1 timeout`` to ``pipe`` when a replica is connected; True if it was appended.
+
+        How many replicas the master has is looked up again every few seconds and whenever the
+        sentinels named another master (a failover)."""
+        now = time.monotonic()
+        master = getattr(self.client.connection_pool, "master_address", None)
+        if self._connected is None or master != self._master or now - self._checked > self.recheck:
+            self._connected = int(self.client.info("replication").get("connected_slaves", 0))
+            self._master = getattr(self.client.connection_pool, "master_address", None)
+            self._checked = now
+        if not self._connected:
+            return False
+        pipe.execute_command("WAIT", 1, self.timeout_ms)
+        return True
+
+    def acknowledged(self, replicas: Any) -> None:
+        if int(replicas) >= 1:
+            self._warned = False
+            return
+        if not self._warned:
+            self._warned = True
+            log.warning("run store: no replica confirmed a write within %d ms; a failover now could lose it",
+                        self.timeout_ms)
+        self._connected = None  # look again: the replica may be gone
 
 
 @_store_failures
@@ -123,16 +195,26 @@ class RedisKV:
         from workers.state.bridged import BridgedConnection
 
         self.url = url
-        # A blocking pool: with hundreds of worker threads, a thread waits for a connection instead of
-        # failing with "Too many connections".
-        # Plain TCP connections wait on the event loop inside the in-flight executor's greenlets
-        # (workers.state.bridged); a chain holds its connection only for one command.
-        bridged = {"connection_class": BridgedConnection} if url.startswith("redis://") else {}
-        pool = redis.BlockingConnectionPool.from_url(url, decode_responses=True, socket_timeout=10,
-                                                     socket_connect_timeout=5, health_check_interval=30,
-                                                     max_connections=2048, timeout=30, **bridged)
-        self.redis = redis.Redis(connection_pool=pool)
+        check_url(url, field="OPENAI_PACK_STORE_URL")
+        options: dict[str, Any] = {"decode_responses": True, "socket_timeout": 10, "socket_connect_timeout": 5,
+                                   "health_check_interval": 30}
+        #: Set with Sentinel: the writes a failover must not lose wait for a replica (see ``_Replicas``).
+        self._replicas: _Replicas | None = None
+        if is_sentinel_url(url):
+            self.redis = connect(url, field="OPENAI_PACK_STORE_URL", blocking=True, max_connections=2048,
+                                 timeout=30, **options)
+            self._replicas = _Replicas(self.redis)
+        else:
+            # A blocking pool: with hundreds of worker threads, a thread waits for a connection instead of
+            # failing with "Too many connections".
+            # Plain TCP connections wait on the event loop inside the in-flight executor's greenlets
+            # (workers.state.bridged); a chain holds its connection only for one command.
+            bridged = {"connection_class": BridgedConnection} if url.startswith("redis://") else {}
+            pool = redis.BlockingConnectionPool.from_url(url, max_connections=2048, timeout=30, **options,
+                                                         **bridged)
+            self.redis = redis.Redis(connection_pool=pool)
         self._finish_item = self.redis.register_script(_FINISH_ITEM)
+        self._claim = self.redis.register_script(_CLAIM)
         self._delete_if = self.redis.register_script(
             "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0")
         self._hset_if_first = self.redis.register_script(_HSET_IF_FIRST)
@@ -146,6 +228,43 @@ class RedisKV:
     def set(self, key: str, value: str, *, nx: bool = False, ttl: float | None = None) -> bool:
         px = int(ttl * 1000) if ttl else None
         return bool(self.redis.set(key, value, nx=nx, px=px))
+
+    def claim(self, key: str, value: str, ttl: float) -> bool:
+        """See ``KV.claim``; with Sentinel it returns only once a replica has the claim (``_Replicas``)."""
+        args = [value, int(ttl * 1000)]
+        if self._replicas is not None:
+            return bool(self._replicated(
+                lambda pipe, scripted: self._queue_script(pipe, self._claim, [key], args, scripted))[0])
+        return bool(self._claim(keys=[key], args=args))
+
+    def _replicated(self, write: Callable[[Any, dict[int, tuple[Any, list[str], list[Any]]]], None]) -> list[Any]:
+        """Make ``write``'s commands on one connection, then ``WAIT`` until a replica has them (and
+        everything written before them, by any client: replication is one ordered stream)."""
+        import redis
+
+        assert self._replicas is not None
+        pipe = self.redis.pipeline(transaction=False)
+        scripted: dict[int, tuple[Any, list[str], list[Any]]] = {}
+        write(pipe, scripted)
+        waiting = self._replicas.add_wait(pipe)
+        results = list(pipe.execute(raise_on_error=False))
+        replicas = results.pop() if waiting else 1
+        rerun = False
+        for position, (script, keys, args) in scripted.items():
+            if isinstance(results[position], redis.exceptions.NoScriptError):  # a new master: load it, run it
+                results[position] = script(keys=keys, args=args)
+                rerun = True
+        for result in [*results, replicas]:
+            if isinstance(result, Exception):
+                raise result
+        if waiting:
+            if rerun:  # those ran after the WAIT: wait again, behind a write of that connection
+                mark = self.redis.pipeline(transaction=False)
+                mark.set("opk:replication-mark", "1")
+                mark.execute_command("WAIT", 1, self._replicas.timeout_ms)
+                replicas = mark.execute()[1]
+            self._replicas.acknowledged(replicas)
+        return results
 
     def delete(self, *keys: str) -> None:
         if keys:
@@ -206,7 +325,13 @@ class RedisKV:
 
     def finish_item(self, flags: str, counters: str, step: str, index: int, failed: bool) -> tuple[int, int, bool]:
         """See ``RunStore.finish_item``: one atomic script instead of six round trips."""
-        done, following, first = self._finish_item(keys=[flags, counters], args=[step, index, int(failed)])
+        args: list[Any] = [step, index, int(failed), ""]
+        if self._replicas is not None:
+            args[3] = uuid.uuid4().hex  # redis-py retries after a failover: see _FINISH_ITEM
+            [(done, following, first)] = self._replicated(
+                lambda pipe, scripted: self._queue_script(pipe, self._finish_item, [flags, counters], args, scripted))
+        else:
+            done, following, first = self._finish_item(keys=[flags, counters], args=args)
         return int(done), int(following), bool(first)
 
     def incr(self, key: str, amount: int = 1) -> int:
@@ -245,8 +370,14 @@ class RedisKV:
 
     def batch(self, calls: list[Op]) -> list[Any]:
         """Several writes in one round trip (a pipeline, not a transaction: each stays atomic on its own)."""
+        if self._replicas is not None:  # a paid call's answer and its record: on a replica before going on
+            return self._replicated(lambda pipe, scripted: self._add_calls(pipe, calls, scripted))
         pipe = self.redis.pipeline(transaction=False)
         scripted: dict[int, tuple[Any, list[str], list[Any]]] = {}
+        self._add_calls(pipe, calls, scripted)
+        return self._execute(pipe, scripted)
+
+    def _add_calls(self, pipe: Any, calls: list[Op], scripted: dict[int, tuple[Any, list[str], list[Any]]]) -> None:
         for method, args, kwargs in calls:
             if method == "set":
                 key, value = args
@@ -262,7 +393,6 @@ class RedisKV:
                 self._queue_script(pipe, self._hset_if_first, *self._hset_if_first_call(*args), scripted)
             else:
                 getattr(pipe, method)(*args, **kwargs)
-        return self._execute(pipe, scripted)
 
 
 @_store_failures
@@ -323,6 +453,15 @@ class SqliteKV:
                 db.execute("DELETE FROM kv WHERE k = ?", (key,))
                 db.execute("DELETE FROM h WHERE k = ?", (key,))
                 db.execute("DELETE FROM z WHERE k = ?", (key,))
+
+    def claim(self, key: str, value: str, ttl: float) -> bool:
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute("SELECT v, expires FROM kv WHERE k = ?", (key,)).fetchone()
+            if row is not None and (row[1] is None or row[1] >= now):
+                return str(row[0]) == value
+            db.execute("INSERT OR REPLACE INTO kv (k, v, expires) VALUES (?, ?, ?)", (key, value, now + ttl))
+        return True
 
     def delete_if(self, key: str, value: str) -> None:
         with self._tx() as db:
@@ -433,11 +572,13 @@ class SqliteKV:
 
 
 def open_kv(url: str) -> KV:
-    """``redis://…`` or ``sqlite:///path``; anything else is a configuration error naming the URL's scheme."""
+    """``redis://…``, ``rediss://…``, ``unix://…``, ``sentinel://…`` or ``sqlite:///path``; anything else is a
+    configuration error naming the URL's scheme (see ``integration.redis_urls`` for the Redis forms)."""
     scheme = urlparse(url).scheme
-    if scheme in ("redis", "rediss", "unix"):
+    if is_redis_url(url):
         return RedisKV(url)
     if scheme == "sqlite":
         return SqliteKV(url.removeprefix("sqlite:///").removeprefix("sqlite://") or "runs.sqlite3")
-    raise ConfigError(f"OPENAI_PACK_STORE_URL: unsupported scheme {scheme!r} (use redis:// or sqlite:///path)",
+    raise ConfigError(f"OPENAI_PACK_STORE_URL: unsupported scheme {scheme!r} (use redis://, rediss://, "
+                      "sentinel:// or sqlite:///path)",
                       field="OPENAI_PACK_STORE_URL")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from typing import Any
 
 from integration.errors import OutcomeUnknownError
@@ -30,8 +31,9 @@ class Ledger:
 
     def begin(self, key: str, *, idempotent: bool, what: str) -> dict[str, Any] | None:
         """Claim ``key``; return the stored result when it is already done."""
-        claim = json.dumps({"state": "claimed", "at": time.time()})
-        if self.kv.set(PREFIX + key, claim, nx=True, ttl=LEDGER_TTL):
+        # A token unique to this attempt: the store can tell its own claim, retried after a failover, from another's.
+        claim = json.dumps({"state": "claimed", "at": time.time(), "attempt": uuid.uuid4().hex})
+        if self.kv.claim(PREFIX + key, claim, ttl=LEDGER_TTL):
             return None
         entry = json.loads(self.kv.get(PREFIX + key) or "{}")
         if entry.get("state") == "done":
