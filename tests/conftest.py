@@ -117,12 +117,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         os.environ["OPENAI_PACK_TEST_REDIS_URL"] = url
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_process(process)
 
 
 # ---------------------------------------------------------------- RabbitMQ: a node of the session's own
@@ -488,3 +483,25 @@ def rabbitmq_of_its_own(worker_env: dict[str, str], redis_server: str, node: Rab
     env = rabbitmq_env(worker_env, redis_server, node, vhost="isolated", store_db=10)
     with _use_env(env):
         yield env
+
+
+def stop_process(process: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL after 10 s: a server a test started is always gone when the test ends."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
+
+
+def redis_dump(client: Any) -> list[str]:
+    """Every key and value of a Redis database, one line each, for leak scans (a secret must appear in none)."""
+    lines = []
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key)
+        kind = kind.decode() if isinstance(kind, bytes) else kind
+        value: Any = {"string": client.get, "hash": client.hgetall, "list": lambda k: client.lrange(k, 0, -1),
+                      "set": client.smembers, "zset": lambda k: client.zrange(k, 0, -1)}.get(kind, lambda k: "")(key)
+        lines.append(f"{key!r} {value!r}")
+    return lines

@@ -24,6 +24,7 @@ from tests.conftest import (
     WorkerProcess,
     finished_record,
     rabbitmq_of_its_own,
+    redis_dump,
     run_cli,
     steps_by_id,
 )
@@ -158,17 +159,6 @@ def test_a_wait_longer_than_the_consumer_timeout_hops_and_completes(rabbitmq_pac
 # ---------------------------------------------------------------- the URL password never shows
 
 
-def _redis_dump(url: str) -> str:
-    client = redis.Redis.from_url(url)
-    dump = []
-    for key in client.scan_iter(count=1000):
-        kind = client.type(key).decode()
-        value: Any = {"string": client.get, "hash": client.hgetall, "list": lambda k: client.lrange(k, 0, -1),
-                      "set": client.smembers, "zset": lambda k: client.zrange(k, 0, -1)}.get(kind, lambda k: b"")(key)
-        dump.append(f"{key!r} {value!r}")
-    return "\n".join(dump)
-
-
 def _serve_one_hook(env: dict[str, str], tmp_path: Path) -> tuple[str, str]:
     """``openai-pack serve`` on the broker of ``env``: one signed POST; (run id, everything it printed)."""
     import subprocess
@@ -271,7 +261,7 @@ def test_worker_cli_serve_and_beat_work_on_rabbitmq_and_never_print_its_password
     assert error["code"] == "broker_unavailable" and "ACCESS_REFUSED" in error["message"], error
     lost = WorkerProcessNeverReady(bad)
     outputs = [worker.output, ran.stdout, ran.stderr, shown.stdout, shown.stderr, refused.stdout, refused.stderr,
-               lost.output, served, beaten, _redis_dump(env["OPENAI_PACK_STORE_URL"])]
+               lost.output, served, beaten, "\n".join(redis_dump(redis.Redis.from_url(env["OPENAI_PACK_STORE_URL"])))]
     haystack = "\n".join(outputs)
     assert "DEBUG" in worker.output and "amqp://pack:**@127.0.0.1" in worker.output  # Celery's banner, masked
     assert "amqp://pack:**@127.0.0.1" in beaten  # beat's banner, masked the same way

@@ -23,7 +23,7 @@ from actions.simulator import Simulator
 from integration.errors import ConfigError, StoreUnavailableError
 from integration.redact import redact_url
 from integration.redis_urls import celery_sentinel, check_url, connect, parse_sentinel_url
-from tests.conftest import WorkerProcess, finished_record, run_cli
+from tests.conftest import WorkerProcess, finished_record, redis_dump, run_cli, stop_process
 from workers.state.kv import open_kv
 from workers.workflow import parse_workflow
 
@@ -123,25 +123,6 @@ def _start_redis(workdir: Path, *args: str, ready: Any) -> subprocess.Popen[byte
         time.sleep(0.05)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
-
-
-def _dump(client: redis.Redis) -> list[str]:
-    lines = []
-    for key in client.scan_iter(count=1000):
-        kind = client.type(key)
-        value: Any = {"string": client.get, "hash": client.hgetall, "list": lambda k: client.lrange(k, 0, -1),
-                      "set": client.smembers, "zset": lambda k: client.zrange(k, 0, -1)}.get(kind, lambda k: "")(key)
-        lines.append(f"{key!r} {value!r}")
-    return lines
-
-
 TWO_STEPS = """
 name: two-steps
 steps:
@@ -199,9 +180,9 @@ def test_a_password_protected_redis_carries_a_run_and_the_password_is_printed_no
         url = f"redis://:{PASSWORD}@127.0.0.1:{port}/0"
         wrong = f"redis://:not-the-{PASSWORD[::-1]}@127.0.0.1:{port}/0"
         _, printed = _run_through(url, worker_env, monkeypatch, wrong)
-        dump = _dump(redis.Redis(port=port, password=PASSWORD, decode_responses=True))
+        dump = redis_dump(redis.Redis(port=port, password=PASSWORD, decode_responses=True))
     finally:
-        _stop(server)
+        stop_process(server)
     assert "AuthenticationError" in printed  # the wrong password was refused, and said so
     haystack = "\n".join([printed, *dump])
     assert len(dump) > 5
@@ -252,7 +233,7 @@ def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     try:
         yield port, ca
     finally:
-        _stop(server)
+        stop_process(server)
 
 
 def test_tls_redis_by_url_carries_a_run_and_refuses_an_unverified_server(

@@ -22,7 +22,8 @@ import pytest
 import redis
 
 from actions.simulator import Simulator
-from tests.conftest import WorkerProcess, run_cli
+from tests.conftest import WorkerProcess, redis_dump, run_cli
+from tests.test_reliability import FANOUT
 from workers.workflow import parse_workflow
 
 pytestmark = pytest.mark.timeout(240)
@@ -173,31 +174,7 @@ def sentinel_env(cluster: SentinelCluster, worker_env: dict[str, str],
     workers.app.reconfigure()
 
 
-FANOUT = """
-name: fanout
-inputs:
-  records: {type: array, items: {type: string}}
-steps:
-  - id: classify
-    action: create_chat_completion
-    with_items: "{{ inputs.records }}"
-    concurrency: 8
-    input:
-      model: gpt-4o-mini
-      messages: [{role: user, content: "item {{ index }}"}]
-"""
 ITEMS = 200
-
-
-def _dump(client: redis.Redis) -> list[str]:
-    """Every key and value of a Redis database, as text, for leak scans."""
-    lines = []
-    for key in client.scan_iter(count=1000):
-        kind = client.type(key)
-        value: Any = {"string": client.get, "hash": client.hgetall, "list": lambda k: client.lrange(k, 0, -1),
-                      "set": client.smembers, "zset": lambda k: client.zrange(k, 0, -1)}.get(kind, lambda k: "")(key)
-        lines.append(f"{key!r} {value!r}")
-    return lines
 
 
 def test_master_killed_mid_fanout_fails_over_without_losing_or_repeating_an_item(
@@ -250,7 +227,7 @@ def test_master_killed_mid_fanout_fails_over_without_losing_or_repeating_an_item
         record = engine.store.record(run_id)
         cli = run_cli(sentinel_env, "runs", "show", run_id, "--json")
         listing = run_cli(sentinel_env, "runs", "list", "--json")
-        dump = _dump(cluster.client(new_master[1]))
+        dump = redis_dump(cluster.client(new_master[1]))
     finally:
         for worker in workers_:
             worker.stop()
