@@ -360,16 +360,24 @@ def session_worker(worker_env: dict[str, str]) -> Iterator[WorkerProcess]:
     worker.stop()
 
 
+def point_process_at(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Configure this test process like workers started with ``env``: its OPENAI_PACK_* variables (undone by
+    ``monkeypatch`` after the test) and the Celery app rebuilt from them."""
+    import workers.app
+
+    for key, value in env.items():
+        if key.startswith("OPENAI_PACK"):
+            monkeypatch.setenv(key, value)
+    workers.app.reconfigure()
+
+
 @pytest.fixture
 def pack(worker_env: dict[str, str], session_worker: WorkerProcess, simulator: Simulator,
          monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """The test process configured like the workers: ``pack.engine`` starts runs, the session worker runs them."""
-    for key, value in worker_env.items():
-        if key.startswith("OPENAI_PACK"):
-            monkeypatch.setenv(key, value)
     import workers.app
 
-    workers.app.reconfigure()
+    point_process_at(worker_env, monkeypatch)
     yield workers.app
     close_all_clients()
 
@@ -393,10 +401,7 @@ def broker_of_its_own(worker_env: dict[str, str], redis_server: str, monkeypatch
     env["OPENAI_PACK_BROKER_URL"] = redis_server.rsplit("/", 1)[0] + f"/{db}"
     env["OPENAI_PACK_VISIBILITY_TIMEOUT"] = "8"
     redis.Redis.from_url(env["OPENAI_PACK_BROKER_URL"]).flushdb()
-    for key, value in env.items():
-        if key.startswith("OPENAI_PACK"):
-            monkeypatch.setenv(key, value)
-    workers.app.reconfigure()
+    point_process_at(env, monkeypatch)
     yield env
     workers.app.reconfigure()
 

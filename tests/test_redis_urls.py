@@ -23,7 +23,7 @@ from actions.simulator import Simulator
 from integration.errors import ConfigError, StoreUnavailableError
 from integration.redact import redact_url
 from integration.redis_urls import celery_sentinel, check_url, connect, parse_sentinel_url
-from tests.conftest import WorkerProcess, finished_record, redis_dump, run_cli, stop_process
+from tests.conftest import WorkerProcess, finished_record, point_process_at, redis_dump, run_cli, stop_process
 from workers.state.kv import open_kv
 from workers.workflow import parse_workflow
 
@@ -143,10 +143,7 @@ def _run_through(url: str, worker_env: dict[str, str], monkeypatch: pytest.Monke
     from workers.observe.metrics import exposition
 
     env = dict(worker_env) | {"OPENAI_PACK_BROKER_URL": url, "TEST_WORKER_LOGLEVEL": "DEBUG"}
-    for key, value in env.items():
-        if key.startswith("OPENAI_PACK"):
-            monkeypatch.setenv(key, value)
-    workers.app.reconfigure()
+    point_process_at(env, monkeypatch)
     worker = WorkerProcess(env, concurrency=2, name="auth")
     try:
         engine = workers.app.engine()

@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from actions.simulator import Simulator
-from tests.conftest import WorkerProcess, redis_dump, run_cli
+from tests.conftest import WorkerProcess, point_process_at, redis_dump, run_cli
 from tests.test_reliability import FANOUT
 from workers.workflow import parse_workflow
 
@@ -164,11 +164,8 @@ def sentinel_env(cluster: SentinelCluster, worker_env: dict[str, str],
 
     env = dict(worker_env) | {"OPENAI_PACK_BROKER_URL": cluster.url, "OPENAI_PACK_VISIBILITY_TIMEOUT": "10"}
     env.pop("OPENAI_PACK_STORE_URL", None)
-    for key, value in env.items():
-        if key.startswith("OPENAI_PACK"):
-            monkeypatch.setenv(key, value)
     monkeypatch.delenv("OPENAI_PACK_STORE_URL", raising=False)
-    workers.app.reconfigure()
+    point_process_at(env, monkeypatch)
     yield env
     monkeypatch.undo()
     workers.app.reconfigure()
@@ -321,10 +318,7 @@ def test_task_results_are_kept_through_sentinel_too(healthy_cluster: SentinelClu
 
     results_url = healthy_cluster.url.replace("/0?", "/1?")
     env = dict(worker_env) | {"OPENAI_PACK_BROKER_URL": healthy_cluster.url, "OPENAI_PACK_RESULT_BACKEND": results_url}
-    for key, value in env.items():
-        if key.startswith("OPENAI_PACK"):
-            monkeypatch.setenv(key, value)
-    workers.app.reconfigure()
+    point_process_at(env, monkeypatch)
     worker = WorkerProcess(env, concurrency=2, name="results")
     try:
         output = workers.app.app.send_task("openai.create_moderation", args=[{"input": "hello"}, "sim"]).get(timeout=60)
