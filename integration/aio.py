@@ -4,10 +4,16 @@ The pack's call path (coercion, the ledger, the lease, the budget, the client's 
 error mapping) is synchronous, and it should stay one path: rewriting it as ``async`` would make a
 second copy of every policy. Instead, code that must hold many calls at once runs that same
 synchronous path inside *bridged* greenlets driven by an asyncio event loop (``run_bridged``). Only
-the waits leave the greenlet: ``BridgeTransport`` sends the HTTP request on an ``httpx``
-``AsyncHTTPTransport`` and ``pause`` sleeps with ``asyncio.sleep``, so the loop serves every other
-call meanwhile. Outside a bridged greenlet (a thread-pool step, the CLI) both behave exactly like
-their blocking counterparts.
+the waits leave the greenlet: a socket that would block waits for readiness on the loop
+(``wait_io``, used by the HTTP connections here and by the run store's Redis connections), and
+``pause`` sleeps with ``asyncio.sleep``, so the loop serves every other call meanwhile. Outside a
+bridged greenlet (a thread-pool step, the CLI) everything blocks exactly like its ordinary
+counterpart.
+
+HTTP inside a bridge is httpcore's *synchronous* connection code on sockets that wait this way
+(``_BridgedBackend``): per exchange that is one or two waits on the loop, where httpcore's asyncio
+code over anyio cost a coroutine chain, a cancel scope and a timer per read and write (profiled:
+~27 % of a worker at 1,000 calls in flight; ``docs/performance.md``).
 
 A bridged call never holds its place longer than its own timeout: the whole exchange (connect,
 send, answer) is bounded by the sum of its connect, write and read timeouts, so a server that
@@ -17,21 +23,32 @@ accepts a request and then trickles or goes silent cannot keep it past that.
 from __future__ import annotations
 
 import asyncio
+import errno
+import functools
+import select
+import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
+import httpcore
 import httpx
 from greenlet import getcurrent, greenlet
 
-__all__ = ["BridgeTransport", "await_only", "in_bridge", "pause", "run_bridged"]
+__all__ = ["BridgeTransport", "await_only", "in_bridge", "pause", "run_bridged", "wait_io"]
 
 T = TypeVar("T")
 
 
 class _Bridged(greenlet):  # type: ignore[misc]
-    """A greenlet whose parent is a coroutine waiting to await what it hands over."""
+    """A greenlet whose parent is a coroutine waiting to await what it hands over.
+
+    ``deadline`` (a ``time.monotonic()`` value), while set, bounds every socket wait of the greenlet:
+    it is how one whole HTTP exchange is kept within its total timeout."""
+
+    deadline: float | None = None
+    timed_out: str = ""
 
 
 def in_bridge() -> bool:
@@ -69,6 +86,217 @@ def pause(seconds: float) -> None:
         time.sleep(seconds)
 
 
+def _wake(ready: asyncio.Future[bool], value: bool) -> None:
+    if not ready.done():
+        ready.set_result(value)
+
+
+def wait_io(sock: socket.socket, *, write: bool = False, timeout: float | None = None) -> None:
+    """Until ``sock`` can be read (``write``: written) or ``timeout`` seconds pass (``TimeoutError``).
+
+    Inside a bridge the greenlet waits on the loop (a reader or writer callback and one timer), so
+    the loop runs every other call meanwhile; elsewhere it blocks in ``poll``. The bridged exchange's
+    deadline, when one is set, caps ``timeout``."""
+    current = getcurrent()
+    if not isinstance(current, _Bridged):
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT if write else select.POLLIN)
+        if not poller.poll(None if timeout is None else max(0, int(timeout * 1000))):
+            raise TimeoutError("timed out")
+        return
+    if current.deadline is not None:
+        left = current.deadline - time.monotonic()
+        if left <= 0 or (timeout is not None and timeout >= left):
+            timeout, current.timed_out = max(0.0, left), "deadline"
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[bool] = loop.create_future()
+    fd = sock.fileno()
+    if write:
+        loop.add_writer(fd, _wake, ready, True)
+    else:
+        loop.add_reader(fd, _wake, ready, True)
+    timer = None if timeout is None else loop.call_later(timeout, _wake, ready, False)
+    try:
+        became_ready = current.parent.switch(ready)
+    finally:
+        if write:
+            loop.remove_writer(fd)
+        else:
+            loop.remove_reader(fd)
+        if timer is not None:
+            timer.cancel()
+    if not became_ready:
+        raise TimeoutError("timed out")
+    current.timed_out = ""
+
+
+class _BridgedStream(httpcore.NetworkStream):
+    """A non-blocking socket (TLS through an ``ssl.SSLObject`` over memory buffers) whose waits are ``wait_io``.
+
+    The same object serves plain and TLS connections: TLS bytes are moved between the socket and the
+    ``SSLObject`` here, so no read or handshake ever blocks the loop's thread."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._tls: ssl.SSLObject | None = None
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+
+    # raw socket ----------------------------------------------------------------------------
+    def _recv(self, max_bytes: int, timeout: float | None) -> bytes:
+        while True:
+            try:
+                return self._sock.recv(max_bytes)
+            except BlockingIOError:
+                wait_io(self._sock, timeout=timeout)
+
+    def _send_all(self, data: bytes | memoryview, timeout: float | None) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[self._sock.send(view):]
+            except BlockingIOError:
+                wait_io(self._sock, write=True, timeout=timeout)
+
+    # TLS -----------------------------------------------------------------------------------
+    def _tls_io(self, operation: Callable[[], T], timeout: float | None) -> T:
+        """Run an ``SSLObject`` operation, moving its records through the socket until it completes."""
+        while True:
+            try:
+                result = operation()
+                wants_more = False
+            except ssl.SSLWantReadError:
+                wants_more = True
+            pending = self._outgoing.read()
+            if pending:
+                self._send_all(pending, timeout)
+            if not wants_more:
+                return result
+            data = self._recv(65536, timeout)
+            if data:
+                self._incoming.write(data)
+            else:
+                self._incoming.write_eof()
+
+    # httpcore.NetworkStream ------------------------------------------------------------------
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        with _MappedErrors(httpcore.ReadTimeout, httpcore.ReadError):
+            if self._tls is None:
+                return self._recv(max_bytes, timeout)
+            tls = self._tls
+            try:
+                return self._tls_io(lambda: tls.read(max_bytes), timeout)
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return b""
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if not buffer:
+            return
+        with _MappedErrors(httpcore.WriteTimeout, httpcore.WriteError):
+            if self._tls is None:
+                self._send_all(buffer, timeout)
+                return
+            view = memoryview(buffer)
+            while view:
+                view = view[self._tls_io(functools.partial(self._tls.write, view), timeout):]
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        with _MappedErrors(httpcore.ConnectTimeout, httpcore.ConnectError):
+            try:
+                self._tls = ssl_context.wrap_bio(self._incoming, self._outgoing, server_hostname=server_hostname)
+                self._tls_io(self._tls.do_handshake, timeout)
+            except BaseException:
+                self.close()
+                raise
+        return self
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "ssl_object":
+            return self._tls
+        if info == "client_addr":
+            return self._sock.getsockname()
+        if info == "server_addr":
+            return self._sock.getpeername()
+        if info == "socket":
+            return self._sock
+        if info == "is_readable":  # an idle keep-alive connection that is readable was closed by the server
+            if self._sock.fileno() < 0:
+                return True
+            poller = select.poll()
+            poller.register(self._sock, select.POLLIN)
+            return bool(poller.poll(0))
+        return None
+
+
+class _MappedErrors:
+    """Socket timeouts and errors as httpcore's exceptions (httpx maps those to its own, keeping the message)."""
+
+    def __init__(self, timeout: type[Exception], error: type[Exception]) -> None:
+        self.timeout, self.error = timeout, error
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _tb: Any) -> bool:
+        if exc is None:
+            return False
+        if isinstance(exc, TimeoutError):
+            raise self.timeout(str(exc) or "timed out") from exc
+        if isinstance(exc, (OSError, ssl.SSLError)):
+            raise self.error(str(exc) or type(exc).__name__) from exc
+        return False
+
+
+class _BridgedBackend(httpcore.NetworkBackend):
+    """httpcore's network backend for bridged lanes: non-blocking connect, streams that wait with ``wait_io``."""
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+        with _MappedErrors(httpcore.ConnectTimeout, httpcore.ConnectError):
+            failure: OSError = OSError(f"no address for {host}")
+            for family, kind, proto, _, address in self._addresses(host, port):
+                sock = socket.socket(family, kind, proto)
+                try:
+                    sock.setblocking(False)
+                    for option in socket_options or ():
+                        sock.setsockopt(*option)
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    if local_address is not None:
+                        sock.bind((local_address, 0))
+                    code = sock.connect_ex(address)
+                    if code in (errno.EINPROGRESS, errno.EWOULDBLOCK):
+                        wait_io(sock, write=True, timeout=timeout)
+                        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if code:
+                        raise OSError(code, errno.errorcode.get(code, str(code)))
+                    return _BridgedStream(sock)
+                except OSError as exc:  # TimeoutError included: try the next address, keep the last failure
+                    sock.close()
+                    failure = exc
+            raise failure
+
+    @staticmethod
+    def _addresses(host: str, port: int) -> list[tuple[Any, ...]]:
+        """An IP literal as it is; a name resolved off the loop's thread (``getaddrinfo`` blocks)."""
+        for family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                socket.inet_pton(family, host)
+            except OSError:
+                continue
+            return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
+        if in_bridge():
+            loop = asyncio.get_running_loop()
+            return list(await_only(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)))
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+
+    def sleep(self, seconds: float) -> None:
+        pause(seconds)
+
+
 def _total_timeout(request: httpx.Request) -> float | None:
     """Connect + write + read: the longest one exchange may take before its answer is given up."""
     timeout = request.extensions.get("timeout") or {}
@@ -78,80 +306,82 @@ def _total_timeout(request: httpx.Request) -> float | None:
     return float(sum(parts))
 
 
-class _Lane:
-    """One asynchronous pool that carries one exchange at a time, so it holds one connection.
+class _Lane(httpx.HTTPTransport):
+    """One connection for one exchange at a time: httpx's transport over a one-connection httpcore pool
+    whose sockets wait with ``wait_io``.
 
     httpcore's pool scans every connection it holds (and polls each idle socket) whenever a request
     starts or ends; at a thousand in flight that scan was most of the loop's time (profiled: 57 % of
     the loop thread with one pool of 600 connections, 26 % with pools of 32). A lane's scan is one
-    connection long, and picking a lane is a pop from a free list.
+    connection long, and picking a lane is a pop from a free list. (httpx takes no network backend, so
+    the pool it built is replaced by one with the bridged backend, made with the same settings.)
     """
 
-    def __init__(self, retries: int, verify: ssl.SSLContext) -> None:
-        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1, keepalive_expiry=30)
-        self.pool = httpx.AsyncHTTPTransport(retries=retries, limits=limits, verify=verify)
+    def __init__(self, retries: int, verify: ssl.SSLContext, backend: _BridgedBackend) -> None:
+        super().__init__(retries=retries, verify=verify)
+        self._pool = httpcore.ConnectionPool(ssl_context=verify, max_connections=1, max_keepalive_connections=1,
+                                             keepalive_expiry=30, retries=retries, network_backend=backend)
 
 
 class BridgeTransport(httpx.BaseTransport):
-    """A synchronous httpx transport that sends on asyncio connections when called from a bridge.
+    """A synchronous httpx transport whose exchanges, inside a bridge, wait on the event loop.
 
     Connections are kept alive after their answer (a thousand calls must not reconnect, leaving a
-    thousand sockets in TIME_WAIT, every time they finish). Each event loop keeps its own *lanes*
-    (``_Lane``: a one-connection pool) and a free list of the idle ones: an exchange takes the lane
-    freed last (its connection is the warmest), or opens a new one when none is idle, so a loop holds
-    as many connections as it ever had exchanges at once and never scans them. All lanes share one
-    TLS context (building one loads the CA bundle: 256 of them cost the first answers ~10 s here).
+    thousand sockets in TIME_WAIT, every time they finish). Bridged exchanges take a *lane*
+    (``_Lane``: one keep-alive connection) from a free list: the lane freed last (its connection is
+    the warmest), or a new one when none is idle, so the transport holds as many connections as it
+    ever had exchanges at once and never scans them. All lanes share one TLS context (building one
+    loads the CA bundle: 256 of them cost the first answers ~10 s here). Outside a bridge the
+    ordinary pooled transport serves the request.
     """
 
     def __init__(self, *, retries: int = 0, max_connections: int = 1024) -> None:
         self.retries = retries
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._sync = httpx.HTTPTransport(retries=retries, limits=limits)
-        self._lanes: dict[asyncio.AbstractEventLoop, list[_Lane]] = {}  # every lane of a loop
-        self._idle: dict[asyncio.AbstractEventLoop, list[_Lane]] = {}  # the idle ones, freed last at the end
+        self._backend = _BridgedBackend()
+        self._lanes: list[_Lane] = []  # every lane
+        self._idle: list[_Lane] = []  # the idle ones, freed last at the end
         self._tls: ssl.SSLContext | None = None
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if not in_bridge():
+        current = getcurrent()
+        if not isinstance(current, _Bridged):
             return self._sync.handle_request(request)
-        return await_only(self._send(request))
-
-    def _take_lane(self, loop: asyncio.AbstractEventLoop) -> _Lane:
-        idle = self._idle.setdefault(loop, [])
-        if idle:
-            return idle.pop()
-        if self._tls is None:
-            self._tls = httpx.create_ssl_context()
-        lane = _Lane(self.retries, self._tls)
-        self._lanes.setdefault(loop, []).append(lane)
-        return lane
-
-    async def _send(self, request: httpx.Request) -> httpx.Response:
-        """Send and read the whole answer, within the exchange's total timeout."""
+        lane = self._idle.pop() if self._idle else self._new_lane()
         total = _total_timeout(request)
-        loop = asyncio.get_running_loop()
-        lane = self._take_lane(loop)
+        outer = current.deadline
+        current.deadline = None if total is None else time.monotonic() + total
+        if outer is not None:
+            current.deadline = outer if current.deadline is None else min(outer, current.deadline)
         try:
-            async with asyncio.timeout(total):
-                response = await lane.pool.handle_async_request(request)
-                try:  # raw bytes: the synchronous client decodes them as it would its own
-                    content = b"".join([chunk async for chunk in response.aiter_raw()])
-                finally:
-                    await response.aclose()
-        except TimeoutError:
-            raise httpx.ReadTimeout(f"no complete answer within {total:g} s", request=request) from None
+            response = lane.handle_request(request)
+            try:  # the whole answer, within the deadline; the client decodes the raw bytes as it would its own
+                content = b"".join(response.iter_raw())
+            finally:
+                response.close()
+        except httpx.TimeoutException:
+            if current.timed_out == "deadline":
+                raise httpx.ReadTimeout(f"no complete answer within {total:g} s", request=request) from None
+            raise
         finally:
-            self._idle[loop].append(lane)  # a failed exchange's connection is closed; the lane reconnects
+            current.deadline, current.timed_out = outer, ""
+            self._idle.append(lane)  # a failed exchange's connection is closed; the lane reconnects
         kept = {k: v for k, v in response.extensions.items() if k in ("http_version", "reason_phrase")}
         return httpx.Response(response.status_code, headers=response.headers, stream=httpx.ByteStream(content),
                               extensions=kept, request=request)
 
-    async def aclose_loop(self) -> None:
-        """Close the calling loop's connections (the executor does this when it stops)."""
-        loop = asyncio.get_running_loop()
-        self._idle.pop(loop, None)
-        for lane in self._lanes.pop(loop, []):
-            await lane.pool.aclose()
+    def _new_lane(self) -> _Lane:
+        if self._tls is None:
+            self._tls = httpx.create_ssl_context()
+        lane = _Lane(self.retries, self._tls, self._backend)
+        self._lanes.append(lane)
+        return lane
 
     def close(self) -> None:
+        """Close every connection, the lanes' and the pooled transport's."""
+        self._idle.clear()
+        lanes, self._lanes = self._lanes, []
+        for lane in lanes:
+            lane.close()
         self._sync.close()

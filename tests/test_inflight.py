@@ -200,13 +200,8 @@ def test_a_trickling_answer_is_cut_at_the_total_timeout_on_the_loop() -> None:
             return str(exc)
         return "answered"
 
-    async def main() -> str:
-        outcome = await asyncio.wait_for(run_bridged(call), 30)
-        await transport.aclose_loop()
-        return outcome
-
     try:
-        outcome = asyncio.run(main())
+        outcome = asyncio.run(asyncio.wait_for(run_bridged(call), 30))
     finally:
         client.close()
         server.close()
@@ -227,7 +222,6 @@ def test_many_bridged_calls_share_one_loop(simulator: Simulator) -> None:
 
     async def main() -> list[int]:
         codes = await asyncio.gather(*(run_bridged(lambda: client.get("models").status_code) for _ in range(50)))
-        await transport.aclose_loop()
         return list(codes)
 
     try:

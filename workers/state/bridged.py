@@ -10,13 +10,12 @@ meanwhile; everywhere else (pool threads, the heartbeat, the CLI) it blocks exac
 
 from __future__ import annotations
 
-import asyncio
 import socket
 from typing import Any
 
 import redis
 
-from integration.aio import await_only, in_bridge
+from integration.aio import in_bridge, wait_io
 
 __all__ = ["BridgedConnection"]
 
@@ -31,22 +30,7 @@ class _BridgedSocket:
         return getattr(self._sock, name)
 
     def _wait(self, readable: bool) -> None:
-        timeout = self._sock.gettimeout()
-        loop = asyncio.get_running_loop()
-        ready: asyncio.Future[None] = loop.create_future()
-        fd = self._sock.fileno()
-
-        def wake() -> None:
-            if not ready.done():
-                ready.set_result(None)
-
-        (loop.add_reader if readable else loop.add_writer)(fd, wake)
-        try:
-            await_only(asyncio.wait_for(ready, timeout))
-        except TimeoutError:
-            raise TimeoutError("timed out") from None  # what a blocking socket raises (socket.timeout)
-        finally:
-            (loop.remove_reader if readable else loop.remove_writer)(fd)
+        wait_io(self._sock, write=not readable, timeout=self._sock.gettimeout())
 
     def recv(self, size: int, flags: int = 0) -> bytes:
         if not in_bridge() or self._sock.gettimeout() == 0:
