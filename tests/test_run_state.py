@@ -77,10 +77,10 @@ def test_a_lease_taken_by_another_holder_is_reported_lost(kv: KV) -> None:
 def test_finish_item_counts_once_and_claims_the_next_index_once(kv: KV) -> None:
     store = RunStore(kv)
     store.count("r1", "next:s", 2)  # two slots started: indexes 0 and 1
-    assert store.finish_item("r1", "s", 0, failed=False) == (1, 2, True)
-    assert store.finish_item("r1", "s", 0, failed=False) == (1, 2, False)  # a replay
-    assert store.finish_item("r1", "s", 1, failed=True) == (2, 3, True)
-    assert store.counter("r1", "failed:s") == 1
+    assert store.finish_item("r1", "s", 0) == (1, 2, True)
+    assert store.finish_item("r1", "s", 0) == (1, 2, False)  # a replay
+    assert store.finish_item("r1", "s", 1) == (2, 3, True)
+    assert store.counter("r1", "done:s") == 2
 
 
 def test_an_unreachable_store_raises_store_error_not_the_drivers_error() -> None:

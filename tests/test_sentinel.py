@@ -305,9 +305,9 @@ def test_a_claim_or_fan_out_claim_retried_after_a_lost_reply_is_still_the_caller
         assert not kv.claim("opk:ledger:run:step:7", "attempt-b", ttl=60)  # another attempt
     kv = open_kv(healthy_cluster.url)
     # The fan-out script, called twice with one call's token (what a retry does), then by another call:
-    first = kv._finish_item(keys=["f", "c"], args=["s", 0, 0, "call-1"])  # the script itself, as a retry runs it
-    again = kv._finish_item(keys=["f", "c"], args=["s", 0, 0, "call-1"])
-    other = kv._finish_item(keys=["f", "c"], args=["s", 0, 0, "call-2"])
+    first = kv._finish_item(keys=["f", "c"], args=["s", 0, "call-1"])  # the script itself, as a retry runs it
+    again = kv._finish_item(keys=["f", "c"], args=["s", 0, "call-1"])
+    other = kv._finish_item(keys=["f", "c"], args=["s", 0, "call-2"])
     assert (first[2], again[2], other[2]) == (1, 1, 0) and first[1] == again[1] == other[1]
 
 

@@ -54,7 +54,8 @@ class TemplateContext:
             self._steps_seen.pop(key, None)
 
     def build(self, run_id: str, workflow: Workflow, *, item: Any = None, index: int | None = None,
-              has_item: bool = False) -> dict[str, Any]:
+              has_item: bool = False, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``variables``: the run's published variables when the caller has just read them (a fan-out item)."""
         fixed = self._fixed.get(run_id)
         if fixed is None:
             header = self.store.fields(run_id, ["inputs", "trigger"])
@@ -62,8 +63,10 @@ class TemplateContext:
             if len(self._fixed) > 256:
                 self._fixed.clear()
             self._fixed[run_id] = fixed
+        if variables is None:
+            variables = self.store.variables(run_id)
         context: dict[str, Any] = {
-            "inputs": fixed[0], "steps": _LazySteps(self, run_id), "vars": self.store.variables(run_id),
+            "inputs": fixed[0], "steps": _LazySteps(self, run_id), "vars": variables,
             "run": {"id": run_id, "workflow": workflow.name, "trigger": fixed[1]},
         }
         if has_item:

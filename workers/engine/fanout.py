@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from integration.errors import PackError
 from workers.engine.inflight import executor
 from workers.requeue import Requeue
-from workers.state.runs import FINISHED, now_iso
+from workers.state.runs import FINISHED, OpenedItem, now_iso
 from workers.workflow import TemplateError, Workflow, render
 
 if TYPE_CHECKING:
@@ -86,21 +86,29 @@ class FanOut:
         for first in range(0, len(heads), width):
             engine.dispatch_slot(run_id, step_id, heads[first:first + width], None)
 
-    def run_item(self, run_id: str, workflow: Workflow, step_id: str, index: int, *, cancelled: bool) -> int | None:
-        """Run (or replay) one item; returns the index this slot should run next, if any."""
-        total, record, item = self.store.item_state(run_id, step_id, index)
-        record = record or {}
+    def run_item(self, run_id: str, workflow: Workflow, step_id: str, index: int, *, cancelled: bool,
+                 opened: OpenedItem | None = None, lease: tuple[str, str] | None = None) -> int | None:
+        """Run (or replay) one item; returns the index this slot should run next, if any.
+
+        ``opened`` is the item's state when the caller read it with its lease; that lease (key, owner) is
+        released in the same round trip as the item's record and its count, after them."""
+        if opened is None:
+            opened = self.store.open_item(run_id, step_id, index)
+        total, record = opened.total, opened.record or {}
         replay = record.get("status") in FINISHED
+        full_output, done = None, []
         if not replay:
             if cancelled:
-                record, full_output, done = {"status": "cancelled", "finished": now_iso()}, None, []
+                record = {"status": "cancelled", "finished": now_iso()}
             else:
-                record, full_output, done = self.engine.execute(run_id, workflow, step_id, record, item, index)
-            if not self.store.save_item_result(run_id, step_id, index, record, full_output, before=done):
-                # another delivery ended this item meanwhile: its record stands (this answer is in the ledger)
-                record, replay = self.store.item(run_id, step_id, index) or record, True
-        done_count, following, first_claim = self.store.finish_item(run_id, step_id, index,
-                                                                    failed=record["status"] != "succeeded")
+                record, full_output, done = self.engine.execute(run_id, workflow, step_id, record, opened.item, index,
+                                                                variables=opened.variables)
+        release = [self.store.leases.release_op(*lease)] if lease else None  # the heartbeat stops keeping it now
+        saved, done_count, following, first_claim = self.store.end_item(
+            run_id, step_id, index, None if replay else record, full_output, before=done, after=release)
+        if not replay and not saved:
+            # another delivery ended this item meanwhile: its record stands (this answer is in the ledger)
+            replay = True
         if done_count >= total:
             self.finish(run_id, workflow, step_id)
         # A replay carries on too, in case the first run of the chain stopped here.
@@ -164,21 +172,28 @@ class FanOut:
         """Run items from ``index`` on, each claiming the next; returns what is left for another message."""
         engine = self.engine
         done_here = 0
+        leases, ttl = self.store.leases, engine.settings.lease_ttl
         while index is not None:
             if done_here and time.monotonic() > deadline:  # every chain runs at least its first item
                 return Left(index, busy=False)
             lease_key = f"{run_id}:{step_id}:{index}"
-            if not self.store.leases.acquire(lease_key, owner, engine.settings.lease_ttl):
+            opened = self.store.open_item(run_id, step_id, index, lease=leases.acquire_op(lease_key, owner, ttl))
+            if not opened.leased:
                 # Another delivery holds this item: look again in 2 s, as a step message does. Trusting it
                 # to carry the chain on stopped the chain when it was a crashed worker's lease that had
                 # not lapsed yet (RabbitMQ hands a dead worker's messages back at once, and the replay
                 # of the chain reaches the item that was in flight).
                 return Left(index, busy=True)
+            leases.hold(lease_key, owner, ttl)
+            released = False
             try:
                 done_here += 1
                 if not cancelled and done_here % 20 == 0:
                     cancelled = self.store.status(run_id) == "cancelled"
-                index = self.run_item(run_id, workflow, step_id, index, cancelled=cancelled)
+                following = self.run_item(run_id, workflow, step_id, index, cancelled=cancelled, opened=opened,
+                                          lease=(lease_key, owner))
+                released = True  # with the item's record
+                index = following
             except Requeue as wait:  # this item must wait (rate budget): it waits on the queue, alone
                 countdown = min(wait.countdown, engine.settings.max_countdown)
                 if slot and engine.dispatch_slot is not None:  # it comes back to the event loop
@@ -187,7 +202,8 @@ class FanOut:
                     engine.dispatch(run_id, step_id, index, countdown)
                 return None
             finally:
-                self.store.leases.release(lease_key, owner)
+                if not released:
+                    leases.release(lease_key, owner)
         return None
 
     def finish(self, run_id: str, workflow: Workflow, step_id: str) -> None:

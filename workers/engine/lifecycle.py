@@ -171,15 +171,19 @@ class Engine:
         self.complete(run_id, workflow, step_id, record["status"], replay=replay)
 
     def execute(self, run_id: str, workflow: Workflow, step_id: str, record: dict[str, Any],
-                item: Any, index: int | None) -> tuple[dict[str, Any], Any, list[Op]]:
-        """Render and call through the ledger: (the record, redacted; the full output; writes to make first)."""
+                item: Any, index: int | None, *, variables: dict[str, Any] | None = None,
+                ) -> tuple[dict[str, Any], Any, list[Op]]:
+        """Render and call through the ledger: (the record, redacted; the full output; writes to make first).
+
+        ``variables``: the run's published variables, when the caller read them with the item."""
         step = workflow.step(step_id)
         record = {"status": "running", "action": step.action, "attempts": int(record.get("attempts") or 0),
                   "started": record.get("started") or now_iso(), "requeues": int(record.get("requeues") or 0)}
         ledger_key = f"{run_id}:{step_id}:{'' if index is None else index}"
         try:
             with step_scope(run_id, step_id, index):  # the step's span; the run id as the Reconify session
-                context = self.context.build(run_id, workflow, item=item, index=index, has_item=index is not None)
+                context = self.context.build(run_id, workflow, item=item, index=index, has_item=index is not None,
+                                             variables=variables)
                 inputs = render(step.input, context, step=step_id)
                 integration = self._integration(workflow.integration_for(step), step.timeout, context, step_id)
                 record["integration"] = integration.name  # the run record says which integration each step used

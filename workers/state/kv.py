@@ -93,29 +93,28 @@ class KV(Protocol):
     def scan(self, prefix: str) -> Iterator[str]: ...
     def ping(self) -> bool: ...
     def batch(self, calls: list[Op]) -> list[Any]: ...
-    def finish_item(self, flags: str, counters: str, step: str, index: int, failed: bool) -> tuple[int, int, bool]: ...
+    def finish_item(self, flags: str, counters: str, step: str, index: int) -> tuple[int, int, bool]: ...
 
 
 #: RunStore.finish_item on Redis: count a fan-out item once, claim the next index once (atomic).
-#: ARGV[4], when not empty, marks the claim as this call's, so a call retried after its reply was lost
+#: ARGV[3], when not empty, marks the claim as this call's, so a call retried after its reply was lost
 #: (a failover) still learns that the claim is its own instead of stopping its fan-out slot.
 _FINISH_ITEM = """
 local step, index = ARGV[1], ARGV[2]
 local done
 if redis.call('hsetnx', KEYS[1], 'item_done:' .. step .. ':' .. index, '1') == 1 then
   done = redis.call('hincrby', KEYS[2], 'done:' .. step, 1)
-  if ARGV[3] == '1' then redis.call('hincrby', KEYS[2], 'failed:' .. step, 1) end
 else
   done = tonumber(redis.call('hget', KEYS[2], 'done:' .. step) or '0')
 end
 local claimed = redis.call('hget', KEYS[1], 'next_of:' .. step .. ':' .. index)
 if claimed then
-  local mine = ARGV[4] ~= '' and redis.call('hget', KEYS[1], 'next_by:' .. step .. ':' .. index) == ARGV[4]
+  local mine = ARGV[3] ~= '' and redis.call('hget', KEYS[1], 'next_by:' .. step .. ':' .. index) == ARGV[3]
   return {done, tonumber(claimed), mine and 1 or 0}
 end
 local following = redis.call('hincrby', KEYS[2], 'next:' .. step, 1) - 1
 redis.call('hset', KEYS[1], 'next_of:' .. step .. ':' .. index, following)
-if ARGV[4] ~= '' then redis.call('hset', KEYS[1], 'next_by:' .. step .. ':' .. index, ARGV[4]) end
+if ARGV[3] ~= '' then redis.call('hset', KEYS[1], 'next_by:' .. step .. ':' .. index, ARGV[3]) end
 return {done, following, 1}
 """
 
@@ -231,11 +230,7 @@ class RedisKV:
 
     def claim(self, key: str, value: str, ttl: float) -> bool:
         """See ``KV.claim``; with Sentinel it returns only once a replica has the claim (``_Replicas``)."""
-        args = [value, int(ttl * 1000)]
-        if self._replicas is not None:
-            return bool(self._replicated(
-                lambda pipe, scripted: self._queue_script(pipe, self._claim, [key], args, scripted))[0])
-        return bool(self._claim(keys=[key], args=args))
+        return self.batch([("claim", (key, value, ttl), {})])[0]  # type: ignore[no-any-return]
 
     def _replicated(self, write: Callable[[Any, dict[int, tuple[Any, list[str], list[Any]]]], None]) -> list[Any]:
         """Make ``write``'s commands on one connection, then ``WAIT`` until a replica has them (and
@@ -323,16 +318,9 @@ class RedisKV:
             self._queue_script(pipe, self._extend_if, [key], [value, int(ttl * 1000)], scripted)
         return [bool(alive) for alive in self._execute(pipe, scripted)]
 
-    def finish_item(self, flags: str, counters: str, step: str, index: int, failed: bool) -> tuple[int, int, bool]:
+    def finish_item(self, flags: str, counters: str, step: str, index: int) -> tuple[int, int, bool]:
         """See ``RunStore.finish_item``: one atomic script instead of six round trips."""
-        args: list[Any] = [step, index, int(failed), ""]
-        if self._replicas is not None:
-            args[3] = uuid.uuid4().hex  # redis-py retries after a failover: see _FINISH_ITEM
-            [(done, following, first)] = self._replicated(
-                lambda pipe, scripted: self._queue_script(pipe, self._finish_item, [flags, counters], args, scripted))
-        else:
-            done, following, first = self._finish_item(keys=[flags, counters], args=args)
-        return int(done), int(following), bool(first)
+        return self.batch([("finish_item", (flags, counters, step, index), {})])[0]  # type: ignore[no-any-return]
 
     def incr(self, key: str, amount: int = 1) -> int:
         return int(self.redis.incrby(key, amount))  # type: ignore[arg-type]
@@ -369,13 +357,19 @@ class RedisKV:
         return bool(self.redis.ping())
 
     def batch(self, calls: list[Op]) -> list[Any]:
-        """Several writes in one round trip (a pipeline, not a transaction: each stays atomic on its own)."""
+        """Several commands in one round trip (a pipeline, not a transaction: each stays atomic on its own).
+
+        Besides the plain commands, ``claim``, ``delete_if``, ``hset_if_first`` and ``finish_item`` may be
+        batched; each result has the shape its method returns."""
         if self._replicas is not None:  # a paid call's answer and its record: on a replica before going on
-            return self._replicated(lambda pipe, scripted: self._add_calls(pipe, calls, scripted))
-        pipe = self.redis.pipeline(transaction=False)
-        scripted: dict[int, tuple[Any, list[str], list[Any]]] = {}
-        self._add_calls(pipe, calls, scripted)
-        return self._execute(pipe, scripted)
+            results = self._replicated(lambda pipe, scripted: self._add_calls(pipe, calls, scripted))
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            scripted: dict[int, tuple[Any, list[str], list[Any]]] = {}
+            self._add_calls(pipe, calls, scripted)
+            results = self._execute(pipe, scripted)
+        return [_SHAPES[method](result) if method in _SHAPES else result
+                for (method, _, _), result in zip(calls, results, strict=True)]
 
     def _add_calls(self, pipe: Any, calls: list[Op], scripted: dict[int, tuple[Any, list[str], list[Any]]]) -> None:
         for method, args, kwargs in calls:
@@ -391,8 +385,25 @@ class RedisKV:
                 pipe.zadd(args[0], {args[1]: args[2]})
             elif method == "hset_if_first":
                 self._queue_script(pipe, self._hset_if_first, *self._hset_if_first_call(*args), scripted)
+            elif method == "claim":
+                key, value, ttl = args
+                self._queue_script(pipe, self._claim, [key], [value, int(ttl * 1000)], scripted)
+            elif method == "delete_if":
+                self._queue_script(pipe, self._delete_if, [args[0]], [args[1]], scripted)
+            elif method == "finish_item":
+                flags, counters, step, index = args
+                # with Sentinel, redis-py retries a command after a failover: see _FINISH_ITEM
+                token = uuid.uuid4().hex if self._replicas is not None else ""
+                self._queue_script(pipe, self._finish_item, [flags, counters], [step, index, token], scripted)
             else:
                 getattr(pipe, method)(*args, **kwargs)
+
+
+#: How ``RedisKV.batch`` gives back a script's reply: as the method of the same name returns it.
+_SHAPES: dict[str, Callable[[Any], Any]] = {
+    "claim": bool, "hset_if_first": bool, "delete_if": lambda _: None,
+    "finish_item": lambda reply: (int(reply[0]), int(reply[1]), bool(reply[2])),
+}
 
 
 @_store_failures
@@ -484,7 +495,7 @@ class SqliteKV:
                                 (now + ttl, key, value, now))
             return cursor.rowcount == 1
 
-    def finish_item(self, flags: str, counters: str, step: str, index: int, failed: bool) -> tuple[int, int, bool]:
+    def finish_item(self, flags: str, counters: str, step: str, index: int) -> tuple[int, int, bool]:
         """The Redis script's logic in one SQLite transaction."""
         with self._tx() as db:
             def hget(key: str, field: str) -> str | None:
@@ -502,8 +513,6 @@ class SqliteKV:
             if hget(flags, f"item_done:{step}:{index}") is None:
                 hput(flags, f"item_done:{step}:{index}", "1")
                 done = hincr(counters, f"done:{step}")
-                if failed:
-                    hincr(counters, f"failed:{step}")
             else:
                 done = int(hget(counters, f"done:{step}") or 0)
             claimed = hget(flags, f"next_of:{step}:{index}")

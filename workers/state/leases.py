@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from integration.errors import StoreError
 
 if TYPE_CHECKING:
-    from workers.state.kv import KV
+    from workers.state.kv import KV, Op
 
 __all__ = ["Leases"]
 
@@ -43,18 +43,30 @@ class Leases:
         full = self.prefix + key
         if not self.kv.set(full, owner, nx=True, ttl=ttl) and self.kv.get(full) != owner:
             return False
+        self.hold(key, owner, ttl)
+        return True
+
+    def acquire_op(self, key: str, owner: str, ttl: float) -> Op:
+        """``acquire`` as a batch entry (its result: whether ``owner`` holds the lease); ``hold`` it when True."""
+        return ("claim", (self.prefix + key, owner, ttl), {})
+
+    def hold(self, key: str, owner: str, ttl: float) -> None:
+        """``owner`` holds the lease: the heartbeat keeps it alive from now on."""
         with self._lock:
             self._held[key] = (owner, ttl)
             self._lost.discard((key, owner))
         self._ensure_heartbeat()
-        return True
 
     def release(self, key: str, owner: str) -> None:
+        self.kv.batch([self.release_op(key, owner)])
+
+    def release_op(self, key: str, owner: str) -> Op:
+        """``release`` as a batch entry: the heartbeat stops keeping the lease now, the batch deletes it."""
         with self._lock:
             if self._held.get(key, ("",))[0] == owner:
                 del self._held[key]
             self._lost.discard((key, owner))
-        self.kv.delete_if(self.prefix + key, owner)
+        return ("delete_if", (self.prefix + key, owner), {})
 
     def lost(self, key: str, owner: str) -> bool:
         """The heartbeat found this lease taken or expired: another delivery may have acted meanwhile."""

@@ -13,14 +13,14 @@ import secrets
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from integration.redact import scrub_data
 from workers.state.kv import KV, Op
 from workers.state.leases import Leases
 from workers.state.signatures import SeenSignatures
 
-__all__ = ["FINISHED", "RunStore", "now_iso", "sum_costs"]
+__all__ = ["FINISHED", "OpenedItem", "RunStore", "now_iso", "sum_costs"]
 
 PREFIX = "opk:"
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -48,6 +48,16 @@ def _json(value: Any) -> str:
 
 def _load(raw: str | None) -> Any:
     return None if raw is None else json.loads(raw)
+
+
+class OpenedItem(NamedTuple):
+    """``RunStore.open_item``: whether the lease is held, the item count, the item's record and input, variables."""
+
+    leased: bool
+    total: int
+    record: dict[str, Any] | None
+    item: Any
+    variables: dict[str, Any]
 
 
 class RunStore:
@@ -167,22 +177,41 @@ class RunStore:
     def item_total(self, run_id: str, step_id: str) -> int:
         return int(self.kv.hget(self._run(run_id, "fanout_total"), step_id) or 0)
 
-    def item_state(self, run_id: str, step_id: str, index: int) -> tuple[int, dict[str, Any] | None, Any]:
-        """(total, the item's record, the item's input) in one round trip."""
-        total, record, item = self.kv.batch([
-            ("hget", (self._run(run_id, "fanout_total"), step_id), {}),
-            ("hget", (self._run(run_id, f"items:{step_id}"), str(index)), {}),
-            ("hget", (self._run(run_id, f"fanout:{step_id}"), str(index)), {}),
-        ])
-        return int(total or 0), _load(record), _load(item)
+    def open_item(self, run_id: str, step_id: str, index: int, *, lease: Op | None = None) -> OpenedItem:
+        """What running one fan-out item needs, in one round trip: ``lease`` (a ``Leases.acquire_op``) first,
+        then the item count, the item's record and input, and the run's published variables."""
+        ops: list[Op] = [] if lease is None else [lease]
+        ops += [("hget", (self._run(run_id, "fanout_total"), step_id), {}),
+                ("hget", (self._run(run_id, f"items:{step_id}"), str(index)), {}),
+                ("hget", (self._run(run_id, f"fanout:{step_id}"), str(index)), {}),
+                ("hgetall", (self._run(run_id, "vars"),), {})]
+        results = self.kv.batch(ops)
+        leased = bool(results.pop(0)) if lease is not None else True
+        total, record, item, variables = results
+        return OpenedItem(leased, int(total or 0), _load(record), _load(item),
+                          {k: _load(v) for k, v in variables.items()})
 
-    def finish_item(self, run_id: str, step_id: str, index: int, failed: bool) -> tuple[int, int, bool]:
+    def finish_item(self, run_id: str, step_id: str, index: int) -> tuple[int, int, bool]:
         """Count the item once and claim the index after it once: (done, next index, first claim).
 
         Both are set-once, so a redelivered item replays this harmlessly; it is one atomic operation
         (a script on Redis: one round trip per item instead of six).
         """
-        return self.kv.finish_item(self._run(run_id, "flags"), self._run(run_id, "ctr"), step_id, index, failed)
+        return self.kv.finish_item(self._run(run_id, "flags"), self._run(run_id, "ctr"), step_id, index)
+
+    def end_item(self, run_id: str, step_id: str, index: int, record: dict[str, Any] | None, full_output: Any = None,
+                 *, before: list[Op] | None = None, after: list[Op] | None = None) -> tuple[bool, int, int, bool]:
+        """``save_item_result`` (unless ``record`` is None: a replay) and ``finish_item``, in one round trip.
+
+        ``before`` goes first (the ledger's "done"), ``after`` last (the item lease's release). Returns
+        (the record was saved, done, next index, first claim)."""
+        ops = list(before or [])
+        if record is not None:
+            ops.append(self._item_result_op(run_id, step_id, index, record, full_output))
+        ops.append(("finish_item", (self._run(run_id, "flags"), self._run(run_id, "ctr"), step_id, index), {}))
+        results = self.kv.batch([*ops, *(after or [])])
+        done, following, first = results[len(ops) - 1]
+        return record is not None and bool(results[len(ops) - 2]), done, following, first
 
     def save_waiting(self, run_id: str, step_id: str, record: dict[str, Any], *,
                      before: list[Op] | None = None) -> None:
@@ -211,22 +240,21 @@ class RunStore:
     def save_item_result(self, run_id: str, step_id: str, index: int, record: dict[str, Any],
                          full_output: Any = None, *, before: list[Op] | None = None) -> bool:
         """``save_step_result`` for one fan-out item."""
+        return bool(self.kv.batch([*(before or []), self._item_result_op(run_id, step_id, index, record,
+                                                                           full_output)])[-1])
+
+    def _item_result_op(self, run_id: str, step_id: str, index: int, record: dict[str, Any],
+                        full_output: Any) -> Op:
         writes = [(self._run(run_id, f"items:{step_id}"), str(index), _dump(record))]
         if full_output is not None:
             writes.append((self._run(run_id, f"ctx:{step_id}"), str(index), _json(full_output)))
-        ops = [*(before or []),
-               ("hset_if_first", (self._run(run_id, "flags"), f"final:{step_id}:{index}", writes), {})]
-        return bool(self.kv.batch(ops)[-1])
+        return ("hset_if_first", (self._run(run_id, "flags"), f"final:{step_id}:{index}", writes), {})
 
     def save_item_results(self, run_id: str, step_id: str,
                           results: list[tuple[int, dict[str, Any], Any]]) -> None:
         """``save_item_result`` for many items in one round trip (a batch job's results, mapped back)."""
-        ops: list[Op] = []
-        for index, record, full_output in results:
-            writes = [(self._run(run_id, f"items:{step_id}"), str(index), _dump(record))]
-            if full_output is not None:
-                writes.append((self._run(run_id, f"ctx:{step_id}"), str(index), _json(full_output)))
-            ops.append(("hset_if_first", (self._run(run_id, "flags"), f"final:{step_id}:{index}", writes), {}))
+        ops = [self._item_result_op(run_id, step_id, index, record, full_output)
+               for index, record, full_output in results]
         if ops:
             self.kv.batch(ops)
 
