@@ -262,6 +262,7 @@ def bench_inflight(broker: str, url: str, *, items: int, concurrency: int, execu
         engine = stack.engine
         before = [worker.rss_mb() for worker in stack.workers]
         peak = list(before)
+        cpu_before = sum(worker.cpu_seconds() for worker in stack.workers)
         started = time.monotonic()
         run_ids = [engine.start_run(_fanout(concurrency), {"records": [f"r{i}" for i in range(items // runs)]},
                                     trigger={"type": "bench"})[0] for _ in range(runs)]
@@ -274,6 +275,7 @@ def bench_inflight(broker: str, url: str, *, items: int, concurrency: int, execu
             time.sleep(0.05)
             peak = [max(p, worker.rss_mb()) for p, worker in zip(peak, stack.workers, strict=True)]
         elapsed = time.monotonic() - started
+        cpu = sum(worker.cpu_seconds() for worker in stack.workers) - cpu_before
         steps = [engine.store.step(run_id, "classify") or {} for run_id in run_ids]
         for step in steps:
             if step.get("error"):
@@ -290,6 +292,7 @@ def bench_inflight(broker: str, url: str, *, items: int, concurrency: int, execu
     return {"executor": executor, "threads": threads, "rate": items / elapsed, "noop": noop_rate,
             "items": record["items"], "max_in_flight": served["max_in_flight"],
             "kb_per_call": growth * 1024 / max(1, served["max_in_flight"]), "rss_before": before,
+            "cpu_ms_per_item": cpu * 1000 / items, "cpu_share": cpu / elapsed / len(stack.workers),
             "rss_peak": peak, "peak_hwm": hwm, "seconds": elapsed}
 
 
@@ -299,12 +302,13 @@ def _inflight_rows(results: list[dict[str, Any]], cap: float) -> list[list[str]]
         reference = min(r["noop"], cap)
         rows.append([r["executor"], str(r["threads"]), f"{r['rate']:,.0f}", f"{r['noop']:,.0f}",
                      f"{r['rate'] / reference:.0%}", f"{r['max_in_flight']:,}", f"{r['kb_per_call']:.1f} KB",
-                     f"{max(r['rss_peak']):.0f} MB", f"{r['items']['failed']}"])
+                     f"{max(r['rss_peak']):.0f} MB", f"{r['cpu_ms_per_item']:.2f} ms ({r['cpu_share']:.0%})",
+                     f"{r['items']['failed']}"])
     return rows
 
 
 INFLIGHT_HEADER = ["executor", "pool threads", "items/s", "no-op drain/s", "share of reference", "max in flight",
-                   "RSS growth per call in flight", "peak RSS", "failed"]
+                   "RSS growth per call in flight", "peak RSS", "worker CPU per item (busy)", "failed"]
 
 
 def _inflight_table(broker: str, executors: list[str], *, title: str, items: int, concurrency: int,

@@ -108,6 +108,14 @@ class Worker:
         for line in self.process.stdout:
             self.lines.append(line)
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU the worker process has used so far (``/proc/<pid>/stat``)."""
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def peak_rss_mb(self) -> float:
         return self._status_mb("VmHWM:")
 

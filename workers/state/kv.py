@@ -22,8 +22,10 @@ from urllib.parse import urlparse
 
 from redis.exceptions import RedisError
 
+from integration.aio import in_bridge
 from integration.errors import ConfigError, StoreError, StoreUnavailableError
 from integration.redis_urls import check_url, connect, describe_error, is_redis_url, is_sentinel_url
+from workers.state.bridged import SharedPipelines
 
 __all__ = ["KV", "Op", "RedisKV", "SqliteKV", "StoreError", "open_kv", "store_failures"]
 
@@ -212,6 +214,7 @@ class RedisKV:
             pool = redis.BlockingConnectionPool.from_url(url, max_connections=2048, timeout=30, **options,
                                                          **bridged)
             self.redis = redis.Redis(connection_pool=pool)
+        self._groups = SharedPipelines(self._pipeline)
         self._finish_item = self.redis.register_script(_FINISH_ITEM)
         self._claim = self.redis.register_script(_CLAIM)
         self._delete_if = self.redis.register_script(
@@ -222,6 +225,8 @@ class RedisKV:
             " return 0")
 
     def get(self, key: str) -> str | None:
+        if in_bridge():  # one of the loop's shared pipelines
+            return self.batch([("get", (key,), {})])[0]  # type: ignore[no-any-return]
         return self.redis.get(key)  # type: ignore[return-value]
 
     def set(self, key: str, value: str, *, nx: bool = False, ttl: float | None = None) -> bool:
@@ -234,7 +239,8 @@ class RedisKV:
 
     def _replicated(self, write: Callable[[Any, dict[int, tuple[Any, list[str], list[Any]]]], None]) -> list[Any]:
         """Make ``write``'s commands on one connection, then ``WAIT`` until a replica has them (and
-        everything written before them, by any client: replication is one ordered stream)."""
+        everything written before them, by any client: replication is one ordered stream). A command's
+        error is its result; a failed ``WAIT`` raises."""
         import redis
 
         assert self._replicas is not None
@@ -249,9 +255,8 @@ class RedisKV:
             if isinstance(results[position], redis.exceptions.NoScriptError):  # a new master: load it, run it
                 results[position] = script(keys=keys, args=args)
                 rerun = True
-        for result in [*results, replicas]:
-            if isinstance(result, Exception):
-                raise result
+        if isinstance(replicas, Exception):
+            raise replicas
         if waiting:
             if rerun:  # those ran after the WAIT: wait again, behind a write of that connection
                 mark = self.redis.pipeline(transaction=False)
@@ -295,15 +300,24 @@ class RedisKV:
     @staticmethod
     def _execute(pipe: Any, scripted: dict[int, tuple[Any, list[str], list[Any]]]) -> list[Any]:
         """Run a pipeline; a script the server no longer knows is loaded and run again on its own."""
+        results = RedisKV._results(pipe, scripted)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
+
+    @staticmethod
+    def _results(pipe: Any, scripted: dict[int, tuple[Any, list[str], list[Any]]]) -> list[Any]:
+        """``_execute``, with each command's error as its result instead of raised."""
         import redis
 
         results = list(pipe.execute(raise_on_error=False))
         for position, (script, keys, args) in scripted.items():
             if isinstance(results[position], redis.exceptions.NoScriptError):
-                results[position] = script(keys=keys, args=args)  # loads it, then runs it
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
+                try:
+                    results[position] = script(keys=keys, args=args)  # loads it, then runs it
+                except redis.exceptions.ResponseError as exc:
+                    results[position] = exc
         return results
 
     def extend_if(self, key: str, value: str, ttl: float) -> bool:
@@ -360,16 +374,23 @@ class RedisKV:
         """Several commands in one round trip (a pipeline, not a transaction: each stays atomic on its own).
 
         Besides the plain commands, ``claim``, ``delete_if``, ``hset_if_first`` and ``finish_item`` may be
-        batched; each result has the shape its method returns."""
-        if self._replicas is not None:  # a paid call's answer and its record: on a replica before going on
-            results = self._replicated(lambda pipe, scripted: self._add_calls(pipe, calls, scripted))
-        else:
-            pipe = self.redis.pipeline(transaction=False)
-            scripted: dict[int, tuple[Any, list[str], list[Any]]] = {}
-            self._add_calls(pipe, calls, scripted)
-            results = self._execute(pipe, scripted)
+        batched; each result has the shape its method returns. Inside a bridged greenlet the batches
+        of every chain that asks in the same turn of the loop share one pipeline (``workers.state.bridged``)."""
+        results = self._groups.run(calls) if in_bridge() else self._pipeline(calls)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
         return [_SHAPES[method](result) if method in _SHAPES else result
                 for (method, _, _), result in zip(calls, results, strict=True)]
+
+    def _pipeline(self, calls: list[Op]) -> list[Any]:
+        """``calls`` in one pipeline: their results, a command's error as its result."""
+        if self._replicas is not None:  # a paid call's answer and its record: on a replica before going on
+            return self._replicated(lambda pipe, scripted: self._add_calls(pipe, calls, scripted))
+        pipe = self.redis.pipeline(transaction=False)
+        scripted: dict[int, tuple[Any, list[str], list[Any]]] = {}
+        self._add_calls(pipe, calls, scripted)
+        return self._results(pipe, scripted)
 
     def _add_calls(self, pipe: Any, calls: list[Op], scripted: dict[int, tuple[Any, list[str], list[Any]]]) -> None:
         for method, args, kwargs in calls:
