@@ -23,6 +23,7 @@ accepts a request and then trickles or goes silent cannot keep it past that.
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
 import functools
 import select
@@ -36,7 +37,7 @@ import httpcore
 import httpx
 from greenlet import getcurrent, greenlet
 
-__all__ = ["BridgeTransport", "await_only", "in_bridge", "pause", "run_bridged", "wait_io"]
+__all__ = ["BridgeTransport", "Gate", "await_only", "in_bridge", "pause", "run_bridged", "wait_io"]
 
 T = TypeVar("T")
 
@@ -45,10 +46,78 @@ class _Bridged(greenlet):  # type: ignore[misc]
     """A greenlet whose parent is a coroutine waiting to await what it hands over.
 
     ``deadline`` (a ``time.monotonic()`` value), while set, bounds every socket wait of the greenlet:
-    it is how one whole HTTP exchange is kept within its total timeout."""
+    it is how one whole HTTP exchange is kept within its total timeout. ``gate``, when set, is the
+    ``Gate`` it runs under (``holding``: it has a place now)."""
 
     deadline: float | None = None
     timed_out: str = ""
+    gate: Gate | None = None
+    holding: bool = False
+
+
+class Gate:
+    """At most ``width`` bridged greenlets of one loop run at once; the others wait for a place, first come first.
+
+    A greenlet gives its place up while it waits for an HTTP answer or sleeps (``pause``), and
+    takes one again before it goes on, so the gate bounds the greenlets *working* (their CPU and
+    their short store round trips), not the calls in flight. Why: a thousand answers that arrive
+    together would otherwise all resume at once, and every one of them would finish its
+    bookkeeping only after all the others (each store round trip waits behind a thousand
+    greenlets' work), leaving the server idle for most of a second (measured: 0.57 s between an
+    answer and the next request at 1,000 in flight, 1 s answers). Under the gate the first answers
+    are through within a few milliseconds and their next requests go out while the rest wait.
+    Used from one loop's thread only.
+    """
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self._free = width
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def resize(self, width: int) -> None:
+        self._free += width - self.width
+        self.width = width
+        while self._free > 0 and self._waiting:
+            self._free -= 1
+            self._hand_over()
+
+    def enter(self, current: _Bridged) -> None:
+        """Take a place (waiting on the loop for one when all are taken)."""
+        if self._free > 0:
+            self._free -= 1
+        else:
+            place: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiting.append(place)
+            try:
+                current.parent.switch(place)  # its place is handed over when it wakes
+            except BaseException:
+                if place.done() and not place.cancelled():  # handed over, but this greenlet is leaving
+                    self._hand_over()
+                raise
+        current.holding = True
+
+    def leave(self, current: _Bridged) -> None:
+        """Give the place up: the longest waiter takes it."""
+        if not current.holding:
+            return
+        current.holding = False
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        while self._waiting:
+            place = self._waiting.popleft()
+            if not place.done():  # a waiter that was cancelled meanwhile is skipped
+                place.set_result(None)
+                return
+        self._free += 1
+
+
+def _step_aside(current: _Bridged) -> Gate | None:
+    """Give up the greenlet's place while it waits for something slow; ``Gate.enter`` takes one back."""
+    gate = current.gate
+    if gate is not None:
+        gate.leave(current)
+    return gate
 
 
 def in_bridge() -> bool:
@@ -64,10 +133,13 @@ def await_only(awaitable: Awaitable[T]) -> T:
     return current.parent.switch(awaitable)  # type: ignore[no-any-return]
 
 
-async def run_bridged(function: Callable[..., T], *args: Any) -> T:
-    """Run synchronous ``function`` so that each ``await_only`` in it suspends only this coroutine."""
-    child = _Bridged(function, parent=getcurrent())
-    handed = child.switch(*args)
+async def run_bridged(function: Callable[..., T], *args: Any, gate: Gate | None = None) -> T:
+    """Run synchronous ``function`` so that each ``await_only`` in it suspends only this coroutine.
+
+    With ``gate`` it runs only while it holds a place in it (see ``Gate``)."""
+    child = _Bridged(_gated if gate is not None else function, parent=getcurrent())
+    child.gate = gate
+    handed = child.switch(function, *args) if gate is not None else child.switch(*args)
     while not child.dead:
         try:
             value = await handed
@@ -78,12 +150,27 @@ async def run_bridged(function: Callable[..., T], *args: Any) -> T:
     return handed  # type: ignore[no-any-return]
 
 
+def _gated(function: Callable[..., T], *args: Any) -> T:
+    current = getcurrent()
+    current.gate.enter(current)
+    try:
+        return function(*args)
+    finally:
+        current.gate.leave(current)
+
+
 def pause(seconds: float) -> None:
     """``time.sleep`` that, inside a bridged greenlet, lets the loop run every other call meanwhile."""
-    if in_bridge():
-        await_only(asyncio.sleep(seconds))
-    else:
+    current = getcurrent()
+    if not isinstance(current, _Bridged):
         time.sleep(seconds)
+        return
+    gate = _step_aside(current)
+    try:
+        await_only(asyncio.sleep(seconds))
+    finally:
+        if gate is not None:
+            gate.enter(current)
 
 
 def _wake(ready: asyncio.Future[bool], value: bool) -> None:
@@ -354,6 +441,7 @@ class BridgeTransport(httpx.BaseTransport):
         current.deadline = None if total is None else time.monotonic() + total
         if outer is not None:
             current.deadline = outer if current.deadline is None else min(outer, current.deadline)
+        gate = _step_aside(current)  # another greenlet works while this one waits for its answer
         try:
             response = lane.handle_request(request)
             try:  # the whole answer, within the deadline; the client decodes the raw bytes as it would its own
@@ -367,6 +455,8 @@ class BridgeTransport(httpx.BaseTransport):
         finally:
             current.deadline, current.timed_out = outer, ""
             self._idle.append(lane)  # a failed exchange's connection is closed; the lane reconnects
+            if gate is not None:
+                gate.enter(current)
         kept = {k: v for k, v in response.extensions.items() if k in ("http_version", "reason_phrase")}
         return httpx.Response(response.status_code, headers=response.headers, stream=httpx.ByteStream(content),
                               extensions=kept, request=request)

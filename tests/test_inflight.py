@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from actions.simulator import Simulator
-from integration.aio import BridgeTransport, pause, run_bridged
+from integration.aio import BridgeTransport, Gate, await_only, pause, run_bridged
 from integration.model import Integration
 from integration.store import IntegrationStore
 from tests.conftest import WorkerProcess, broker_of_its_own
@@ -229,6 +229,43 @@ def test_many_bridged_calls_share_one_loop(simulator: Simulator) -> None:
     finally:
         client.close()
     assert simulator.max_in_flight == 50
+
+
+def test_the_gate_bounds_the_greenlets_working_not_those_waiting() -> None:
+    """Fifty greenlets under a gate of 4: at most 4 inside work (a wait that keeps the place), all 50 asleep
+    at once (``pause`` gives the place up), and a greenlet cancelled while waiting for a place leaks none."""
+    gate = Gate(4)
+    now = {"working": 0, "sleeping": 0}
+    most = {"working": 0, "sleeping": 0}
+
+    def inside(what: str, wait: Any) -> None:
+        now[what] += 1
+        most[what] = max(most[what], now[what])
+        wait()
+        now[what] -= 1
+
+    def chain() -> None:
+        for _ in range(3):
+            inside("working", lambda: await_only(asyncio.sleep(0.005)))  # a short wait keeps the place
+            inside("sleeping", lambda: pause(0.2))  # a long one gives it up
+        assert most["working"] <= 4
+
+    async def main() -> int:
+        await asyncio.gather(*(run_bridged(chain, gate=gate) for _ in range(50)))
+        holders = [asyncio.ensure_future(run_bridged(lambda: await_only(asyncio.sleep(0.2)), gate=gate))
+                   for _ in range(4)]
+        await asyncio.sleep(0.05)
+        waiter = asyncio.ensure_future(run_bridged(lambda: None, gate=gate))  # all four places are taken
+        await asyncio.sleep(0.01)
+        waiter.cancel()
+        await asyncio.gather(waiter, *holders, return_exceptions=True)
+        most["working"] = 0  # every place is free again: four greenlets get in at once
+        await asyncio.gather(*(run_bridged(inside, "working", lambda: await_only(asyncio.sleep(0.05)), gate=gate)
+                               for _ in range(4)))
+        return most["working"]
+
+    assert asyncio.run(asyncio.wait_for(main(), 60)) == 4
+    assert most["sleeping"] == 50
 
 
 def test_the_heartbeat_extends_every_held_lease_in_one_round_trip(redis_server: str) -> None:

@@ -67,6 +67,10 @@ class Settings:
     #: (``OPENAI_PACK_INFLIGHT_LOOPS``). One is the default: HTTP and Redis waits both go to the loop, so more
     #: loops only contend for the GIL (measured: one loop moved 10–15 % more items with 30 % less memory than 8).
     inflight_loops: int = 1
+    #: Chains of a loop that work at once (``OPENAI_PACK_INFLIGHT_WORKING``; 0 = no bound): the rest wait for
+    #: their answers or for a place, so answers that arrive together are worked through a few at a time
+    #: (``integration.aio.Gate``; docs/performance.md has the measurements).
+    inflight_working: int = 16
 
     @property
     def amqp(self) -> bool:
@@ -135,6 +139,7 @@ class Settings:
             consumer_timeout=consumer_timeout,
             slot_width=int(_number("OPENAI_PACK_SLOT_WIDTH", 250, 1, 10000)),
             inflight_loops=int(_number("OPENAI_PACK_INFLIGHT_LOOPS", 1, 1, 64)),
+            inflight_working=int(_number("OPENAI_PACK_INFLIGHT_WORKING", 16, 0, 100000)),
         )
 
 

@@ -152,7 +152,8 @@ class FanOut:
             return lambda: self._chain(run_id, workflow, step_id, head, f"{owner}:{head}", cancelled=cancelled,
                                        deadline=deadline, slot=True)
 
-        outcomes = executor().run_all([chain(head) for head in heads], loops=engine.settings.inflight_loops)
+        outcomes = executor().run_all([chain(head) for head in heads], loops=engine.settings.inflight_loops,
+                                      working=engine.settings.inflight_working)
         assert engine.dispatch_slot is not None
         for busy in (False, True):
             left = [o.index for o in outcomes if isinstance(o, Left) and o.busy is busy]

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from integration.aio import run_bridged
+from integration.aio import Gate, run_bridged
 
 __all__ = ["InFlight", "executor"]
 
@@ -46,6 +46,7 @@ class InFlight:
 
     def __init__(self) -> None:
         self._loops: list[asyncio.AbstractEventLoop] = []
+        self._gates: dict[asyncio.AbstractEventLoop, Gate] = {}
         self._pid = 0
         self._lock = threading.Lock()
         self._next = 0
@@ -58,11 +59,15 @@ class InFlight:
                 self._loops.append(_start_loop(f"openai-pack-inflight-{len(self._loops)}"))
             return self._loops[:count]
 
-    def run_all(self, functions: list[Callable[[], Any]], *, loops: int = 1) -> list[Any]:
-        """Run every function concurrently on ``loops`` loops; block until all end; results or exceptions."""
+    def run_all(self, functions: list[Callable[[], Any]], *, loops: int = 1, working: int = 0) -> list[Any]:
+        """Run every function concurrently on ``loops`` loops; block until all end; results or exceptions.
+
+        ``working`` > 0: at most that many of a loop's greenlets work at once (``integration.aio.Gate``;
+        the others wait for their answers, or for a place)."""
         if not functions:
             return []
         loops = self._running_loops(loops)
+        gates = [self._gate(loop, working) for loop in loops]
         with self._lock:  # deal the functions round-robin over the loops, continuing where the last call stopped
             first = self._next % len(loops)
             self._next = first + len(functions)
@@ -70,8 +75,8 @@ class InFlight:
         for position in range(len(functions)):
             groups[(first + position) % len(loops)].append(position)
         futures: list[tuple[list[int], Future[list[Any]]]] = [
-            (group, asyncio.run_coroutine_threadsafe(_gather([functions[p] for p in group]), loop))
-            for group, loop in zip(groups, loops, strict=True) if group]
+            (group, asyncio.run_coroutine_threadsafe(_gather([functions[p] for p in group], gate), loop))
+            for group, loop, gate in zip(groups, loops, gates, strict=True) if group]
         results: list[Any] = [None] * len(functions)
         for group, future in futures:
             for position, outcome in zip(group, future.result(), strict=True):
@@ -79,8 +84,22 @@ class InFlight:
         return results
 
 
-async def _gather(functions: list[Callable[[], Any]]) -> list[Any]:
-    return list(await asyncio.gather(*(run_bridged(function) for function in functions), return_exceptions=True))
+    def _gate(self, loop: asyncio.AbstractEventLoop, working: int) -> Gate | None:
+        """The loop's gate, one for all its slots (its width follows the latest setting)."""
+        if working <= 0:
+            return None
+        with self._lock:
+            gate = self._gates.get(loop)
+            if gate is None:
+                gate = self._gates[loop] = Gate(working)
+        if gate.width != working:
+            loop.call_soon_threadsafe(gate.resize, working)  # the gate belongs to the loop's thread
+        return gate
+
+
+async def _gather(functions: list[Callable[[], Any]], gate: Gate | None) -> list[Any]:
+    return list(await asyncio.gather(*(run_bridged(function, gate=gate) for function in functions),
+                                     return_exceptions=True))
 
 
 _executor = InFlight()
