@@ -686,17 +686,24 @@ class RedisIntegrationStore(IntegrationStore):
 
 
 _open_stores: dict[str, IntegrationStore] = {}
+_stores_by_settings: dict[tuple[str, str, str], IntegrationStore] = {}
 
 
 def open_store() -> IntegrationStore:
     """The configured store, one per location per process: Redis when ``OPENAI_PACK_INTEGRATIONS_URL``
     is set, else the local file (reusing it is what keeps one Redis connection pool per process)."""
-    url = os.environ.get(INTEGRATIONS_URL_ENV, "").strip()
+    environ = os.environ
+    settings = (environ.get(INTEGRATIONS_URL_ENV, ""), environ.get(HOME_ENV, ""), environ.get("HOME", ""))
+    store = _stores_by_settings.get(settings)  # every call of every step: no path arithmetic when nothing changed
+    if store is not None:
+        return store
+    url = settings[0].strip()
     location = f"redis:{url}" if url else f"file:{default_home() / STORE_FILENAME}"
     store = _open_stores.get(location)
     if store is None:
         store = RedisIntegrationStore(url) if url else IntegrationStore()
         _remember(_open_stores, location, store)
+    _remember(_stores_by_settings, settings, store)
     return store
 
 

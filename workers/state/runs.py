@@ -69,6 +69,8 @@ class RunStore:
         self.leases = Leases(kv, prefix=f"{PREFIX}lease:")
         #: Signed webhook requests already accepted (replays inside the signature window map to their run).
         self.signatures = SeenSignatures(kv)
+        #: Fan-outs' item counts seen by this process (written once when the fan-out starts, never changed).
+        self._totals: dict[tuple[str, str], int] = {}
 
     # keys -------------------------------------------------------------------------------
     @staticmethod
@@ -181,15 +183,21 @@ class RunStore:
         """What running one fan-out item needs, in one round trip: ``lease`` (a ``Leases.acquire_op``) first,
         then the item count, the item's record and input, and the run's published variables."""
         ops: list[Op] = [] if lease is None else [lease]
-        ops += [("hget", (self._run(run_id, "fanout_total"), step_id), {}),
-                ("hget", (self._run(run_id, f"items:{step_id}"), str(index)), {}),
+        known = self._totals.get((run_id, step_id))  # a fan-out's item count never changes once saved
+        if known is None:
+            ops.append(("hget", (self._run(run_id, "fanout_total"), step_id), {}))
+        ops += [("hget", (self._run(run_id, f"items:{step_id}"), str(index)), {}),
                 ("hget", (self._run(run_id, f"fanout:{step_id}"), str(index)), {}),
                 ("hgetall", (self._run(run_id, "vars"),), {})]
         results = self.kv.batch(ops)
         leased = bool(results.pop(0)) if lease is not None else True
-        total, record, item, variables = results
-        return OpenedItem(leased, int(total or 0), _load(record), _load(item),
-                          {k: _load(v) for k, v in variables.items()})
+        total = known if known is not None else int(results.pop(0) or 0)
+        if known is None and total:
+            if len(self._totals) > 4096:
+                self._totals.clear()
+            self._totals[(run_id, step_id)] = total
+        record, item, variables = results
+        return OpenedItem(leased, total, _load(record), _load(item), {k: _load(v) for k, v in variables.items()})
 
     def finish_item(self, run_id: str, step_id: str, index: int) -> tuple[int, int, bool]:
         """Count the item once and claim the index after it once: (done, next index, first claim).
