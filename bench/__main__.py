@@ -175,7 +175,7 @@ class Stack:
 # ---------------------------------------------------------------- 2: one step through a worker
 
 
-def bench_step(broker: str, url: str, runs: int = 200) -> None:
+def bench_step(broker: str, url: str, runs: int = 600) -> None:
     import workers.app as worker_app
 
     stack = Stack(broker, url, concurrency=8)

@@ -162,3 +162,13 @@ def test_pipelined_scripts_survive_a_redis_that_forgot_them(redis_server: str) -
     assert store.extend_all([("test:lease", "me", 9.0), ("test:lease", "other", 9.0)]) == [True, False]
     assert 5000 < store.redis.pttl("test:lease") <= 9000
     store.redis.flushdb()
+
+
+def test_end_step_leaves_the_active_count_once_and_hands_the_run_end_to_one_caller(kv: KV) -> None:
+    store = RunStore(kv)
+    store.count("r2", "active", 2)  # two steps running
+    assert store.end_step("r2", "a") == (1, False)
+    assert store.end_step("r2", "a") == (1, False)  # a replay of the same step counts once
+    assert store.end_step("r2", "b") == (0, True)  # the last step takes the run's end
+    assert store.end_step("r2", "b") == (0, False)  # and only once
+    assert store.flag("r2", "finished") == "1"

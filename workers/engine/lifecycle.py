@@ -27,7 +27,7 @@ from workers.requeue import Requeue
 from workers.settings import Settings
 from workers.state.kv import Op
 from workers.state.ledger import Ledger
-from workers.state.runs import FINISHED, RunStore, now_iso
+from workers.state.runs import FINISHED, OpenedStep, RunStore, now_iso
 from workers.workflow import Step, Workflow, render
 
 if TYPE_CHECKING:
@@ -123,35 +123,48 @@ class Engine:
         return status  # type: ignore[no-any-return]
 
     def run_step(self, run_id: str, step_id: str, item: int | None, owner: str) -> None:
-        """Execute (or replay) one step or one fan-out item. Raises ``Requeue`` to come back later."""
-        status = self.run_status(run_id)
+        """Execute (or replay) one step or one fan-out item. Raises ``Requeue`` to come back later.
+
+        The lease, the run's status (and, the first time this process sees the run, what never changes),
+        the step's record and the run's variables come in one round trip."""
+        lease_key = f"{run_id}:{step_id}:{'' if item is None else item}"
+        leases, known = self.store.leases, self.context.known(run_id)
+        opened = self.store.open_step(run_id, step_id, ["status"] if known else ["status", "definition", "inputs",
+                                                                                   "trigger"],
+                                      lease=leases.acquire_op(lease_key, owner, self.settings.lease_ttl))
+        status = opened.header["status"]
         if status is None:
+            if opened.leased:
+                leases.release(lease_key, owner)
             log.warning("run %s does not exist; dropping step %s", run_id, step_id)
             return
-        workflow = self.workflow(run_id)
-        step = workflow.step(step_id)
-        cancelled = status == "cancelled"
-        lease_key = f"{run_id}:{step_id}:{'' if item is None else item}"
-        if not self.store.leases.acquire(lease_key, owner, self.settings.lease_ttl):
+        if not known:
+            self.context.remember(run_id, opened.header)
+        if not opened.leased:
             # Another delivery is running this step (a slow call outliving the visibility timeout, or a
             # duplicate): neither call again nor fail it; look again later.
             raise Requeue(min(2.0, self.settings.max_countdown), "another delivery of this step is running")
+        leases.hold(lease_key, owner, self.settings.lease_ttl)
+        workflow = self.workflow(run_id)
+        step = workflow.step(step_id)
+        cancelled = status == "cancelled"
         following = None
         try:
             if step.with_items is not None and item is None:
                 self.fanout.start(run_id, workflow, step_id, cancelled=cancelled)
             elif item is None:
-                self._run_single(run_id, workflow, step_id, cancelled=cancelled)
+                self._run_single(run_id, workflow, step_id, opened, cancelled=cancelled)
             else:
                 following = self.fanout.run_item(run_id, workflow, step_id, item, cancelled=cancelled)
         finally:
-            self.store.leases.release(lease_key, owner)
+            leases.release(lease_key, owner)
         if following is not None:
             self.fanout.continue_slot(run_id, workflow, step_id, following, owner, cancelled=cancelled)
 
     # single steps ----------------------------------------------------------------------------
-    def _run_single(self, run_id: str, workflow: Workflow, step_id: str, *, cancelled: bool) -> None:
-        record = self.store.step(run_id, step_id) or {}
+    def _run_single(self, run_id: str, workflow: Workflow, step_id: str, opened: OpenedStep, *,
+                    cancelled: bool) -> None:
+        record = opened.record or {}
         replay = record.get("status") in FINISHED
         if not replay:
             step = workflow.step(step_id)
@@ -160,7 +173,8 @@ class Engine:
             elif cancelled:
                 record, full_output, done = {"status": "cancelled", "finished": now_iso()}, None, []
             else:
-                record, full_output, done = self.execute(run_id, workflow, step_id, record, None, None)
+                record, full_output, done = self.execute(run_id, workflow, step_id, record, None, None,
+                                                         variables=opened.variables)
                 if step.wait is not None and record["status"] == "succeeded":
                     record, full_output, done = self.waits.begin(run_id, step, record, full_output, done)
             # ledger "done", full output, record: in this order, one round trip; the first final record wins
@@ -233,24 +247,24 @@ class Engine:
     # after a step -----------------------------------------------------------------------------
     def complete(self, run_id: str, workflow: Workflow, step_id: str, status: str, *, replay: bool) -> None:
         """Transitions, published variables, next steps; then the run ends when nothing is active."""
-        if status != "cancelled" and self.store.status(run_id) != "cancelled":
-            step = workflow.step(step_id)
-            try:
-                targets, published = workflow.next_steps(step_id, status, self.context.build(run_id, workflow))
-            except PackError as exc:
-                self.store.note_unhandled(run_id, step_id, exc.to_dict(), replace=True)
-                targets, published = [], {}
-            if published:
-                self.store.publish(run_id, published)
-            if status == "failed" and not any(t.when in ("failure", "always") for t in (step.on or ())):
-                self.store.note_unhandled(run_id, step_id, {"code": "step_failed",
-                                                            "message": f"step {step_id!r} failed"})
-            self.activate(run_id, targets, replay=replay)
-        if self.store.once(run_id, f"finished:{step_id}"):
-            remaining = self.store.count(run_id, "active", -1)
-        else:
-            remaining = self.store.counter(run_id, "active")
-        if remaining <= 0:
+        if status != "cancelled":
+            run_status, variables = self.store.status_and_variables(run_id)
+            if run_status != "cancelled":
+                step = workflow.step(step_id)
+                try:
+                    targets, published = workflow.next_steps(step_id, status,
+                                                             self.context.build(run_id, workflow, variables=variables))
+                except PackError as exc:
+                    self.store.note_unhandled(run_id, step_id, exc.to_dict(), replace=True)
+                    targets, published = [], {}
+                if published:
+                    self.store.publish(run_id, published)
+                if status == "failed" and not any(t.when in ("failure", "always") for t in (step.on or ())):
+                    self.store.note_unhandled(run_id, step_id, {"code": "step_failed",
+                                                                "message": f"step {step_id!r} failed"})
+                self.activate(run_id, targets, replay=replay)
+        _, ends_run = self.store.end_step(run_id, step_id)  # the last active step's first delivery ends the run
+        if ends_run:
             self._finish_run(run_id, workflow)
 
     def activate(self, run_id: str, targets: list[str], *, replay: bool = False) -> None:
@@ -262,11 +276,10 @@ class Engine:
                 self.dispatch(run_id, target, None, None)
 
     def _finish_run(self, run_id: str, workflow: Workflow) -> None:
-        """The run's status follows from its steps: failed when a step failed with nothing to handle it."""
-        if not self.store.once(run_id, "finished"):
-            return
-        status = self.store.status(run_id)
-        unhandled = self.store.unhandled(run_id)
+        """The run's status follows from its steps: failed when a step failed with nothing to handle it.
+
+        Called once per run, by the delivery that took its ``finished`` flag (``RunStore.end_step``)."""
+        status, unhandled = self.store.ending(run_id)
         output = None
         error = None
         if status != "cancelled":
@@ -283,10 +296,10 @@ class Engine:
                         output = render(workflow.output, self.context.build(run_id, workflow), step="output")
                     except PackError as exc:
                         status, error = "failed", {"step": "output", **exc.to_dict()}
-        self.store.update(run_id, status=status, finished=now_iso(), output=output, error=error)
         # Full outputs were kept only for templates; the step and item records keep them, redacted as the
         # workflow asked, so a failed run's paid results stay readable with `runs show`.
-        self.store.purge_context(run_id, [s.id for s in workflow.steps if s.with_items is not None])
+        self.store.close(run_id, [s.id for s in workflow.steps if s.with_items is not None], status=status,
+                         finished=now_iso(), output=output, error=error)
         self.context.forget(run_id)
 
     # progress --------------------------------------------------------------------------------------

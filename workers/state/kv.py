@@ -96,6 +96,7 @@ class KV(Protocol):
     def ping(self) -> bool: ...
     def batch(self, calls: list[Op]) -> list[Any]: ...
     def finish_item(self, flags: str, counters: str, step: str, index: int) -> tuple[int, int, bool]: ...
+    def end_step(self, flags: str, counters: str, step: str) -> tuple[int, bool]: ...
 
 
 #: RunStore.finish_item on Redis: count a fan-out item once, claim the next index once (atomic).
@@ -118,6 +119,24 @@ local following = redis.call('hincrby', KEYS[2], 'next:' .. step, 1) - 1
 redis.call('hset', KEYS[1], 'next_of:' .. step .. ':' .. index, following)
 if ARGV[3] ~= '' then redis.call('hset', KEYS[1], 'next_by:' .. step .. ':' .. index, ARGV[3]) end
 return {done, following, 1}
+"""
+
+
+#: RunStore.end_step on Redis: the step leaves the active count once; the run's "finished" flag goes to whoever
+#: sees the count reach 0 first. ARGV[2] marks that flag as this call's (a retry after a failover is still its own).
+_END_STEP = """
+local remaining
+if redis.call('hsetnx', KEYS[1], 'finished:' .. ARGV[1], '1') == 1 then
+  remaining = redis.call('hincrby', KEYS[2], 'active', -1)
+else
+  remaining = tonumber(redis.call('hget', KEYS[2], 'active') or '0')
+end
+if remaining > 0 then return {remaining, 0} end
+if redis.call('hsetnx', KEYS[1], 'finished', '1') == 1 then
+  redis.call('hset', KEYS[1], 'finished_by', ARGV[2])
+  return {remaining, 1}
+end
+return {remaining, redis.call('hget', KEYS[1], 'finished_by') == ARGV[2] and 1 or 0}
 """
 
 
@@ -216,6 +235,7 @@ class RedisKV:
             self.redis = redis.Redis(connection_pool=pool)
         self._groups = SharedPipelines(self._pipeline)
         self._finish_item = self.redis.register_script(_FINISH_ITEM)
+        self._end_step = self.redis.register_script(_END_STEP)
         self._claim = self.redis.register_script(_CLAIM)
         self._delete_if = self.redis.register_script(
             "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0")
@@ -336,6 +356,10 @@ class RedisKV:
         """See ``RunStore.finish_item``: one atomic script instead of six round trips."""
         return self.batch([("finish_item", (flags, counters, step, index), {})])[0]  # type: ignore[no-any-return]
 
+    def end_step(self, flags: str, counters: str, step: str) -> tuple[int, bool]:
+        """See ``RunStore.end_step``: one atomic script instead of three round trips."""
+        return self.batch([("end_step", (flags, counters, step), {})])[0]  # type: ignore[no-any-return]
+
     def incr(self, key: str, amount: int = 1) -> int:
         return int(self.redis.incrby(key, amount))  # type: ignore[arg-type]
 
@@ -411,6 +435,9 @@ class RedisKV:
                 self._queue_script(pipe, self._claim, [key], [value, int(ttl * 1000)], scripted)
             elif method == "delete_if":
                 self._queue_script(pipe, self._delete_if, [args[0]], [args[1]], scripted)
+            elif method == "end_step":
+                flags, counters, step = args
+                self._queue_script(pipe, self._end_step, [flags, counters], [step, uuid.uuid4().hex], scripted)
             elif method == "finish_item":
                 flags, counters, step, index = args
                 # with Sentinel, redis-py retries a command after a failover: see _FINISH_ITEM
@@ -424,6 +451,7 @@ class RedisKV:
 _SHAPES: dict[str, Callable[[Any], Any]] = {
     "claim": bool, "hset_if_first": bool, "delete_if": lambda _: None,
     "finish_item": lambda reply: (int(reply[0]), int(reply[1]), bool(reply[2])),
+    "end_step": lambda reply: (int(reply[0]), bool(reply[1])),
 }
 
 
@@ -542,6 +570,22 @@ class SqliteKV:
             following = hincr(counters, f"next:{step}") - 1
             hput(flags, f"next_of:{step}:{index}", str(following))
             return done, following, True
+
+    def end_step(self, flags: str, counters: str, step: str) -> tuple[int, bool]:
+        """The Redis script's logic in one SQLite transaction."""
+        with self._tx() as db:
+            if db.execute("INSERT OR IGNORE INTO h (k, f, v) VALUES (?, ?, '1')",
+                          (flags, f"finished:{step}")).rowcount == 1:
+                row = db.execute("SELECT v FROM h WHERE k = ? AND f = 'active'", (counters,)).fetchone()
+                remaining = (int(row[0]) if row else 0) - 1
+                db.execute("INSERT OR REPLACE INTO h (k, f, v) VALUES (?, 'active', ?)", (counters, str(remaining)))
+            else:
+                row = db.execute("SELECT v FROM h WHERE k = ? AND f = 'active'", (counters,)).fetchone()
+                remaining = int(row[0]) if row else 0
+            if remaining > 0:
+                return remaining, False
+            won = db.execute("INSERT OR IGNORE INTO h (k, f, v) VALUES (?, 'finished', '1')", (flags,)).rowcount == 1
+            return remaining, won
 
     def incr(self, key: str, amount: int = 1) -> int:
         with self._tx() as db:

@@ -20,7 +20,7 @@ from workers.state.kv import KV, Op
 from workers.state.leases import Leases
 from workers.state.signatures import SeenSignatures
 
-__all__ = ["FINISHED", "OpenedItem", "RunStore", "now_iso", "sum_costs"]
+__all__ = ["FINISHED", "OpenedItem", "OpenedStep", "RunStore", "now_iso", "sum_costs"]
 
 PREFIX = "opk:"
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -48,6 +48,15 @@ def _json(value: Any) -> str:
 
 def _load(raw: str | None) -> Any:
     return None if raw is None else json.loads(raw)
+
+
+class OpenedStep(NamedTuple):
+    """``RunStore.open_step``: whether the lease is held, the header fields asked for, the step's record, variables."""
+
+    leased: bool
+    header: dict[str, Any]
+    record: dict[str, Any] | None
+    variables: dict[str, Any]
 
 
 class OpenedItem(NamedTuple):
@@ -199,6 +208,38 @@ class RunStore:
         record, item, variables = results
         return OpenedItem(leased, total, _load(record), _load(item), {k: _load(v) for k, v in variables.items()})
 
+    def open_step(self, run_id: str, step_id: str, fields: list[str], *, lease: Op) -> OpenedStep:
+        """What running a step needs, in one round trip: ``lease`` (a ``Leases.acquire_op``) first, then the
+        run's header ``fields``, the step's record and the run's published variables."""
+        leased, header, record, variables = self.kv.batch([
+            lease, ("hmget", (self._run(run_id), fields), {}), ("hget", (self._run(run_id, "steps"), step_id), {}),
+            ("hgetall", (self._run(run_id, "vars"),), {})])
+        return OpenedStep(bool(leased), {n: _load(v) for n, v in zip(fields, header, strict=True)}, _load(record),
+                          {k: _load(v) for k, v in variables.items()})
+
+    def status_and_variables(self, run_id: str) -> tuple[str | None, dict[str, Any]]:
+        """The run's status and published variables, in one round trip (a step's transitions need both)."""
+        status, variables = self.kv.batch([("hget", (self._run(run_id), "status"), {}),
+                                           ("hgetall", (self._run(run_id, "vars"),), {})])
+        return _load(status), {k: _load(v) for k, v in variables.items()}
+
+    def end_step(self, run_id: str, step_id: str) -> tuple[int, bool]:
+        """The step leaves the run's active count (once) and, when none is left, the run's ``finished`` flag is
+        taken (once): (steps still active, whether this call took the flag). One atomic operation."""
+        return self.kv.end_step(self._run(run_id, "flags"), self._run(run_id, "ctr"), step_id)
+
+    def ending(self, run_id: str) -> tuple[str | None, dict[str, dict[str, Any]]]:
+        """What ending a run needs, in one round trip: its status and its unhandled failures (see ``unhandled``)."""
+        status, flags = self.kv.batch([("hget", (self._run(run_id), "status"), {}),
+                                       ("hgetall", (self._run(run_id, "flags"),), {})])
+        return _load(status), self._unhandled(flags)
+
+    def close(self, run_id: str, fanout_steps: list[str], **fields: Any) -> None:
+        """``update`` the header with how the run ended and ``purge_context``, in one round trip."""
+        self.kv.batch([("hset", (self._run(run_id), {k: _dump(v) for k, v in fields.items()}), {}),
+                       ("delete", (self._run(run_id, "ctx"), *(self._run(run_id, f"ctx:{s}") for s in fanout_steps)),
+                        {})])
+
     def finish_item(self, run_id: str, step_id: str, index: int) -> tuple[int, int, bool]:
         """Count the item once and claim the index after it once: (done, next index, first claim).
 
@@ -290,7 +331,10 @@ class RunStore:
 
     def unhandled(self, run_id: str) -> dict[str, dict[str, Any]]:
         """Step id → error of every unhandled failure, in the order they were noted."""
-        flags = self.kv.hgetall(self._run(run_id, "flags"))
+        return self._unhandled(self.kv.hgetall(self._run(run_id, "flags")))
+
+    @staticmethod
+    def _unhandled(flags: dict[str, str]) -> dict[str, dict[str, Any]]:
         return {k.split(":", 1)[1]: json.loads(v) for k, v in flags.items() if k.startswith("unhandled:")}
 
     def forget_idempotency_key(self, key: str) -> None:
