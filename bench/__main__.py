@@ -241,7 +241,7 @@ def bench_drain(broker: str, url: str, items: int, concurrency: int, label: str,
 #: how each candidate I/O model runs a fan-out of ``concurrency`` chains in one worker process
 EXECUTORS: dict[str, dict[str, Any]] = {
     "event loop (chosen)": {"pool": "threads", "slot_width": 250, "threads": lambda c: max(4, -(-c // 250) + 2)},
-    "event loop, no gate": {"pool": "threads", "slot_width": 250, "threads": lambda c: max(4, -(-c // 250) + 2),
+    "event loop without gate": {"pool": "threads", "slot_width": 250, "threads": lambda c: max(4, -(-c // 250) + 2),
                             "env": {"OPENAI_PACK_INFLIGHT_WORKING": "0"}},
     "eight event loops": {"pool": "threads", "slot_width": 250, "threads": lambda c: max(4, -(-c // 250) + 2),
                           "env": {"OPENAI_PACK_INFLIGHT_LOOPS": "8"}},
