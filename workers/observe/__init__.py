@@ -113,7 +113,7 @@ class Meter:
             "openai_pack.action": self.manifest.name, "openai_pack.integration": self.integration.name}, kind="client")
         self._span = self._span_cm.__enter__()
         self._started = time.monotonic()
-        _quietly("metrics", lambda: metrics.in_flight.labels(self.manifest.name).inc())
+        _quietly("metrics", lambda: metrics.child(metrics.in_flight, self.manifest.name).inc())
         return self
 
     def estimate(self) -> costs.Cost:
@@ -145,7 +145,7 @@ class Meter:
                 if base.before_request:
                     base.before_request(call)
             except Requeue:
-                _quietly("metrics", lambda: metrics.budget_waits.labels(self.integration.name).inc())
+                _quietly("metrics", lambda: metrics.child(metrics.budget_waits, self.integration.name).inc())
                 raise
 
         def after(call: Call, response: ApiResponse) -> None:
@@ -199,18 +199,18 @@ class Meter:
     def _count_success(self, found: costs.Cost, output: Any, usage: dict[str, Any], attempts: int) -> None:
         action, integration = self._labels
         model = found.model or ""
-        metrics.steps.labels(action, "succeeded", "").inc()
-        metrics.api_seconds.labels(action, integration).observe(time.monotonic() - self._started)
+        metrics.child(metrics.steps, action, "succeeded", "").inc()
+        metrics.child(metrics.api_seconds, action, integration).observe(time.monotonic() - self._started)
         if attempts > 1:
-            metrics.retries.labels(action, integration).inc(attempts - 1)
+            metrics.child(metrics.retries, action, integration).inc(attempts - 1)
         full = output.get("usage") if isinstance(output, dict) and isinstance(output.get("usage"), dict) else usage
         counts = costs.token_counts(full or {}) if full else None
         if counts:
             for kind, value in zip(("input", "cached_input", "output"), counts, strict=True):
                 if value:
-                    metrics.tokens.labels(action, integration, model, kind).inc(value)
+                    metrics.child(metrics.tokens, action, integration, model, kind).inc(value)
         if found.usd:
-            metrics.cost_usd.labels(action, integration, model).inc(found.usd)
+            metrics.child(metrics.cost_usd, action, integration, model).inc(found.usd)
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         try:
@@ -222,20 +222,20 @@ class Meter:
                 if isinstance(exc, PackError):
                     _quietly("metrics", self._count_failure, exc)
         finally:
-            _quietly("metrics", lambda: metrics.in_flight.labels(self.manifest.name).dec())
+            _quietly("metrics", lambda: metrics.child(metrics.in_flight, self.manifest.name).dec())
             if self._span_cm is not None:
                 self._span_cm.__exit__(exc_type, exc, tb)
 
     def _count_refusal(self, exc: BudgetExceededError) -> None:
-        metrics.budget_refusals.labels(self.integration.name, str(exc.details.get("cap"))).inc()
-        metrics.steps.labels(self.manifest.name, "failed", exc.code).inc()
+        metrics.child(metrics.budget_refusals, self.integration.name, str(exc.details.get("cap"))).inc()
+        metrics.child(metrics.steps, self.manifest.name, "failed", exc.code).inc()
 
     def _count_failure(self, exc: PackError) -> None:
         action, integration = self._labels
-        metrics.api_seconds.labels(action, integration).observe(time.monotonic() - self._started)
+        metrics.child(metrics.api_seconds, action, integration).observe(time.monotonic() - self._started)
         if isinstance(exc, RateLimitedError):
-            metrics.rate_limited.labels(action, integration).inc()
-        metrics.steps.labels(action, "failed", exc.code).inc()
+            metrics.child(metrics.rate_limited, action, integration).inc()
+        metrics.child(metrics.steps, action, "failed", exc.code).inc()
 
 
 def sent_body(call: Call) -> dict[str, Any]:

@@ -148,7 +148,7 @@ class Outbox:
 
     def _count(self, outcome: str) -> None:
         self.kv.incr(PREFIX + f"total:{outcome}")
-        metrics.reconify_copies.labels(outcome).inc()
+        metrics.child(metrics.reconify_copies, outcome).inc()
 
     def _forget(self, key: str) -> None:
         self.kv.delete(key, PREFIX + "attempts:" + key)
