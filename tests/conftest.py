@@ -129,6 +129,39 @@ def _rabbitmq_password_hash(password: str) -> str:
     return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
 
 
+def write_certificates(workdir: Path, ca_file: Path) -> None:
+    """A throw-away CA (``ca_file``) and a server certificate for 127.0.0.1 signed by it (``server.pem``,
+    ``server.key`` in ``workdir``)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(text: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("openai-pack test CA")).issuer_name(name("openai-pack test CA"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    server = (x509.CertificateBuilder().subject_name(name("127.0.0.1")).issuer_name(ca.subject)
+              .public_key(server_key.public_key()).serial_number(x509.random_serial_number())
+              .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+              .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                             critical=False)
+              .sign(ca_key, hashes.SHA256()))
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (workdir / "server.pem").write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    (workdir / "server.key").write_bytes(server_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
+
+
 class RabbitMQNode:
     """``rabbitmq-server`` on 127.0.0.1 with free ports, its own epmd, files and cookie under ``workdir``.
 
@@ -171,35 +204,7 @@ class RabbitMQNode:
         return f"{scheme}://{RABBITMQ_USER}:{password}@127.0.0.1:{port}/{path}"
 
     def _write_certificates(self) -> None:
-        """A throw-away CA and a server certificate for 127.0.0.1 signed by it (PEM files in ``workdir``)."""
-        import datetime
-        import ipaddress
-
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import NameOID
-
-        def name(text: str) -> x509.Name:
-            return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
-
-        now = datetime.datetime.now(datetime.UTC)
-        ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-        ca = (x509.CertificateBuilder().subject_name(name("openai-pack test CA")).issuer_name(name("openai-pack test CA"))
-              .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-              .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
-              .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-              .sign(ca_key, hashes.SHA256()))
-        server = (x509.CertificateBuilder().subject_name(name("127.0.0.1")).issuer_name(ca.subject)
-                  .public_key(server_key.public_key()).serial_number(x509.random_serial_number())
-                  .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
-                  .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                                 critical=False)
-                  .sign(ca_key, hashes.SHA256()))
-        self.ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-        (self.workdir / "server.pem").write_bytes(server.public_bytes(serialization.Encoding.PEM))
-        (self.workdir / "server.key").write_bytes(server_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
+        write_certificates(self.workdir, self.ca_file)
 
     def _write_config(self) -> None:
         definitions = {

@@ -24,7 +24,7 @@ from actions.simulator import Simulator
 from integration.aio import BridgeTransport, Gate, await_only, pause, run_bridged
 from integration.model import Integration
 from integration.store import IntegrationStore
-from tests.conftest import WorkerProcess, broker_of_its_own
+from tests.conftest import WorkerProcess, broker_of_its_own, write_certificates
 from workers.workflow import parse_workflow
 
 pytestmark = pytest.mark.timeout(300)
@@ -206,6 +206,73 @@ def test_a_trickling_answer_is_cut_at_the_total_timeout_on_the_loop() -> None:
         client.close()
         server.close()
     assert "no complete answer within 3 s" in outcome
+
+
+class TlsServer:
+    """HTTPS on 127.0.0.1 with a throw-away CA: answers every GET with a small JSON body, keep-alive."""
+
+    def __init__(self, workdir: Path) -> None:
+        import http.server
+        import ssl
+
+        self.ca_file = workdir / "ca.pem"
+        write_certificates(workdir, self.ca_file)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:  # noqa: N802 - the standard library's name
+                body = json.dumps({"object": "list", "data": [{"id": "gpt-4o-mini"}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(workdir / "server.pem", workdir / "server.key")
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.url = f"https://127.0.0.1:{self.httpd.server_address[1]}/v1/"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+def test_bridged_calls_speak_tls_and_check_the_certificate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real API is HTTPS: twenty bridged calls on one loop complete over TLS with a trusted CA (the
+    handshake and every read wait on the loop), and a certificate nobody vouches for is refused."""
+    server = TlsServer(tmp_path)
+    try:
+        monkeypatch.setenv("SSL_CERT_FILE", str(server.ca_file))  # what httpx's default context trusts
+        trusted = BridgeTransport()
+        with httpx.Client(transport=trusted, base_url=server.url, timeout=10) as client:
+            async def many() -> list[Any]:
+                return list(await asyncio.gather(*(run_bridged(lambda: client.get("models").json()["data"][0]["id"])
+                                                   for _ in range(20))))
+
+            assert asyncio.run(asyncio.wait_for(many(), 30)) == ["gpt-4o-mini"] * 20
+            assert len(trusted._lanes) <= 20  # kept alive, reused afterwards
+            assert asyncio.run(run_bridged(lambda: client.get("models").status_code)) == 200
+        monkeypatch.delenv("SSL_CERT_FILE")
+        with httpx.Client(transport=BridgeTransport(), base_url=server.url, timeout=10) as client:
+            def refused() -> str:
+                try:
+                    client.get("models")
+                except httpx.ConnectError as exc:
+                    return str(exc)
+                return "answered"
+
+            assert "CERTIFICATE_VERIFY_FAILED" in asyncio.run(run_bridged(refused))
+    finally:
+        server.close()
 
 
 def test_outside_a_bridge_the_transport_and_pause_block_as_before(simulator: Simulator) -> None:
