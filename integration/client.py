@@ -149,6 +149,7 @@ class Client:
             headers["OpenAI-Organization"] = integration.organization_id
         if integration.project_id:
             headers["OpenAI-Project"] = integration.project_id
+        self._urls: dict[str, httpx.URL] = {}  # request URL text → the absolute URL (``_absolute``)
         #: The Admin API key in the same placement, for /organization actions (``request(admin=True)``).
         self._admin_auth = auth_for(integration, admin=True)
         self._http = httpx.Client(
@@ -234,7 +235,7 @@ class Client:
         body_reader: BodyReader | None = None,
     ) -> ApiResponse | errors.ApiError:
         """One HTTP exchange; transport failures become typed errors without the URL or headers."""
-        request = self._http.build_request(method, url, json=json_body if files is None else None,
+        request = self._http.build_request(method, self._absolute(url), json=json_body if files is None else None,
                                            params=params, files=files, data=data, headers=headers)
         try:
             auth = self._admin_auth if admin else httpx.USE_CLIENT_DEFAULT
@@ -254,6 +255,20 @@ class Client:
             raise self._no_answer(f"the connection dropped mid-answer ({type(exc).__name__})") from None
         finally:
             response.close()
+
+    def _absolute(self, url: str) -> httpx.URL:
+        """``url`` joined to the base URL as httpx joins a relative one (appended to the base path), parsed once:
+        httpx parses and joins the text on every request otherwise (~30 µs of ~45 in ``build_request``)."""
+        found = self._urls.get(url)
+        if found is None:
+            parsed = httpx.URL(url)
+            if parsed.is_relative_url:
+                base = self._http.base_url
+                parsed = base.copy_with(raw_path=base.raw_path + parsed.raw_path.lstrip(b"/"))
+            if len(self._urls) >= 1024:  # paths with ids in them: keep the table bounded
+                self._urls.clear()
+            found = self._urls[url] = parsed
+        return found
 
     def _read(self, response: httpx.Response, sse: bool,
               body_reader: BodyReader | None = None) -> ApiResponse | errors.ApiError:
