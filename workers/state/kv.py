@@ -397,8 +397,8 @@ class RedisKV:
     def batch(self, calls: list[Op]) -> list[Any]:
         """Several commands in one round trip (a pipeline, not a transaction: each stays atomic on its own).
 
-        Besides the plain commands, ``claim``, ``delete_if``, ``hset_if_first`` and ``finish_item`` may be
-        batched; each result has the shape its method returns. Inside a bridged greenlet the batches
+        Besides the plain commands, ``claim``, ``delete_if``, ``hset_if_first``, ``finish_item`` and ``end_step``
+        may be batched; each result has the shape its method returns. Inside a bridged greenlet the batches
         of every chain that asks in the same turn of the loop share one pipeline (``workers.state.bridged``)."""
         results = self._groups.run(calls) if in_bridge() else self._pipeline(calls)
         for result in results:
@@ -574,14 +574,12 @@ class SqliteKV:
     def end_step(self, flags: str, counters: str, step: str) -> tuple[int, bool]:
         """The Redis script's logic in one SQLite transaction."""
         with self._tx() as db:
+            row = db.execute("SELECT v FROM h WHERE k = ? AND f = 'active'", (counters,)).fetchone()
+            remaining = int(row[0]) if row else 0
             if db.execute("INSERT OR IGNORE INTO h (k, f, v) VALUES (?, ?, '1')",
                           (flags, f"finished:{step}")).rowcount == 1:
-                row = db.execute("SELECT v FROM h WHERE k = ? AND f = 'active'", (counters,)).fetchone()
-                remaining = (int(row[0]) if row else 0) - 1
+                remaining -= 1
                 db.execute("INSERT OR REPLACE INTO h (k, f, v) VALUES (?, 'active', ?)", (counters, str(remaining)))
-            else:
-                row = db.execute("SELECT v FROM h WHERE k = ? AND f = 'active'", (counters,)).fetchone()
-                remaining = int(row[0]) if row else 0
             if remaining > 0:
                 return remaining, False
             won = db.execute("INSERT OR IGNORE INTO h (k, f, v) VALUES (?, 'finished', '1')", (flags,)).rowcount == 1

@@ -40,8 +40,7 @@ class Leases:
 
     def acquire(self, key: str, owner: str, ttl: float) -> bool:
         """True when ``owner`` holds the lease now (newly, or still from its own earlier attempt)."""
-        full = self.prefix + key
-        if not self.kv.set(full, owner, nx=True, ttl=ttl) and self.kv.get(full) != owner:
+        if not self.kv.batch([self.acquire_op(key, owner, ttl)])[0]:
             return False
         self.hold(key, owner, ttl)
         return True

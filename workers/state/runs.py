@@ -50,6 +50,16 @@ def _load(raw: str | None) -> Any:
     return None if raw is None else json.loads(raw)
 
 
+def _dump_values(values: dict[str, Any]) -> dict[str, str]:
+    """Header fields as stored: each value as scrubbed JSON."""
+    return {k: _dump(v) for k, v in values.items()}
+
+
+def _load_values(raw: dict[str, str]) -> dict[str, Any]:
+    """A hash of JSON values (a header, the variables, the step records), each decoded."""
+    return {k: _load(v) for k, v in raw.items()}
+
+
 class OpenedStep(NamedTuple):
     """``RunStore.open_step``: whether the lease is held, the header fields asked for, the step's record, variables."""
 
@@ -107,7 +117,7 @@ class RunStore:
             "inputs": inputs, "definition": workflow, "idempotency_key": idempotency_key,
         }
         try:
-            self.kv.batch([("hset", (self._run(run_id), {k: _dump(v) for k, v in header.items()}), {}),
+            self.kv.batch([("hset", (self._run(run_id), _dump_values(header)), {}),
                            ("zadd", (f"{PREFIX}runs", run_id, time.time()), {})])
         except Exception:
             if idempotency_key:  # never leave the key pointing at a run that was not saved
@@ -120,7 +130,7 @@ class RunStore:
         raw = self.kv.hgetall(self._run(run_id))
         if not raw:
             return None
-        return {k: _load(v) for k, v in raw.items()}
+        return _load_values(raw)
 
     def field(self, run_id: str, name: str) -> Any:
         return _load(self.kv.hget(self._run(run_id), name))
@@ -132,8 +142,12 @@ class RunStore:
     def status(self, run_id: str) -> str | None:
         return self.field(run_id, "status")  # type: ignore[no-any-return]
 
+    def _status_op(self, run_id: str) -> Op:
+        """``status`` as a batch entry; its result goes through ``_load``."""
+        return ("hget", (self._run(run_id), "status"), {})
+
     def update(self, run_id: str, **fields: Any) -> None:
-        self.kv.hset(self._run(run_id), {k: _dump(v) for k, v in fields.items()})
+        self.kv.hset(self._run(run_id), _dump_values(fields))
 
     def definition(self, run_id: str) -> dict[str, Any]:
         """The workflow as it was when the run started (later edits of the file do not apply)."""
@@ -141,17 +155,21 @@ class RunStore:
 
     # published variables -------------------------------------------------------------------
     def variables(self, run_id: str) -> dict[str, Any]:
-        return {k: _load(v) for k, v in self.kv.hgetall(self._run(run_id, "vars")).items()}
+        return _load_values(self.kv.hgetall(self._run(run_id, "vars")))
+
+    def _variables_op(self, run_id: str) -> Op:
+        """``variables`` as a batch entry; its result goes through ``_load_values``."""
+        return ("hgetall", (self._run(run_id, "vars"),), {})
 
     def publish(self, run_id: str, values: dict[str, Any]) -> None:
-        self.kv.hset(self._run(run_id, "vars"), {k: _dump(v) for k, v in values.items()})
+        self.kv.hset(self._run(run_id, "vars"), _dump_values(values))
 
     # steps and items -----------------------------------------------------------------------
     def step(self, run_id: str, step_id: str) -> dict[str, Any] | None:
         return _load(self.kv.hget(self._run(run_id, "steps"), step_id))  # type: ignore[no-any-return]
 
     def steps(self, run_id: str) -> dict[str, dict[str, Any]]:
-        return {k: _load(v) for k, v in self.kv.hgetall(self._run(run_id, "steps")).items()}
+        return _load_values(self.kv.hgetall(self._run(run_id, "steps")))
 
     def save_step(self, run_id: str, step_id: str, record: dict[str, Any]) -> None:
         self.kv.hset(self._run(run_id, "steps"), {step_id: _dump(record)})
@@ -196,8 +214,7 @@ class RunStore:
         if known is None:
             ops.append(("hget", (self._run(run_id, "fanout_total"), step_id), {}))
         ops += [("hget", (self._run(run_id, f"items:{step_id}"), str(index)), {}),
-                ("hget", (self._run(run_id, f"fanout:{step_id}"), str(index)), {}),
-                ("hgetall", (self._run(run_id, "vars"),), {})]
+                ("hget", (self._run(run_id, f"fanout:{step_id}"), str(index)), {}), self._variables_op(run_id)]
         results = self.kv.batch(ops)
         leased = bool(results.pop(0)) if lease is not None else True
         total = known if known is not None else int(results.pop(0) or 0)
@@ -206,22 +223,21 @@ class RunStore:
                 self._totals.clear()
             self._totals[(run_id, step_id)] = total
         record, item, variables = results
-        return OpenedItem(leased, total, _load(record), _load(item), {k: _load(v) for k, v in variables.items()})
+        return OpenedItem(leased, total, _load(record), _load(item), _load_values(variables))
 
     def open_step(self, run_id: str, step_id: str, fields: list[str], *, lease: Op) -> OpenedStep:
         """What running a step needs, in one round trip: ``lease`` (a ``Leases.acquire_op``) first, then the
         run's header ``fields``, the step's record and the run's published variables."""
         leased, header, record, variables = self.kv.batch([
             lease, ("hmget", (self._run(run_id), fields), {}), ("hget", (self._run(run_id, "steps"), step_id), {}),
-            ("hgetall", (self._run(run_id, "vars"),), {})])
+            self._variables_op(run_id)])
         return OpenedStep(bool(leased), {n: _load(v) for n, v in zip(fields, header, strict=True)}, _load(record),
-                          {k: _load(v) for k, v in variables.items()})
+                          _load_values(variables))
 
     def status_and_variables(self, run_id: str) -> tuple[str | None, dict[str, Any]]:
         """The run's status and published variables, in one round trip (a step's transitions need both)."""
-        status, variables = self.kv.batch([("hget", (self._run(run_id), "status"), {}),
-                                           ("hgetall", (self._run(run_id, "vars"),), {})])
-        return _load(status), {k: _load(v) for k, v in variables.items()}
+        status, variables = self.kv.batch([self._status_op(run_id), self._variables_op(run_id)])
+        return _load(status), _load_values(variables)
 
     def end_step(self, run_id: str, step_id: str) -> tuple[int, bool]:
         """The step leaves the run's active count (once) and, when none is left, the run's ``finished`` flag is
@@ -230,15 +246,14 @@ class RunStore:
 
     def ending(self, run_id: str) -> tuple[str | None, dict[str, dict[str, Any]]]:
         """What ending a run needs, in one round trip: its status and its unhandled failures (see ``unhandled``)."""
-        status, flags = self.kv.batch([("hget", (self._run(run_id), "status"), {}),
-                                       ("hgetall", (self._run(run_id, "flags"),), {})])
+        status, flags = self.kv.batch([self._status_op(run_id), ("hgetall", (self._run(run_id, "flags"),), {})])
         return _load(status), self._unhandled(flags)
 
     def close(self, run_id: str, fanout_steps: list[str], **fields: Any) -> None:
-        """``update`` the header with how the run ended and ``purge_context``, in one round trip."""
-        self.kv.batch([("hset", (self._run(run_id), {k: _dump(v) for k, v in fields.items()}), {}),
-                       ("delete", (self._run(run_id, "ctx"), *(self._run(run_id, f"ctx:{s}") for s in fanout_steps)),
-                        {})])
+        """``update`` the header with how the run ended and drop the full outputs kept for templates (the step
+        and item records keep the redacted ones), in one round trip."""
+        purge = (self._run(run_id, "ctx"), *(self._run(run_id, f"ctx:{s}") for s in fanout_steps))
+        self.kv.batch([("hset", (self._run(run_id), _dump_values(fields)), {}), ("delete", purge, {})])
 
     def finish_item(self, run_id: str, step_id: str, index: int) -> tuple[int, int, bool]:
         """Count the item once and claim the index after it once: (done, next index, first claim).
@@ -316,10 +331,6 @@ class RunStore:
         """A fan-out's full item outputs in item order (None for items without one)."""
         return [value for _, chunk in self._chunks(self._run(run_id, f"ctx:{step_id}"), total)
                 for value in chunk]
-
-    def purge_context(self, run_id: str, fanout_steps: list[str]) -> None:
-        """Drop the full outputs kept for templates; the step and item records keep the redacted ones."""
-        self.kv.delete(self._run(run_id, "ctx"), *(self._run(run_id, f"ctx:{s}") for s in fanout_steps))
 
     # how a run ended ---------------------------------------------------------------------------
     def note_unhandled(self, run_id: str, step_id: str, error: dict[str, Any], *, replace: bool = False) -> None:
