@@ -193,7 +193,7 @@ def wait_io(sock: socket.socket, *, write: bool = False, timeout: float | None =
         return
     if current.deadline is not None:
         left = current.deadline - time.monotonic()
-        if left <= 0 or (timeout is not None and timeout >= left):
+        if timeout is None or timeout >= left:  # the exchange's deadline comes first
             timeout, current.timed_out = max(0.0, left), "deadline"
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[bool] = loop.create_future()

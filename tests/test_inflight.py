@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from actions.simulator import Simulator
-from integration.aio import BridgeTransport, Gate, await_only, pause, run_bridged
+from integration.aio import BridgeTransport, Gate, await_only, pause, run_bridged, wait_io
 from integration.model import Integration
 from integration.store import IntegrationStore
 from tests.conftest import WorkerProcess, broker_of_its_own, write_certificates
@@ -273,6 +273,27 @@ def test_bridged_calls_speak_tls_and_check_the_certificate(tmp_path: Path, monke
             assert "CERTIFICATE_VERIFY_FAILED" in asyncio.run(run_bridged(refused))
     finally:
         server.close()
+
+
+def test_a_wait_without_a_timeout_of_its_own_still_ends_at_the_exchanges_deadline() -> None:
+    """A socket with no timeout (``None``) inside an exchange bounded to 0.3 s: the wait ends there."""
+    from greenlet import getcurrent
+
+    quiet, other = socket.socketpair()
+
+    def wait() -> float:
+        getcurrent().deadline = time.monotonic() + 0.3  # what BridgeTransport sets for one exchange
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            wait_io(quiet, timeout=None)
+        return time.monotonic() - started
+
+    try:
+        waited = asyncio.run(asyncio.wait_for(run_bridged(wait), 10))
+    finally:
+        quiet.close()
+        other.close()
+    assert 0.2 < waited < 5
 
 
 def test_outside_a_bridge_the_transport_and_pause_block_as_before(simulator: Simulator) -> None:
