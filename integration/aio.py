@@ -89,7 +89,7 @@ class Gate:
             place: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiting.append(place)
             try:
-                current.parent.switch(place)  # its place is handed over when it wakes
+                await_only(place)  # its place is handed over when it wakes
             except BaseException:
                 if place.done() and not place.cancelled():  # handed over, but this greenlet is leaving
                     self._hand_over()
@@ -112,12 +112,22 @@ class Gate:
         self._free += 1
 
 
-def _step_aside(current: _Bridged) -> Gate | None:
-    """Give up the greenlet's place while it waits for something slow; ``Gate.enter`` takes one back."""
-    gate = current.gate
-    if gate is not None:
-        gate.leave(current)
-    return gate
+class _SteppingAside:
+    """``with _SteppingAside(current):`` the greenlet gives its ``Gate`` place up while it waits for something
+    slow (an answer, a sleep), and takes one again (waiting for it if need be) before it goes on."""
+
+    __slots__ = ("current",)
+
+    def __init__(self, current: _Bridged) -> None:
+        self.current = current
+
+    def __enter__(self) -> None:
+        if self.current.gate is not None:
+            self.current.gate.leave(self.current)
+
+    def __exit__(self, *_: object) -> None:
+        if self.current.gate is not None:
+            self.current.gate.enter(self.current)
 
 
 def in_bridge() -> bool:
@@ -165,12 +175,8 @@ def pause(seconds: float) -> None:
     if not isinstance(current, _Bridged):
         time.sleep(seconds)
         return
-    gate = _step_aside(current)
-    try:
+    with _SteppingAside(current):
         await_only(asyncio.sleep(seconds))
-    finally:
-        if gate is not None:
-            gate.enter(current)
 
 
 def _wake(ready: asyncio.Future[bool], value: bool) -> None:
@@ -204,7 +210,7 @@ def wait_io(sock: socket.socket, *, write: bool = False, timeout: float | None =
         loop.add_reader(fd, _wake, ready, True)
     timer = None if timeout is None else loop.call_later(timeout, _wake, ready, False)
     try:
-        became_ready = current.parent.switch(ready)
+        became_ready = await_only(ready)
     finally:
         if write:
             loop.remove_writer(fd)
@@ -437,26 +443,23 @@ class BridgeTransport(httpx.BaseTransport):
             return self._sync.handle_request(request)
         lane = self._idle.pop() if self._idle else self._new_lane()
         total = _total_timeout(request)
-        outer = current.deadline
-        current.deadline = None if total is None else time.monotonic() + total
-        if outer is not None:
-            current.deadline = outer if current.deadline is None else min(outer, current.deadline)
-        gate = _step_aside(current)  # another greenlet works while this one waits for its answer
-        try:
-            response = lane.handle_request(request)
-            try:  # the whole answer, within the deadline; the client decodes the raw bytes as it would its own
-                content = b"".join(response.iter_raw())
+        outer = current.deadline  # an enclosing deadline, if any, still holds
+        deadlines = [d for d in (outer, None if total is None else time.monotonic() + total) if d is not None]
+        current.deadline = min(deadlines) if deadlines else None
+        with _SteppingAside(current):  # another greenlet works while this one waits for its answer
+            try:
+                response = lane.handle_request(request)
+                try:  # the whole answer, within the deadline; the client decodes the raw bytes as it would its own
+                    content = b"".join(response.iter_raw())
+                finally:
+                    response.close()
+            except httpx.TimeoutException:
+                if current.timed_out == "deadline":
+                    raise httpx.ReadTimeout(f"no complete answer within {total:g} s", request=request) from None
+                raise
             finally:
-                response.close()
-        except httpx.TimeoutException:
-            if current.timed_out == "deadline":
-                raise httpx.ReadTimeout(f"no complete answer within {total:g} s", request=request) from None
-            raise
-        finally:
-            current.deadline, current.timed_out = outer, ""
-            self._idle.append(lane)  # a failed exchange's connection is closed; the lane reconnects
-            if gate is not None:
-                gate.enter(current)
+                current.deadline, current.timed_out = outer, ""
+                self._idle.append(lane)  # a failed exchange's connection is closed; the lane reconnects
         kept = {k: v for k, v in response.extensions.items() if k in ("http_version", "reason_phrase")}
         return httpx.Response(response.status_code, headers=response.headers, stream=httpx.ByteStream(content),
                               extensions=kept, request=request)
